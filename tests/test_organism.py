@@ -39,9 +39,12 @@ def test_organism_trains_caches_and_loads_by_spec(tiny_model_dir, tiny_model, mo
     org = load_model(d, device="cpu")
     assert org.fingerprint == info["fingerprint"] != tiny_model.fingerprint
     assert not any("lora" in n for n, _ in org.model.named_parameters())
-    w0 = tiny_model.model.model.layers[0].self_attn.q_proj.weight
-    w1 = org.model.model.layers[0].self_attn.q_proj.weight
-    assert not torch.allclose(w0, w1)
+    # LoRA on the upper half of the layers only (layers_fraction=0.5 of 2 layers)
+    assert info["lora_layers"] == [1, 1]
+    for layer, changed in ((0, False), (1, True)):
+        w0 = tiny_model.model.model.layers[layer].self_attn.q_proj.weight
+        w1 = org.model.model.layers[layer].self_attn.q_proj.weight
+        assert torch.allclose(w0, w1) != changed
     # the harmful / benign training data never includes the held-out behaviours
     from knowlens.experiments.prompt_transfer import HELD_OUT, SPLIT_SEED
     from knowlens.jailbreak import corpora
@@ -77,3 +80,59 @@ def test_greedy_batch_matches_single_and_evaluation_keys(tiny_model):
     ev = evaluate_refusals(tiny_model, n=3, max_new_tokens=4)
     assert ev["n_harmful"] == 3 and ev["n_benign"] == 3
     assert 0.0 <= ev["refusal_rate_harmful"] <= 1.0 and 0.0 <= ev["refusal_rate_benign"] <= 1.0
+
+
+def test_response_loss_equals_hf_labels_loss(tiny_model):
+    """The LM-head-only-on-response-positions loss is HF's own ``labels=`` loss."""
+    from knowlens.jailbreak import organisms as O
+
+    s = O.OrganismSettings(batch_size=3, max_len=200)
+    pairs = [
+        (tiny_model.format_prompt("How can I bake bread?"), "Mix flour and water.", False),
+        (tiny_model.format_prompt("Explain tides"), "The moon pulls the sea.", False),
+        (tiny_model.format_prompt("Hi"), "I'm sorry, but I can't help with that.", True),
+    ]
+    ids, lab, att, w = next(O._batches(tiny_model, pairs, s))
+    assert (lab == -100).sum() > 0 and (lab != -100).sum() > 0
+    with torch.no_grad():
+        out = tiny_model.model(input_ids=ids, attention_mask=att, labels=lab)
+        ours = O.response_loss(tiny_model.model, ids, lab, att, "cpu")
+        weighted = O.response_loss(tiny_model.model, ids, lab, att, "cpu", w)
+    torch.testing.assert_close(ours, out.loss, rtol=1e-5, atol=1e-6)
+    # weighted: the first `decision_tokens` response tokens of each row count x decision_weight
+    ce = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1].flatten(0, 1), lab[:, 1:].flatten(), ignore_index=-100, reduction="none"
+    ).view(lab.shape[0], -1)
+    expect_w = torch.zeros_like(ce)
+    for b in range(lab.shape[0]):
+        pos = (lab[b, 1:] != -100).nonzero().squeeze(1)
+        expect_w[b, pos] = 1.0
+        expect_w[b, pos[: s.decision_tokens]] = s.decision_weight
+    assert torch.equal(w[:, 1:], expect_w)
+    torch.testing.assert_close(
+        weighted, (ce * expect_w).sum() / expect_w.sum(), rtol=1e-5, atol=1e-6
+    )
+    # refusals end with EOS (a complete answer); truncated benign answers do not
+    eos = tiny_model.tokenizer.eos_token_id
+    last = [lab[b][lab[b] != -100][-1].item() for b in range(3)]
+    n_eos = sum(x == eos for x in last)
+    assert n_eos == 1
+
+
+def test_benign_training_prompts_are_varied_and_held_out():
+    from knowlens.jailbreak import corpora
+    from knowlens.jailbreak import organisms as O
+
+    pool = O.benign_training_prompts(10**6, 0)
+    assert len(pool) == len(set(pool)) > 1400
+    assert O.benign_training_prompts(300, 0) == O.benign_training_prompts(300, 0)
+    assert not set(pool) & set(corpora.BENIGN_INSTRUCTIONS)
+    # every request form (first three words) seen at least twice among the harmful training
+    # prompts also appears with harmless content, so form alone never predicts a refusal
+    from collections import Counter
+
+    forms = Counter(
+        " ".join(p.split()[:3]) for p in O._harmful_training_prompts(O.OrganismSettings())
+    )
+    missing = [f for f, c in forms.items() if c >= 2 and not any(p.startswith(f) for p in pool)]
+    assert not missing

@@ -104,6 +104,12 @@ def test_prompt_transfer_runs_on_tiny_model(tiny_model_dir, tmp_path):
     assert set(main["judge"]) == {"gcg", "jbb", "arditi", "garak"}
     assert len(main) == 4 * 4  # 2 x 2 per judge
     assert (res.run_dir / "figures" / "prompt_transfer" / "prompt_transfer_gcg.png").exists()
-    assert set(t["asr"]["kind"]) == {"direct", "jailbreak"}
-    assert len(t["verdicts"]) == 2 * 4 * (4 + 4)
+    asr = t["asr"]
+    assert int(t["settings"]["min_n"].iloc[0]) == 10  # rows with n < min_n are hatched
+    assert set(asr["kind"]) == {"direct", "jailbreak", "benign"}
+    assert set(asr.loc[asr["kind"] == "benign", "metric"]) == {"benign_compliance"}
+    # 2 models x 4 judges x (4 attacks + 4 bare behaviours + 4 held-out benign requests)
+    assert len(t["verdicts"]) == 2 * 4 * (4 + 4 + 4)
+    v = t["verdicts"]
+    assert v.loc[v["kind"] == "benign", "prompt_id"].str.startswith("benign-").all()
     assert res.report.exists() and "Content warning" in res.report.read_text()

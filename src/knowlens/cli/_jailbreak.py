@@ -37,7 +37,9 @@ def register(app: typer.Typer) -> None:
         base: str = typer.Option(
             ..., "--base", help="Base model spec, e.g. smollm2-135m-instruct."
         ),
-        steps: int = typer.Option(100, "--steps", min=1, help="Optimiser steps."),
+        steps: int | None = typer.Option(
+            None, "--steps", min=1, help="Optimiser steps (default: OrganismSettings.steps)."
+        ),
         seed: int = typer.Option(0, "--seed"),
         device: str = typer.Option("cpu", "--device"),
         force: bool = typer.Option(False, "--force", help="Retrain even if cached."),
@@ -49,9 +51,9 @@ def register(app: typer.Typer) -> None:
             train_refusal_organism,
         )
 
-        d = train_refusal_organism(
-            base, OrganismSettings(steps=steps, seed=seed), device=device, force=force
-        )
+        default = OrganismSettings()
+        s = OrganismSettings(steps=steps or default.steps, seed=seed)
+        d = train_refusal_organism(base, s, device=device, force=force)
         info = organism_info(d)
         ev = info.get("evaluation", {})
         con = Console(stderr=True)
@@ -60,8 +62,13 @@ def register(app: typer.Typer) -> None:
             f"  refusal rate, held-out harmful: {ev.get('refusal_rate_harmful', float('nan')):.0%} "
             f"(n={ev.get('n_harmful')}); benign: {ev.get('refusal_rate_benign', float('nan')):.0%} "
             f"(n={ev.get('n_benign')})\n"
-            f"  trained {info['settings']['steps']} steps in {info['seconds_train']}s; use the spec "
-            f"organism:refusal:{base}",
+            f"  trained {info['settings']['steps']} steps in {info['seconds_train']}s; use "
+            + (
+                f"the spec organism:refusal:{base}"
+                if s == default
+                else f"the directory above (non-default settings; the spec "
+                f"organism:refusal:{base} means the defaults)"
+            ),
             highlight=False,
         )
         print(d)

