@@ -142,6 +142,21 @@ class _QueryEstimator(Estimator):
     model: Any
     batch_size: int
 
+    def __init__(
+        self,
+        *,
+        model: Any = None,
+        use_chat_template: bool = True,
+        batch_size: int = 8,
+        max_length: int = 1024,
+        progress: bool = True,
+    ) -> None:
+        self.model = model
+        self.use_chat_template = use_chat_template
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.progress = progress
+
     def fit(self, gens: GenerationSet | None = None, y: Any = None) -> Any:
         """No training: checks the model's tokenizer supports the query and marks fitted."""
         if self.model is None:
@@ -192,21 +207,6 @@ class ZeroShotClassifier(_QueryEstimator):
 
     display_name: ClassVar[str] = "Zero-Shot Classifier"
 
-    def __init__(
-        self,
-        *,
-        model: Any = None,
-        use_chat_template: bool = True,
-        batch_size: int = 8,
-        max_length: int = 1024,
-        progress: bool = True,
-    ) -> None:
-        self.model = model
-        self.use_chat_template = use_chat_template
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.progress = progress
-
     def _labels(self) -> tuple[str, str]:
         return ("i", "ii")
 
@@ -242,21 +242,6 @@ class PTrue(_QueryEstimator):
     """
 
     display_name: ClassVar[str] = "P(True)"
-
-    def __init__(
-        self,
-        *,
-        model: Any = None,
-        use_chat_template: bool = True,
-        batch_size: int = 8,
-        max_length: int = 1024,
-        progress: bool = True,
-    ) -> None:
-        self.model = model
-        self.use_chat_template = use_chat_template
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.progress = progress
 
     def _labels(self) -> tuple[str, str]:
         return ("A", "B")
