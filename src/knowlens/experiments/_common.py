@@ -184,6 +184,14 @@ def require_labels(y: np.ndarray, who: str) -> None:
         )
 
 
+def min_n_of(tables: dict[str, pd.DataFrame], default: int = 10) -> int:
+    """The run's ``min_n`` from its ``settings`` table (older result tables: ``default``)."""
+    settings = tables.get("settings")
+    if settings is None or "min_n" not in settings or settings.empty:
+        return default
+    return int(settings["min_n"].iloc[0])
+
+
 def short_model(name: str) -> str:
     """Compact model label for figure axes (paths -> last component)."""
     return str(name).rstrip("/").split("/")[-1]

@@ -29,6 +29,7 @@ from knowlens.experiments._common import (
     generations,
     load_split,
     metric_cell,
+    min_n_of,
     require_labels,
     require_models,
     short_model,
@@ -147,7 +148,7 @@ def figures(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
     from knowlens import plots
 
     t = tables["estimator_transfer"]
-    min_n = int(tables.get("settings", pd.DataFrame({"min_n": [10]}))["min_n"].iloc[0])
+    min_n = min_n_of(tables)
     paths: list[Path] = []
     models = list(dict.fromkeys(t["model"]))
     labels = [short_model(m) for m in models]

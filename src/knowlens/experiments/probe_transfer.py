@@ -31,6 +31,7 @@ from knowlens.experiments._common import (
     generations,
     load_split,
     metric_cell,
+    min_n_of,
     paired_diff_cell,
     require_models,
     short_model,
@@ -308,7 +309,7 @@ def figures(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
 
     t = tables["probe_transfer"]
     paths: list[Path] = []
-    min_n = int(tables.get("settings", pd.DataFrame({"min_n": [10]}))["min_n"].iloc[0])
+    min_n = min_n_of(tables)
     for model in dict.fromkeys(t["model"]):
         m = short_model(model)
         baseline = str(t[t["model"] == model]["baseline"].iloc[0])

@@ -33,6 +33,7 @@ from pydantic import Field
 
 from knowlens.config import AnalysisConfig
 from knowlens.errors import ConfigError
+from knowlens.experiments._common import min_n_of
 
 CODE_VERSION = "2"
 # Specs may be API targets or carry ?system=: the analysis loads (and fingerprints) local
@@ -135,7 +136,7 @@ def _prompts(cfg: Config) -> list[Any]:
     )
     direct = held_out[: max(1, min(len(held_out), n))] if cfg.include_direct else []
     # knowlens' own benign set: never in an organism's training data
-    benign = [p for p in corpora.benign_instructions() if p.source == "knowlens benign set"]
+    benign = [p for p in corpora.benign_instructions() if p.source == corpora.KNOWLENS_BENIGN]
     benign = benign[: max(1, min(len(benign), n))] if cfg.include_benign else []
     return attacks + direct + benign
 
@@ -307,7 +308,7 @@ def figures(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
     from knowlens import plots
 
     main, asr = tables["prompt_transfer"], tables["asr"]
-    min_n = int(tables.get("settings", pd.DataFrame({"min_n": [10]}))["min_n"].iloc[0])
+    min_n = min_n_of(tables)
     paths: list[Path] = []
     for jname, m in main.groupby("judge", sort=False):
         models = list(dict.fromkeys(m["source"]))

