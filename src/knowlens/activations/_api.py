@@ -58,6 +58,29 @@ def items_from_texts(
     return out
 
 
+def check_extract_inputs(
+    model: Any,
+    gens: GenerationSet | Sequence[Generation],
+    tokens: str,
+    dtype: str,
+    max_positions: int,
+    batch_size: int,
+) -> list[Generation]:
+    """``extract``'s argument checks (shared with the Ray stage); returns the rows."""
+    check_tokens(tokens, SELECTORS)
+    check_dtype(dtype)
+    _check_common(model, max_positions, batch_size)
+    rows = list(gens.rows if isinstance(gens, GenerationSet) else gens)
+    if not rows:
+        raise DataError("extract got no generations; run generate() on a non-empty task first.")
+    if not all(isinstance(r, Generation) for r in rows):
+        raise KnowlensError(
+            "extract expects a GenerationSet from knowlens.generate(); for raw strings use "
+            "extract_texts(model, texts)."
+        )
+    return rows
+
+
 def _check_common(model: Any, max_positions: int, batch_size: int) -> None:
     for name, v in (("max_positions", max_positions), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -306,17 +329,7 @@ def extract(
     Returns:
         ``ActivationSet`` with ``values[example, layer, position, hidden]``.
     """
-    check_tokens(tokens, SELECTORS)
-    check_dtype(dtype)
-    _check_common(model, max_positions, batch_size)
-    rows = list(gens.rows if isinstance(gens, GenerationSet) else gens)
-    if not rows:
-        raise DataError("extract got no generations; run generate() on a non-empty task first.")
-    if not all(isinstance(r, Generation) for r in rows):
-        raise KnowlensError(
-            "extract expects a GenerationSet from knowlens.generate(); for raw strings use "
-            "extract_texts(model, texts)."
-        )
+    rows = check_extract_inputs(model, gens, tokens, dtype, max_positions, batch_size)
     meta = dict(gens.meta) if isinstance(gens, GenerationSet) else {}
     gmeta = {"generations_key": meta.get("cache_key"), "task": meta.get("task")}
     return run_extraction(

@@ -387,11 +387,6 @@ def extract(
         Others: as in ``knowlens.activations.extract``.
     """
     from knowlens.activations import _api
-    from knowlens.activations._extract import (
-        SELECTORS,
-        check_dtype,
-        check_tokens,
-    )
 
     ex = resolve_executor(executor)
     owned = not isinstance(executor, Executor)
@@ -409,17 +404,7 @@ def extract(
                 progress=progress,
                 shard_size=shard_size,
             )
-        check_tokens(tokens, SELECTORS)
-        check_dtype(dtype)
-        _api._check_common(model, max_positions, batch_size)
-        rows = list(gens.rows if isinstance(gens, GenerationSet) else gens)
-        if not rows:
-            raise DataError("extract got no generations; run generate() on a non-empty task first.")
-        if not all(isinstance(r, Generation) for r in rows):
-            raise KnowlensError(
-                "extract expects a GenerationSet from knowlens.generate(); for raw strings use "
-                "extract_texts(model, texts)."
-            )
+        rows = _api.check_extract_inputs(model, gens, tokens, dtype, max_positions, batch_size)
         gmeta = dict(gens.meta) if isinstance(gens, GenerationSet) else {}
         items = _api.items_from_generations(rows)
         # The local path's own plan: same key, shape, manifest and shard boundaries, so the
