@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -155,6 +156,11 @@ def test_float16_storage_default(model4, gens):
     a16 = extract(model4, gens, layers=[1, 3], tokens="last", progress=False)
     a32 = extract(model4, gens, layers=[1, 3], tokens="last", dtype="float32", progress=False)
     assert a16.values.dtype == np.float16 and a16.meta["dtype"] == "float16"
+    assert a16.meta["dtype_auto"] == "float16 (no value beyond +-65504)"  # default "auto"
+    assert "dtype_auto" not in a32.meta
+    # auto shares the explicit float16 entry (the key holds the resolved dtype)
+    explicit = extract(model4, gens, layers=[1, 3], tokens="last", dtype="float16", progress=False)
+    assert explicit.meta["cache_hit"] and explicit.meta["cache_key"] == a16.meta["cache_key"]
     np.testing.assert_allclose(np.asarray(a16.values, np.float32), a32.values, rtol=2e-3, atol=2e-3)
 
 
@@ -296,6 +302,13 @@ def test_bad_input_is_one_line(model4, gens):
         ),
         (KnowlensError, "float16", lambda: extract(model4, gens, dtype="int8")),
         (KnowlensError, "layers", lambda: extract(model4, gens, layers="some")),
+        # 3 and -2 are both index 3 of 0..4: a silently shorter layer axis is refused
+        (KnowlensError, "index 3 more than once", lambda: extract(model4, gens, layers="3,3,-5")),
+        (
+            KnowlensError,
+            "(both 3 and -2; for tiny4 -1 = 4, -5 = 0); list each layer once, e.g. layers=1,3.",
+            lambda: extract(model4, gens, layers=[1, 3, -2]),
+        ),
         (DataError, "no generations", lambda: extract(model4, GenerationSet([]))),
         (KnowlensError, "extract_texts", lambda: extract(model4, ["a text"])),
         (
@@ -341,7 +354,9 @@ def test_float16_overflow_is_clamped_and_recorded(tiny_model, caplog):
     with torch.no_grad():
         m.model.embed_tokens.weight.mul_(1e7)  # embeddings ~ 2e5
     h = handle_from_objects(m, tiny_model.tokenizer, name="tiny-big")
-    a16 = extract_texts(h, ["Hi there", "Paris"], layers=[0], tokens="all", progress=False)
+    a16 = extract_texts(
+        h, ["Hi there", "Paris"], layers=[0], tokens="all", dtype="float16", progress=False
+    )
     a32 = extract_texts(
         h, ["Hi there", "Paris"], layers=[0], tokens="all", dtype="float32", progress=False
     )
@@ -372,3 +387,59 @@ def test_parity_on_real_gemma3_large_residuals():
         got = torch.from_numpy(np.array(acts.values[i, :, : len(ids)]))
         scale = ref.abs().amax(dim=(1, 2), keepdim=True)
         assert float(((got - ref).abs() / scale).max()) < 1e-6
+
+
+def _big_model(tiny_model, seed: int = 3):
+    """The tiny Llama with embeddings scaled to ~2e5: past float16's 65504 (like Gemma 3)."""
+    m = build_tiny_llama(len(tiny_model.tokenizer), seed=seed)
+    with torch.no_grad():
+        m.model.embed_tokens.weight.mul_(1e7)
+    return handle_from_objects(m, tiny_model.tokenizer, name="tiny-big")
+
+
+def test_auto_dtype_switches_to_float32_on_overflow_and_remembers(tiny_model, monkeypatch):
+    from knowlens._cache import cache_root
+
+    h = _big_model(tiny_model, seed=4)
+    texts, kw = ["Hi there", "Paris", "The capital"], dict(tokens="all", progress=False)
+    ref = extract_texts(h, texts, layers=[0, 1], dtype="float32", cache=False, **kw)
+    assert np.abs(ref.values).max() > 65504
+    auto = extract_texts(h, texts, layers=[0, 1], shard_size=1, **kw)  # default dtype="auto"
+    assert auto.values.dtype == np.float32 and auto.meta["dtype"] == "float32"
+    assert auto.meta["dtype_auto"].startswith("float32 (float16 overflow: max |x| = ")
+    assert auto.meta["fp16_overflow_max"] == 0.0 and not auto.meta["cache_hit"]
+    np.testing.assert_array_equal(np.asarray(auto.values), ref.values)  # nothing clamped
+    # the abandoned float16 attempt left no partial folder or entry behind
+    acts_dir = cache_root() / "activations"
+    assert sorted(p.name for p in acts_dir.iterdir()) == [auto.meta["cache_key"]]
+    memo = json.loads((cache_root() / "model-ranges" / f"{h.fingerprint}.json").read_text())
+    # the float16 pass stopped after its first overflowing batch (shard 0 = row 0)
+    first = float(np.abs(ref.values[0]).max())
+    assert memo["float16_overflow_max_abs"] == pytest.approx(first, rel=1e-6)
+    assert auto.meta["dtype_auto"] == f"float32 (float16 overflow: max |x| = {first:.4g})"
+
+    # Remembered across processes: a new auto run goes straight to float32 (no float16 pass).
+    from knowlens.activations import _api
+
+    _api._OVERFLOWS.clear()  # as in a fresh process
+    calls: list[str] = []
+    orig = _api.extract_batch
+
+    def counting(model, items, spec, **k):
+        calls.append(spec.dtype)
+        return orig(model, items, spec, **k)
+
+    monkeypatch.setattr(_api, "extract_batch", counting)
+    again = extract_texts(h, texts, layers=[1], **kw)
+    assert calls == ["float32"] and again.meta["dtype"] == "float32"
+    assert again.meta["dtype_auto"].endswith(", remembered)")
+    np.testing.assert_array_equal(np.asarray(again.values), ref.values[:, 1:])
+
+    # An explicit float16 entry that was clamped is never served to auto.
+    h2 = _big_model(tiny_model, seed=5)
+    clamped = extract_texts(h2, texts, layers=[0], dtype="float16", **kw)
+    assert clamped.meta["fp16_overflow_max"] > 65504
+    _api._OVERFLOWS.clear()
+    (cache_root() / "model-ranges" / f"{h2.fingerprint}.json").unlink()
+    a2 = extract_texts(h2, texts, layers=[0], **kw)
+    assert a2.values.dtype == np.float32 and a2.meta["dtype_auto"].startswith("float32 (float16")

@@ -139,6 +139,7 @@ def test_cli_lists_judges_and_rejects_bad_port():
     r = CliRunner().invoke(app, ["jailbreak", "judges"])
     assert r.exit_code == 0 and "29" in r.output and "MitigationBypass" in r.output
     r = CliRunner().invoke(app, ["serve", "smollm2-135m-instruct", "--port", "70000"])
-    assert r.exit_code != 0 and "--port must be in 1..65535" in str(r.exception)
+    # The root group prints user errors as one line with exit code 2 (also under CliRunner).
+    assert r.exit_code == 2 and "--port must be in 1..65535" in r.output
     r = CliRunner().invoke(app, ["organism", "--help"])
     assert r.exit_code == 0 and "refusal" in r.output

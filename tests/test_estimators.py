@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -221,3 +223,134 @@ def test_user_turn_recovery():
     )
     assert user_turn("<|user|>Q?<|end|>\n<|assistant|>") == "Q?"
     assert user_turn("Q: capital of France?\nA:") == "Q: capital of France?\nA:"
+
+
+# -- scikit-learn parameter API, cache keys, the one estimator cache ---------------------------
+def test_estimator_base_is_abstract_and_typed():
+    import inspect
+
+    with pytest.raises(TypeError, match="abstract"):
+        Estimator()
+
+    class NoPredict(Estimator):
+        def fit(self, X, y=None):
+            return self
+
+    with pytest.raises(TypeError, match="predict_proba"):
+        NoPredict()
+    assert Estimator.fit.__isabstractmethod__ and Estimator.predict_proba.__isabstractmethod__
+    sig = inspect.signature(Estimator.fit)
+    assert list(sig.parameters) == ["self", "X", "y"]
+    assert sig.return_annotation == "E" and sig.parameters["y"].annotation == "Labels"
+
+
+def test_get_set_params_and_clone_follow_sklearn():
+    from knowlens.estimators import clone
+
+    p = MLPProbe(layer=3, hidden=(8, 4), epochs=7)
+    assert p.get_params() == p.get_params(deep=False)
+    assert p.get_params()["hidden"] == (8, 4) and p.get_params()["epochs"] == 7
+    assert p.set_params(epochs=3, lr=0.01) is p and (p.epochs, p.lr) == (3, 0.01)
+    with pytest.raises(
+        ConfigError, match=re.escape("Unknown parameter 'epoch'. Did you mean: epochs?")
+    ):
+        p.set_params(epoch=2)
+    acts, y = planted_acts(n=60)
+    fitted = p.fit(acts, y)
+    c = clone(fitted)
+    assert type(c) is MLPProbe and c.get_params() == fitted.get_params()
+    assert not c._is_fitted() and not hasattr(c, "head_")
+    with pytest.raises(NotFittedError):
+        c.predict_proba(acts)
+    # parameters are copies (sklearn clone), a refit of the clone reproduces the original
+    lst = LogisticProbe(layer=3)
+    lst.tags = ["a"]  # not a parameter: not copied
+    assert not hasattr(clone(lst), "tags")
+    np.testing.assert_array_equal(c.fit(acts, y).predict_proba(acts), fitted.predict_proba(acts))
+
+    class Converting(MLPProbe):
+        def __init__(self, *, hidden: tuple[int, ...] = (8,)):
+            super().__init__(hidden=hidden)
+            self.hidden = list(hidden)  # converts instead of storing: clone cannot rebuild it
+
+    with pytest.raises(KnowlensError, match="__init__ changes parameter 'hidden'"):
+        clone(Converting())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LogisticProbe(layer=3),
+        lambda: MLPProbe(layer=3, epochs=2),
+    ],
+)
+def test_cache_key_before_fit_equals_key_after_fit(make):
+    acts, y = planted_acts(n=40)
+    y = y.copy()
+    y[5] = np.nan  # undecided rows are part of the key exactly as fit records them
+    est = make()
+    before = est.cache_key(acts, y)
+    with pytest.warns(UserWarning, match="undecided"):
+        est.fit(acts, y)
+    assert est.cache_key() == before
+    assert make().cache_key(acts, np.where(np.isnan(y), np.nan, 1 - y)) != before  # labels count
+
+
+def test_logit_cache_key_before_fit():
+    gens = make_gens([[-0.5], [-1.0], [-2.0], [-0.1]], correct=[True, False, None, True])
+    raw = LogitBaseline()
+    assert raw.cache_key(gens) == raw.fit(gens).cache_key()
+    assert LogitBaseline().cache_key(gens) == LogitBaseline().cache_key(
+        gens.subset(np.array([0, 1]))
+    )
+    cal = LogitBaseline(calibrate=True)
+    k = cal.cache_key(gens)
+    with pytest.warns(UserWarning, match="undecided"):
+        cal.fit(gens)
+    assert cal.cache_key() == k != raw.cache_key()
+
+
+def test_fit_cached_stores_once_and_reuses(tmp_path):
+    from knowlens._cache import cache_root
+    from knowlens.estimators import fit_cached
+
+    acts, y = planted_acts(n=80)
+    est = fit_cached(LogisticProbe(layer=3), acts, y)
+    key = est.cache_key()
+    entry = cache_root() / "estimators" / key
+    assert not est.from_cache_
+    assert sorted(p.name for p in entry.iterdir()) == [
+        "checksums.json",
+        "estimator.json",
+        "weights.safetensors",
+    ]
+    assert [p.name for p in (cache_root() / "estimators").iterdir()] == [key]
+    again = fit_cached(LogisticProbe(layer=3), acts, y)
+    assert again.from_cache_ and again.cache_key() == key
+    np.testing.assert_array_equal(again.predict_proba(acts), est.predict_proba(acts))
+    # other parameters -> another entry
+    other = fit_cached(LogisticProbe(layer=3, C=0.1), acts, y)
+    assert not other.from_cache_ and other.cache_key() != key
+    # cache=False refits, keeps the intact entry
+    refit = fit_cached(LogisticProbe(layer=3), acts, y, cache=False)
+    assert not refit.from_cache_ and entry.exists()
+
+
+def test_fit_cached_refits_a_damaged_entry(caplog):
+    from knowlens._cache import cache_root
+    from knowlens.estimators import fit_cached
+
+    acts, y = planted_acts(n=80)
+    est = fit_cached(MLPProbe(layer=3, epochs=3), acts, y)
+    p = est.predict_proba(acts)
+    w = cache_root() / "estimators" / est.cache_key() / "weights.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-9] ^= 0xFF  # same size, other bytes
+    w.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="knowlens.cache"):
+        again = fit_cached(MLPProbe(layer=3, epochs=3), acts, y)
+    assert not again.from_cache_
+    assert "damaged entry estimators/" in caplog.text and "checksum" in caplog.text
+    assert len(list((cache_root() / ".damaged").iterdir())) == 1
+    np.testing.assert_array_equal(again.predict_proba(acts), p)  # refit: same seed, same probe
+    assert fit_cached(MLPProbe(layer=3, epochs=3), acts, y).from_cache_

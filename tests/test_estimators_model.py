@@ -15,6 +15,7 @@ from knowlens.estimators import (
     MLPProbe,
     PTrue,
     ZeroShotClassifier,
+    fit_cached,
     label_token_ids,
     load,
     retokenize,
@@ -126,9 +127,13 @@ def test_lora_estimators_learn_roundtrip_and_leave_model_clean(cls, tiny_model, 
     again = load(est.save(tmp_path / "est"), model=tiny_model)
     np.testing.assert_allclose(again.predict_proba(gens), p, rtol=0, atol=1e-6)
     assert again.cache_key() == est.cache_key()
-    # an identical fit is served from the cache
-    cached = cls(model=tiny_model, steps=30, batch_size=4, lr=3e-3, progress=False, seed=1)
-    assert cached.fit(gens).from_cache_
+    # an identical fit is served from the one estimator cache (fit_cached; fit never caches)
+    kw = dict(model=tiny_model, steps=30, batch_size=4, lr=3e-3, progress=False, seed=1)
+    first = fit_cached(cls(**kw), gens)
+    assert not first.from_cache_ and first.cache_key() == est.cache_key()
+    np.testing.assert_allclose(first.predict_proba(gens), p, rtol=0, atol=1e-6)
+    cached = fit_cached(cls(**kw), gens)
+    assert cached.from_cache_
     np.testing.assert_allclose(cached.predict_proba(gens), p, atol=1e-6)
 
 
@@ -157,6 +162,68 @@ def test_lora_resumes_from_checkpoint(tiny_model, monkeypatch, tmp_path):
     assert resumed.resumed_from_ == 2
     np.testing.assert_allclose(resumed.loss_history_, full.loss_history_, rtol=1e-5)
     np.testing.assert_allclose(resumed.predict_proba(gens), full.predict_proba(gens), atol=1e-6)
+
+
+def test_lora_cache_entries_are_verified_and_damaged_ones_refitted(tiny_model, caplog):
+    """A LoRA fit is published with checksums (fit_cached) and its training checkpoints are
+    gone; a damaged entry is reported in one line, moved aside and refitted (same result)."""
+    import json
+
+    from knowlens._cache import CHECKSUMS, cache_root, entry_dir, verify_entry
+
+    gens = tiny_gens(tiny_model, n=8)
+    kw = dict(model=tiny_model, steps=4, checkpoint_every=2, lr=3e-3, progress=False)
+    first = fit_cached(LoRAProbe(**kw), gens)
+    entry = entry_dir("estimators", first.cache_key())
+    verify_entry(entry)
+    assert {"estimator.json", "weights.safetensors"} <= set(
+        json.loads((entry / CHECKSUMS).read_text())
+    )
+    assert not entry_dir("estimator-checkpoints", first.cache_key()).exists()
+    w = entry / "weights.safetensors"
+    raw = bytearray(w.read_bytes())
+    raw[-1] ^= 0xFF  # same size, other bytes
+    w.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING", logger="knowlens.cache"):
+        again = fit_cached(LoRAProbe(**kw), gens)
+    assert not again.from_cache_
+    msgs = [r.getMessage() for r in caplog.records if "damaged entry estimators/" in r.getMessage()]
+    assert len(msgs) == 1 and "\n" not in msgs[0]
+    assert len(list((cache_root() / ".damaged").iterdir())) == 1
+    np.testing.assert_array_equal(again.predict_proba(gens), first.predict_proba(gens))
+    assert again.loss_history_ == first.loss_history_
+    assert fit_cached(LoRAProbe(**kw), gens).from_cache_  # the refit entry is intact again
+
+
+def test_lora_resume_skips_a_damaged_checkpoint(tiny_model, monkeypatch, tmp_path, caplog):
+    from knowlens._cache import entry_dir
+
+    gens = tiny_gens(tiny_model, n=8)
+    kw = dict(model=tiny_model, steps=6, checkpoint_every=2, lr=3e-3, progress=False)
+    monkeypatch.setenv("KNOWLENS_CACHE", str(tmp_path / "a"))
+    full = LoRAProbe(**kw).fit(gens)
+    monkeypatch.setenv("KNOWLENS_CACHE", str(tmp_path / "b"))
+    real_loss, calls = LoRAProbe._loss, {"n": 0}
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:  # inside the last step: checkpoints at 2 and 4 exist
+            raise KeyboardInterrupt
+        return real_loss(self, *a, **k)
+
+    monkeypatch.setattr(LoRAProbe, "_loss", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        LoRAProbe(**kw).fit(gens)
+    monkeypatch.setattr(LoRAProbe, "_loss", real_loss)
+    root = entry_dir("estimator-checkpoints", full.cache_key())
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-0000002", "step-0000004"]
+    state = root / "step-0000004" / "state.safetensors"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # truncated
+    with caplog.at_level("WARNING", logger="knowlens.training"):
+        resumed = LoRAProbe(**kw).fit(gens)
+    assert resumed.resumed_from_ == 2 and "step-0000004" in caplog.text
+    assert resumed.loss_history_ == full.loss_history_
+    np.testing.assert_array_equal(resumed.predict_proba(gens), full.predict_proba(gens))
 
 
 def test_cross_model_retokenize(tiny_model):

@@ -1,9 +1,13 @@
 """Executors: the Ray executor gives the local path's results, survives a killed worker and
-resumes from finished shards; the local path works without Ray installed."""
+resumes from finished shards; the local path works without Ray installed. Keys include the
+numerics (CPU thread count / device type); shards and merged entries are verified, damaged
+ones recomputed; a local and a sharded run of one entry at once compute it once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -17,12 +21,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from knowlens._cache import cache_root
+from knowlens._cache import cache_root, entry_dir, verify_entry
 from knowlens.errors import ConfigError, KnowlensError
+from knowlens.executors import Executor, LocalExecutor, get_executor
+from knowlens.executors import extract as ex_extract
 from knowlens.executors import generate as ex_generate
-from knowlens.executors import get_executor
+from knowlens.generation import compute_numerics
 from knowlens.tasks._types import Example, GradeResult
+
+WORKER_THREADS = 1  # torch threads of each Ray CPU worker (get_executor's default)
 
 COUNTRIES = [
     "France",
@@ -96,6 +105,52 @@ def ray_cluster():
     cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Compute in this process with ``n`` intra-op threads (CPU results depend on it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def worker_threads():
+    """The local reference runs with the Ray workers' thread count, so it computes the same
+    numbers and shares their cache key (conftest runs tests with 2 threads)."""
+    with torch_threads(WORKER_THREADS):
+        yield WORKER_THREADS
+
+
+class BlocksHere(Executor):
+    """The sharded path (blocks, shards, merge) computed in this process: no Ray needed."""
+
+    name = "blocks-here"
+
+    def run_blocks(self, stage, model, blocks, root, on_done) -> None:
+        LocalExecutor().run_blocks(stage, model, blocks, root, on_done)
+
+    def describe(self) -> dict:
+        return {"executor": self.name, "nodes": 1, "workers": 1}
+
+    def numerics(self, model) -> dict:
+        return compute_numerics(model.device)
+
+
+def scramble(path: Path) -> None:
+    """Same size, other bytes: only a checksum can tell."""
+    size = path.stat().st_size
+    path.write_bytes(np.random.default_rng(0).bytes(size))
+
+
+def damaged_warnings(caplog) -> list[str]:
+    msgs = [r.getMessage() for r in caplog.records if r.name == "knowlens.cache"]
+    assert all("\n" not in m for m in msgs)  # one line each
+    return [m for m in msgs if "damaged entry" in m]
+
+
 def assert_same_generations(a, b) -> None:
     fa, fb = a.to_frame(), b.to_frame()
     assert list(fa["example_id"]) == list(fb["example_id"])
@@ -166,16 +221,17 @@ def test_unreachable_ray_address_fails_fast():
 
 
 # -- Ray -------------------------------------------------------------------------------------
-def test_ray_equals_local(ray_cluster, tiny_model):
+def test_ray_equals_local(ray_cluster, tiny_model, worker_threads):
     from knowlens.activations import extract as local_extract
-    from knowlens.executors import extract as ex_extract
     from knowlens.generation import generate as local_generate
 
     task = toy_task()
     ref = local_generate(tiny_model, task, batch_size=4, cache=False, progress=False)
-    ex = get_executor("ray", num_workers=2)
+    ex = get_executor("ray", num_workers=2, threads_per_worker=worker_threads)
     gens = ex_generate(tiny_model, task, executor=ex, batch_size=4, block_size=4)
     assert_same_generations(gens, ref)
+    numerics = {"device": "cpu", "threads": worker_threads}
+    assert gens.meta["numerics"] == ref.meta["numerics"] == numerics
     run = gens.meta["executor"]
     assert run["executor"] == "ray" and run["nodes"] == 1 and run["workers"] == 2
     assert run["blocks"] == 6 and run["computed"] == 6 and run["reused"] == 0
@@ -193,8 +249,9 @@ def test_ray_equals_local(ray_cluster, tiny_model):
     assert_same_activations(acts, ref_a)
     assert acts.values.shape == (24, 3, ref_a.values.shape[2], 32)
     assert acts.meta["executor"]["blocks"] == 3 and not acts.meta["cache_hit"]
+    assert acts.meta["numerics"] == ref_a.meta["numerics"] == numerics
     hit_a = local_extract(tiny_model, gens, progress=False, **kw)
-    assert hit_a.meta["cache_hit"]
+    assert hit_a.meta["cache_hit"] and hit_a.meta["cache_key"] == acts.meta["cache_key"]
     assert_same_activations(hit_a, ref_a)
 
     # Without the cache: the exact-answer token, merged in memory, nothing left on disk.
@@ -205,6 +262,14 @@ def test_ray_equals_local(ray_cluster, tiny_model):
     )  # one block: one actor to start
     assert_same_activations(acts_e, ref_e)
     assert not any((cache_root() / "shards" / "activations").glob("*.nocache-*"))
+
+    # ... and the Ray front end finds an entry the local path stored (no block is computed).
+    small = toy_task(8)
+    local = local_generate(tiny_model, small, batch_size=4, progress=False)
+    reused = ex_generate(tiny_model, small, executor=ex, batch_size=4, block_size=4)
+    assert reused.meta["cache_hit"] and reused.meta["cache_key"] == local.meta["cache_key"]
+    assert "executor" not in reused.meta  # written by the local path
+    assert_same_generations(reused, local)
 
 
 def _kill_one_worker_after_first_shard(root: Path, killed: list[str]) -> None:
@@ -220,7 +285,7 @@ def _kill_one_worker_after_first_shard(root: Path, killed: list[str]) -> None:
         time.sleep(0.02)
 
 
-def test_killed_worker_and_killed_job(ray_cluster, tiny_model):
+def test_killed_worker_and_killed_job(ray_cluster, tiny_model, worker_threads):
     from knowlens.generation import generate as local_generate
 
     ref = local_generate(tiny_model, toy_task(), batch_size=4, cache=False, progress=False)
@@ -252,6 +317,239 @@ def test_killed_worker_and_killed_job(ray_cluster, tiny_model):
     assert again.meta["executor"]["computed"] == 1 and again.meta["executor"]["reused"] == 5
     assert not again.meta["cache_hit"]
     assert_same_generations(again, ref)
+
+
+def test_ray_damaged_entry_or_shard_is_detected_and_recomputed(
+    ray_cluster, tiny_model, worker_threads, caplog
+):
+    """A Ray-written merged entry or shard with other bytes (same size) is reported in one
+    line, moved aside and recomputed: only the damaged block runs again, same bytes."""
+    from knowlens.activations import extract as local_extract
+
+    caplog.set_level(logging.WARNING, logger="knowlens.cache")
+    task = toy_task()
+    ex = get_executor("ray", num_workers=2, threads_per_worker=worker_threads)
+    gens = ex_generate(tiny_model, task, executor=ex, batch_size=4, block_size=8)
+    key = gens.meta["cache_key"]
+    entry, root = entry_dir("generations", key), cache_root() / "shards" / "generations" / key
+    table = (entry / "generations.parquet").read_bytes()
+    shard = sorted(root.iterdir())[1]
+    scramble(entry / "generations.parquet")
+    scramble(shard / "generations.parquet")
+    again = ex_generate(tiny_model, task, executor=ex, batch_size=4, block_size=8)
+    run = again.meta["executor"]
+    assert not again.meta["cache_hit"] and (run["computed"], run["reused"]) == (1, 2)
+    assert_same_generations(again, gens)
+    assert (entry / "generations.parquet").read_bytes() == table
+    verify_entry(entry)
+    verify_entry(shard)
+    assert len(damaged_warnings(caplog)) == 2
+    assert len(list((cache_root() / ".damaged").iterdir())) == 2
+
+    kw = {"layers": "all", "tokens": "all", "max_positions": 40, "batch_size": 4}
+    acts = ex_extract(tiny_model, gens, executor=ex, block_size=8, progress=False, **kw)
+    values = np.array(acts.values)
+    a_entry = Path(acts.meta["path"])
+    a_shard = sorted((cache_root() / "shards" / "activations" / acts.meta["cache_key"]).iterdir())
+    del acts
+    scramble(a_entry / "values.npy")
+    scramble(a_shard[2] / "values.npy")
+    acts2 = ex_extract(tiny_model, gens, executor=ex, block_size=8, progress=False, **kw)
+    run = acts2.meta["executor"]
+    assert not acts2.meta["cache_hit"] and (run["computed"], run["reused"]) == (1, 2)
+    assert np.asarray(acts2.values).tobytes() == values.tobytes()
+    assert len(damaged_warnings(caplog)) == 4
+    hit = local_extract(tiny_model, gens, progress=False, **kw)  # verified deep, no warning
+    assert hit.meta["cache_hit"] and np.asarray(hit.values).tobytes() == values.tobytes()
+    assert len(damaged_warnings(caplog)) == 4
+
+
+def test_local_and_ray_runs_at_once_compute_once(
+    ray_cluster, tiny_model, worker_threads, monkeypatch
+):
+    """Both orders: the run that holds the entry's lock computes, the other waits and reuses
+    its verified entry; both succeed with identical output."""
+    from knowlens.activations import _api
+    from knowlens.activations import extract as local_extract
+    from knowlens.generation import generate as local_generate
+
+    ref = local_generate(tiny_model, toy_task(), batch_size=4, cache=False, progress=False)
+    ex = get_executor("ray", num_workers=2, threads_per_worker=worker_threads)
+
+    # Ray computes; a local run started once Ray's first shard landed waits for its entry.
+    slow = toy_task(delay=0.25)  # same key and rows as toy_task(), slower blocks
+    root = cache_root() / "shards" / "generations" / ref.meta["cache_key"]
+    local: dict = {}
+
+    def local_run_when_ray_started() -> None:
+        deadline = time.time() + 120
+        while not (root.is_dir() and any(root.glob("[0-9]*"))) and time.time() < deadline:
+            time.sleep(0.02)
+        local["gens"] = local_generate(tiny_model, toy_task(), batch_size=4, progress=False)
+
+    t = threading.Thread(target=local_run_when_ray_started, daemon=True)
+    t.start()
+    gens = ex_generate(tiny_model, slow, executor=ex, batch_size=4, block_size=4)
+    t.join(timeout=120)
+    assert local["gens"].meta["cache_hit"], "the local run computed instead of waiting"
+    assert not gens.meta["cache_hit"] and gens.meta["executor"]["computed"] == 6
+    assert local["gens"].meta["executor"]["executor"] == "ray"  # it read Ray's entry
+    assert_same_generations(local["gens"], ref)
+    assert_same_generations(gens, ref)
+
+    # The local path computes (slowed inside its lock); a Ray run started meanwhile waits.
+    kw = {"layers": [0, 2], "tokens": "all", "max_positions": 40, "batch_size": 4}
+    started = threading.Event()
+    real = _api.extract_batch
+
+    def slow_batch(*a, **k):
+        started.set()
+        time.sleep(0.5)
+        return real(*a, **k)
+
+    monkeypatch.setattr(_api, "extract_batch", slow_batch)
+    out: dict = {}
+    t = threading.Thread(
+        target=lambda: out.update(a=local_extract(tiny_model, ref, progress=False, **kw)),
+        daemon=True,
+    )
+    t.start()
+    assert started.wait(60)
+    acts = ex_extract(tiny_model, gens, executor=ex, block_size=8, progress=False, **kw)
+    t.join(timeout=120)
+    assert not out["a"].meta["cache_hit"] and acts.meta["cache_hit"]
+    assert "executor" not in acts.meta  # the local path's entry
+    assert_same_activations(acts, out["a"])
+
+
+def test_keys_include_numerics(tiny_model, caplog):
+    """On CPU the intra-op thread count enters the generation and activation keys (and the
+    meta / manifest); on an accelerator only the device type; a Ray executor's key uses its
+    workers' threads_per_worker."""
+    from knowlens.activations import extract as local_extract
+    from knowlens.activations import items_from_generations, plan_extraction
+    from knowlens.generation import generate as local_generate
+    from knowlens.generation import generate_texts
+
+    assert compute_numerics("cpu", 3) == {"device": "cpu", "threads": 3}
+    assert compute_numerics(torch.device("cuda:1"), 3) == compute_numerics("cuda", 1)
+    assert compute_numerics("cuda:0") == {"device": "cuda"}
+    with torch_threads(1):
+        assert compute_numerics("cpu") == {"device": "cpu", "threads": 1}
+        g1 = local_generate(tiny_model, toy_task(8), batch_size=4, progress=False)
+        a1 = local_extract(tiny_model, g1, layers="all", tokens="all", progress=False)
+        t1 = generate_texts(tiny_model, ["Hi"], max_new_tokens=3, progress=False)
+    with torch_threads(2):
+        g2 = local_generate(tiny_model, toy_task(8), batch_size=4, progress=False)
+        a2 = local_extract(tiny_model, g1, layers="all", tokens="all", progress=False)
+        t2 = generate_texts(tiny_model, ["Hi"], max_new_tokens=3, progress=False)
+    assert (g1.meta["numerics"], g2.meta["numerics"]) == (
+        {"device": "cpu", "threads": 1},
+        {"device": "cpu", "threads": 2},
+    )
+    assert a1.meta["numerics"] == g1.meta["numerics"] and a2.meta["numerics"]["threads"] == 2
+    # Another thread count: another entry (never the other's numbers), not a cache hit.
+    for one, two in ((g1, g2), (a1, a2), (t1, t2)):
+        assert one.meta["cache_key"] != two.meta["cache_key"] and not two.meta["cache_hit"]
+
+    # The same formulas with explicit numerics: only the CPU thread count / device type count.
+    items = items_from_generations(g1)
+
+    def key(**numerics) -> str:
+        return plan_extraction(
+            tiny_model,
+            items,
+            layers="all",
+            tokens="all",
+            dtype="float32",
+            max_positions=512,
+            batch_size=8,
+            **numerics,
+        ).key
+
+    cpu1, cpu2 = (
+        key(numerics=compute_numerics("cpu", 1)),
+        key(numerics={"device": "cpu", "threads": 2}),
+    )
+    cuda = key(numerics={"device": "cuda"})
+    assert len({cpu1, cpu2, cuda}) == 3
+    assert key(numerics=compute_numerics("cuda:3", 7)) == cuda  # threads do not matter there
+    with torch_threads(1):
+        assert key() == cpu1  # default: this process's numerics
+
+    # A sharded executor keys by its workers' numerics (here: the 2-thread entry above, even
+    # from a 1-thread driver), and a worker that would compute with others refuses.
+    class TwoThreads(BlocksHere):
+        def numerics(self, model) -> dict:
+            return compute_numerics("cpu", 2)
+
+    with torch_threads(1):
+        two = ex_generate(tiny_model, toy_task(8), executor=TwoThreads(), batch_size=4)
+        assert two.meta["cache_hit"] and two.meta["cache_key"] == g2.meta["cache_key"]
+        with pytest.raises(
+            KnowlensError,
+            match=r"would compute with \{'device': 'cpu', 'threads': 1\}, but the run's cache "
+            r"key was made for \{'device': 'cpu', 'threads': 2\}",
+        ):
+            ex_generate(tiny_model, toy_task(5), executor=TwoThreads(), batch_size=4)
+        here = ex_generate(tiny_model, toy_task(8), executor=BlocksHere(), batch_size=4)
+    assert here.meta["cache_key"] == g1.meta["cache_key"] and here.meta["cache_hit"]
+
+
+def test_ray_executor_numerics(ray_cluster, tiny_model):
+    """Ray keys by threads_per_worker on a CPU cluster, whatever the driver's threads."""
+    with torch_threads(2):
+        for n in (1, 2):
+            ex = get_executor("ray", threads_per_worker=n)
+            assert ex.numerics(tiny_model) == {"device": "cpu", "threads": n}
+
+
+def test_sharded_path_verifies_entries_and_shards(tiny_model, caplog):
+    """Without Ray: merged entries are published with checksums and read back verified; a
+    damaged merged entry or shard is reported in one line, moved aside and recomputed."""
+    caplog.set_level(logging.WARNING, logger="knowlens.cache")
+    ex, task = BlocksHere(), toy_task(12)
+    gens = ex_generate(tiny_model, task, executor=ex, batch_size=4, block_size=4)
+    key = gens.meta["cache_key"]
+    entry, root = entry_dir("generations", key), cache_root() / "shards" / "generations" / key
+    verify_entry(entry)
+    table = (entry / "generations.parquet").read_bytes()
+    shards = sorted(root.iterdir())
+    assert len(shards) == 3 and all((s / "checksums.json").exists() for s in shards)
+
+    scramble(entry / "generations.parquet")  # the merged entry only: merged again
+    again = ex_generate(tiny_model, task, executor=ex, batch_size=4, block_size=4)
+    run = again.meta["executor"]
+    assert not again.meta["cache_hit"] and (run["computed"], run["reused"]) == (0, 3)
+    assert (entry / "generations.parquet").read_bytes() == table
+    assert len(damaged_warnings(caplog)) == 1
+
+    (entry / "meta.json").write_text("{}")  # another size: also caught
+    scramble(shards[0] / "generations.parquet")
+    again = ex_generate(tiny_model, task, executor=ex, batch_size=4, block_size=4)
+    run = again.meta["executor"]
+    assert (run["computed"], run["reused"]) == (1, 2)
+    assert (entry / "generations.parquet").read_bytes() == table
+    assert_same_generations(again, gens)
+    warned = damaged_warnings(caplog)
+    assert len(warned) == 3 and shards[0].name in warned[-1]
+    assert ex_generate(tiny_model, task, executor=ex, batch_size=4).meta["cache_hit"]
+
+    kw = {"layers": "all", "tokens": "all", "batch_size": 4, "progress": False}
+    acts = ex_extract(tiny_model, gens, executor=ex, block_size=4, **kw)
+    values = np.array(acts.values)
+    a_root = cache_root() / "shards" / "activations" / acts.meta["cache_key"]
+    a_entry = Path(acts.meta["path"])
+    del acts
+    scramble(a_entry / "values.npy")
+    scramble(sorted(a_root.iterdir())[1] / "values.npy")
+    acts = ex_extract(tiny_model, gens, executor=ex, block_size=4, **kw)
+    run = acts.meta["executor"]
+    assert not acts.meta["cache_hit"] and (run["computed"], run["reused"]) == (1, 2)
+    assert np.asarray(acts.values).tobytes() == values.tobytes()
+    assert len(damaged_warnings(caplog)) == 5
+    assert len(list((cache_root() / ".damaged").iterdir())) == 5
+    assert ex_extract(tiny_model, gens, executor=ex, block_size=4, **kw).meta["cache_hit"]
 
 
 @pytest.mark.real_model

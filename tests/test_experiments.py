@@ -213,8 +213,14 @@ def test_topic_calibration_and_rerun_hits_cache(tasks, tiny_model, tiny_model_di
 
     man = json.loads((res3.run_dir / "manifest.json").read_text())
     cache = man["analyses"]["topic_calibration"]["cache"]
-    assert cache["trained_estimators"] == {"hits": 3, "misses": 0}
+    assert cache["estimators"] == {"hits": 3, "misses": 0}
     assert cache["estimator_scores"] == {"hits": 3, "misses": 0}
+    # fitted estimators live in one place, cache_root()/estimators/<Estimator.cache_key()>
+    from knowlens._cache import cache_root
+
+    entries = sorted((cache_root() / "estimators").iterdir())
+    assert len(entries) == 3 and all((e / "checksums.json").exists() for e in entries)
+    assert not (cache_root() / "trained_estimators").exists()
     t3 = res3.tables["topic_calibration"]["topic_calibration"]
     np.testing.assert_allclose(t3["value"], t["value"])
 
@@ -247,3 +253,48 @@ def test_estimator_transfer_matrix(tasks, tiny_model_dir, second_model_dir, tmp_
     a = s[(s["trained_on"] == models[0]) & (s["estimator"] == "Probe")]
     assert a.groupby("model")["p"].apply(lambda x: tuple(x.to_numpy().round(6))).nunique() == 2
     assert any(p.name == "estimator_transfer_auroc.png" for p in res.figures["estimator_transfer"])
+
+
+def test_logit_and_ptrue_from_a_config(
+    tasks, tiny_model, tiny_model_dir, second_model_dir, tmp_path
+):
+    """LogitBaseline and PTrue are usable by config name: estimator_transfer with both, on
+    the two tiny models; scores equal direct runs of the estimators."""
+    from knowlens.estimators import LogitBaseline, PTrue
+    from knowlens.experiments._common import decided
+    from knowlens.experiments._estimators import concat
+    from knowlens.generation import generate
+    from knowlens.models import load_model
+    from knowlens.tasks import load_task
+
+    models = [str(tiny_model_dir), str(second_model_dir)]
+    cfg = {
+        "name": "lp",
+        "analysis": "estimator_transfer",
+        "models": models,
+        "tasks": tasks,
+        "estimators": ["logit", "p_true"],
+        **_base(tmp_path),
+    }
+    res = run(cfg, output=tmp_path / "runs", progress=False)
+    t = res.tables["estimator_transfer"]["estimator_transfer"]
+    assert set(t["estimator"]) == {"Logit baseline", "P(True)"} and len(t) == 2 * 2 * 2
+    s = res.tables["estimator_transfer"]["scores"]
+    handles = {models[0]: tiny_model, models[1]: load_model(second_model_dir, device="cpu")}
+    test = {
+        m: concat([decided(generate(h, load_task(n, split="test"), progress=False)) for n in tasks])
+        for m, h in handles.items()
+    }
+    for (m, tr, est), grp in s.groupby(["model", "trained_on", "estimator"]):
+        if est == "Logit baseline":  # the answering model's own log-probs, whoever "trains"
+            direct = LogitBaseline().predict_proba(test[m])
+        else:  # the trained-on model is asked about the row model's answers
+            direct = PTrue(model=handles[tr], progress=False).fit().predict_proba(test[m])
+        np.testing.assert_allclose(grp["p"].to_numpy(), direct, rtol=1e-5, atol=1e-6)
+        row = t[(t["model"] == m) & (t["trained_on"] == tr) & (t["estimator"] == est)]
+        assert row["value"].iloc[0] == pytest.approx(metrics.auroc(grp["correct"], direct))
+    logit = s[s["estimator"] == "Logit baseline"]
+    by = {k: g["p"].to_numpy() for k, g in logit.groupby(["model", "trained_on"])}
+    for m in models:  # same scores in every column of a row; rows differ
+        np.testing.assert_array_equal(by[m, models[0]], by[m, models[1]])
+    assert not np.array_equal(by[models[0], models[0]], by[models[1], models[0]])

@@ -202,11 +202,28 @@ def test_generate_cache_reuse_and_key_changes(tiny_model):
     assert again.to_frame().equals(first.to_frame())
     assert again.meta["model_fingerprint"] == tiny_model.fingerprint
     assert again.meta["task"] == "tiny" and again.meta["n"] == 4
-    # batch size is not part of the key; decoding settings and task version are
+    # batch size, decoding settings and task version are all part of the key
+    other = generate(tiny_model, task, batch_size=2, progress=False)
+    assert other.meta["cache_hit"] is False and other.meta["cache_key"] != first.meta["cache_key"]
     assert generate(tiny_model, task, batch_size=2, progress=False).meta["cache_hit"] is True
     assert generate(tiny_model, task, max_new_tokens=3, progress=False).meta["cache_hit"] is False
     task.version = "2"
     assert generate(tiny_model, task, progress=False).meta["cache_hit"] is False
+
+
+def test_cached_numbers_do_not_depend_on_the_cache_history(eos_model):
+    """Log-probs differ by ~1e-6 between batch sizes, so each batch size has its own entry:
+    whatever ran first, a run returns exactly what an uncached run of its config returns."""
+    import pandas as pd
+
+    task = make_task()
+    fresh = {
+        bs: generate(eos_model, task, batch_size=bs, cache=False, progress=False) for bs in (1, 16)
+    }
+    for bs in (1, 16, 1, 16):  # interleaved: the second round is served from the cache
+        got = generate(eos_model, task, batch_size=bs, progress=False)
+        pd.testing.assert_frame_equal(got.to_frame(), fresh[bs].to_frame(), check_exact=True)
+        assert got.meta["settings"]["batch_size"] == bs
 
 
 def test_generate_texts_ungraded(tiny_model):

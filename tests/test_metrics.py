@@ -114,3 +114,59 @@ def test_score_table_is_tidy():
     assert list(t["metric"]) == ["auroc", "ece", "ece_pcorrect", "brier", "prr"]
     assert set(t.columns) >= {"estimator", "value", "ci_low", "ci_high", "n"}
     assert t.loc[t.metric == "auroc", "value"].item() == 1.0
+
+
+PROB_METRICS = ["brier", "ece", "ece_pcorrect", "accuracy"]
+RANK_METRICS = ["auroc", "prr"]
+
+
+@pytest.mark.parametrize("name", [*PROB_METRICS, *RANK_METRICS])
+def test_every_metric_validates_inputs_alike(name):
+    fn = M.METRICS[name]
+    y, p = [1, 0, 1, 0], [0.9, 0.2, 0.6, 0.4]
+    for bad_y, needle in [
+        (["yes", "no", "yes", "no"], "labels must be numbers; got dtype <U3 (e.g. 'yes')"),
+        (["1", "0", "1", "0"], "labels must be numbers"),  # no silent str -> float
+        ([1, "x", 1, 0], "labels must be numbers"),
+        ([2, 0, 1, 0], "labels must be 0/1"),
+        ([[1, 0], [1, 0]], "one value per example"),
+    ]:
+        with pytest.raises(DataError) as e:
+            fn(bad_y, p)
+        assert needle in str(e.value) and str(e.value).startswith(name), str(e.value)
+        assert "\n" not in str(e.value)
+    with pytest.raises(DataError, match="scores must be numbers"):
+        fn(y, ["a", "b", "c", "d"])
+    with pytest.raises(DataError, match="same length"):
+        fn(y, p[:3])
+    # bools, object arrays with None (undecided) and (n, 1) columns are accepted
+    ref = fn(y, p)
+    assert fn(np.array(y, dtype=bool), np.array(p).reshape(-1, 1)) == pytest.approx(ref)
+    with pytest.warns(M.UndefinedMetricWarning, match="dropped 1 of 5"):
+        assert fn(np.array([*y, None], dtype=object), [*p, 0.5]) == pytest.approx(ref)
+
+
+@pytest.mark.parametrize("name", PROB_METRICS)
+def test_probability_metrics_reject_scores_outside_0_1(name):
+    for p in ([0.9, 0.2, 1.5, 0.4], [0.9, -0.1, 0.5, 0.4], [0.9, 0.2, np.inf, 0.4]):
+        with pytest.raises(DataError, match=r"probabilities in \[0, 1\]") as e:
+            M.METRICS[name]([1, 0, 1, 0], p)
+        assert str(e.value).startswith(name)
+    assert M.brier([1, 0], [1.0, 0.0]) == 0.0  # the closed ends are fine
+
+
+def test_rank_metrics_take_any_real_scores():
+    # AUROC / PRR rank the scores, so a log-prob or logit baseline is a valid input.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 80).astype(float)
+    logits = rng.normal(size=80) * 5 + y
+    assert M.auroc(y, logits) == pytest.approx(roc_auc_score(y, logits), abs=1e-12)
+    assert M.prr(y, logits) == pytest.approx(M.prr(y, 1 / (1 + np.exp(-logits))), abs=1e-12)
+
+
+def test_metric_arguments_are_validated():
+    with pytest.raises(DataError, match="threshold must be a number in"):
+        M.accuracy([1, 0], [0.5, 0.5], threshold=2)
+    for n_bins in (0, True, 2.5):
+        with pytest.raises(DataError, match="n_bins must be an integer >= 1"):
+            M.ece([1, 0], [0.5, 0.5], n_bins=n_bins)

@@ -154,3 +154,137 @@ def test_embedded_smollm2_loads_from_cache():
     with pytest.raises(KnowlensError) as e:
         load_model("gemma3-270")
     assert "Did you mean: gemma3-270m?" in _one_line(e)
+
+
+# -- converted models: checksums, verification, stale temporaries ------------------------------
+def _fake_gguf(tmp_path, monkeypatch, tiny_model_dir) -> tuple[object, list[int]]:
+    """A file with a valid GGUF header whose "dequantisation" loads the tiny model, so the
+    conversion path (lock, verification, atomic publish) runs without a real model."""
+    import transformers
+
+    from knowlens.models import _load
+
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + b"tiny" * 8)
+    calls: list[int] = []
+
+    def read(p):
+        calls.append(1)
+        tok = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
+        model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        return tok, model
+
+    monkeypatch.setattr(_load, "_read_gguf", read)
+    return path, calls
+
+
+def test_conversion_is_checksummed_verified_and_reconverted_when_damaged(
+    tmp_path, monkeypatch, tiny_model_dir, tiny_model, caplog
+):
+    import json
+    import logging
+
+    from knowlens._cache import CHECKSUMS, cache_root, verify_entry
+
+    gguf, calls = _fake_gguf(tmp_path, monkeypatch, tiny_model_dir)
+    out = convert_gguf(gguf)
+    assert out.parent == cache_root() / "models" and len(calls) == 1
+    verify_entry(out)
+    assert "model.safetensors" in json.loads((out / CHECKSUMS).read_text())
+    assert convert_gguf(gguf) == out and len(calls) == 1  # verified, reused
+    m = load_model(gguf, device="cpu")
+    recorded = json.loads((out / "knowlens.json").read_text())["fingerprint"]
+    assert m.fingerprint == recorded == tiny_model.fingerprint  # same weights, same fp
+
+    # same-size garbage in the weights: detected, reported in one line, moved aside, redone
+    weights = out / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4096:] = b"\x7f" * 4096
+    weights.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="knowlens.cache"):
+        again = convert_gguf(gguf)
+    warned = [r.getMessage() for r in caplog.records if r.name == "knowlens.cache"]
+    assert len(warned) == 1 and "\n" not in warned[0] and "model.safetensors" in warned[0]
+    assert again == out and len(calls) == 2
+    verify_entry(out)
+    assert len(list((cache_root() / ".damaged").iterdir())) == 1
+    assert load_model(gguf, device="cpu").fingerprint == recorded
+
+    # a conversion written before checksums existed is not trusted either
+    (out / CHECKSUMS).unlink()
+    assert convert_gguf(gguf) == out and len(calls) == 3
+    verify_entry(out)
+
+
+def test_damaged_converted_directory_loaded_directly(tmp_path, monkeypatch, tiny_model_dir):
+    from knowlens._cache import cache_root
+
+    gguf, _ = _fake_gguf(tmp_path, monkeypatch, tiny_model_dir)
+    out = convert_gguf(gguf)
+    assert load_model(out, device="cpu").n_layers == 2  # verified, fine
+    (out / "tokenizer.json").write_text("{}")
+    with pytest.raises(ModelLoadError) as e:
+        load_model(out, device="cpu")
+    msg = _one_line(e)
+    assert "damaged" in msg and "tokenizer.json" in msg and "run again" in msg
+    assert not out.exists() and len(list((cache_root() / ".damaged").iterdir())) == 1
+
+
+def test_recorded_fingerprint_depends_on_the_loaded_dtype(tmp_path, monkeypatch, tiny_model_dir):
+    """A converted directory's recorded fingerprint is of its float32 weights; loaded in
+    bfloat16 the model computes other numbers, so it must not share their cache entries."""
+    gguf, _ = _fake_gguf(tmp_path, monkeypatch, tiny_model_dir)
+    fp32 = load_model(gguf, device="cpu", dtype="float32").fingerprint
+    bf16 = load_model(gguf, device="cpu", dtype="bfloat16").fingerprint
+    assert fp32 != bf16 and bf16 == load_model(gguf, device="cpu", dtype="bfloat16").fingerprint
+    # a plain directory hashes its loaded tensors: dtype-dependent already, unchanged
+    plain = load_model(tiny_model_dir, device="cpu", dtype="bfloat16")
+    assert plain.fingerprint != load_model(tiny_model_dir, device="cpu").fingerprint
+
+
+def test_conversion_temporary_lives_in_the_models_folder(tmp_path, monkeypatch, tiny_model_dir):
+    """Where a killed conversion leaves its temporary folder, cache_root() cleans it."""
+    import os
+
+    from knowlens._cache import cache_root
+    from knowlens.models import _load
+
+    gguf, _ = _fake_gguf(tmp_path, monkeypatch, tiny_model_dir)
+    real, seen = _load.atomic_dir, []
+
+    def spy(final, **kw):
+        ctx = real(final, **kw)
+        tmp = ctx.__enter__()
+        seen.append(tmp)
+        raise_kill = KeyboardInterrupt("killed mid-conversion")
+        ctx.__exit__(type(raise_kill), raise_kill, None)  # atomic_dir's own clean-up
+        raise raise_kill
+
+    monkeypatch.setattr(_load, "atomic_dir", spy)
+    with pytest.raises(KeyboardInterrupt):
+        convert_gguf(gguf)
+    (tmp,) = seen
+    assert tmp.parent == cache_root() / "models"
+    assert tmp.name.startswith(".tmp-gguf-") and f"~{os.getpid()}~" in tmp.name
+
+
+def test_stale_conversion_temporaries_of_dead_processes_are_removed(monkeypatch):
+    import os
+    import socket
+    import subprocess
+
+    from knowlens import _cache
+    from knowlens._cache import cache_root
+
+    models = cache_root() / "models"
+    dead_proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_proc.wait()
+    host = socket.gethostname()
+    dead = models / f".tmp-gguf-abc-v1~{dead_proc.pid}~{host}~deadbeef"
+    live = models / f".tmp-gguf-abc-v1~{os.getpid()}~{host}~cafebabe"
+    for d in (dead, live):
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"\0" * 1024)
+    monkeypatch.setattr(_cache, "_CLEANED", set())  # a fresh process
+    cache_root()
+    assert not dead.exists() and (live / "model.safetensors").exists()

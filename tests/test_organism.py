@@ -24,6 +24,12 @@ def test_organism_trains_caches_and_loads_by_spec(tiny_model_dir, tiny_model, mo
     assert info["organism"] == "refusal" and info["base_fingerprint"] == tiny_model.fingerprint
     assert info["n_train_pairs"] >= 140 and info["settings"]["steps"] == 6
     assert set(info["lora_targets"]) >= {"q_proj", "v_proj"}
+    # published with checksums (verified on reuse); the training checkpoints are gone
+    from knowlens._cache import CHECKSUMS, verify_entry
+
+    verify_entry(d)
+    assert "model.safetensors" in json.loads((d / CHECKSUMS).read_text())
+    assert info["resumed_from_step"] == 0 and not O.checkpoint_dir(d).exists()
     # content-addressed: same settings -> same directory, no retraining
     mtime = (d / "knowlens.json").stat().st_mtime
     assert O.train_refusal_organism(str(tiny_model_dir), s, device="cpu", progress=False) == d
@@ -46,12 +52,9 @@ def test_organism_trains_caches_and_loads_by_spec(tiny_model_dir, tiny_model, mo
         w1 = org.model.model.layers[layer].self_attn.q_proj.weight
         assert torch.allclose(w0, w1) != changed
     # the harmful / benign training data never includes the held-out behaviours
-    from knowlens.experiments.prompt_transfer import HELD_OUT, SPLIT_SEED
     from knowlens.jailbreak import corpora
 
-    _, held = corpora.split_behaviors(
-        corpora.harmful_behaviors(), held_out=HELD_OUT, seed=SPLIT_SEED
-    )
+    _, held = corpora.harmbench_split()
     train_text = set(O._harmful_training_prompts(s))
     assert not train_text & {p.behavior for p in held}
     assert not set(O.benign_training_prompts(200, 0)) & set(corpora.BENIGN_INSTRUCTIONS)
@@ -69,22 +72,36 @@ def test_organism_spec_errors():
         train_refusal_organism("organism:refusal:x")
 
 
-def test_greedy_batch_matches_single_and_evaluation_keys(tiny_model):
-    from knowlens.jailbreak.organisms import evaluate_refusals, greedy
+def test_base_answers_are_generate_texts_batched_cached_and_evaluation_keys(
+    tiny_model, monkeypatch
+):
+    """Organism data and evaluation decode through generation.generate_texts: batched rows
+    equal single served completions, and a second call is served from the cache."""
+    from knowlens import generation
+    from knowlens.jailbreak.organisms import base_answers, evaluate_refusals
     from knowlens.jailbreak.server import complete
 
     prompts = ["What is the capital of France?", "Hi", "Is the proposed answer correct?"]
-    batched = greedy(tiny_model, prompts, 6, batch_size=3)  # left-padded batch
+    batched = base_answers(tiny_model, prompts, 6)  # one left-padded batch
     for p, b in zip(prompts, batched, strict=True):
         assert b == complete(tiny_model, [{"role": "user", "content": p}], 6)[0]
+    calls = []
+    real = generation._decode_batch
+    monkeypatch.setattr(
+        generation, "_decode_batch", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    assert base_answers(tiny_model, prompts, 6) == batched and not calls  # cache hit
     ev = evaluate_refusals(tiny_model, n=3, max_new_tokens=4)
     assert ev["n_harmful"] == 3 and ev["n_benign"] == 3
     assert 0.0 <= ev["refusal_rate_harmful"] <= 1.0 and 0.0 <= ev["refusal_rate_benign"] <= 1.0
+    n_calls = len(calls)
+    assert evaluate_refusals(tiny_model, n=3, max_new_tokens=4) == ev and len(calls) == n_calls
 
 
 def test_response_loss_equals_hf_labels_loss(tiny_model):
     """The LM-head-only-on-response-positions loss is HF's own ``labels=`` loss."""
     from knowlens.jailbreak import organisms as O
+    from knowlens.training import response_loss
 
     s = O.OrganismSettings(batch_size=3, max_len=200)
     pairs = [
@@ -96,8 +113,8 @@ def test_response_loss_equals_hf_labels_loss(tiny_model):
     assert (lab == -100).sum() > 0 and (lab != -100).sum() > 0
     with torch.no_grad():
         out = tiny_model.model(input_ids=ids, attention_mask=att, labels=lab)
-        ours = O.response_loss(tiny_model.model, ids, lab, att, "cpu")
-        weighted = O.response_loss(tiny_model.model, ids, lab, att, "cpu", w)
+        ours = response_loss(tiny_model.model, ids, lab, att, "cpu")
+        weighted = response_loss(tiny_model.model, ids, lab, att, "cpu", w)
     torch.testing.assert_close(ours, out.loss, rtol=1e-5, atol=1e-6)
     # weighted: the first `decision_tokens` response tokens of each row count x decision_weight
     ce = torch.nn.functional.cross_entropy(
@@ -136,3 +153,92 @@ def test_benign_training_prompts_are_varied_and_held_out():
     )
     missing = [f for f, c in forms.items() if c >= 2 and not any(p.startswith(f) for p in pool)]
     assert not missing
+
+
+KW = dict(steps=8, batch_size=4, n_benign=8, benign_max_new_tokens=4, extra_harmful=4, max_len=48)
+
+
+def _weights(d):
+    """Every published file's checksum except knowlens.json (timings) and the checksum list."""
+    from knowlens._cache import CHECKSUMS
+
+    sums = json.loads((d / CHECKSUMS).read_text())
+    return {k: v for k, v in sums.items() if k != "knowlens.json"}
+
+
+@pytest.mark.timeout(170)
+def test_organism_killed_then_rerun_saves_identical_weights(tiny_model_dir, monkeypatch, tmp_path):
+    """A run interrupted mid-training resumes from its checkpoint: same bytes as uninterrupted."""
+    from knowlens import training
+    from knowlens.jailbreak import organisms as O
+
+    s = O.OrganismSettings(**KW)
+    run = dict(device="cpu", progress=False, evaluate=False, checkpoint_every=3)
+    monkeypatch.setenv("KNOWLENS_CACHE", str(tmp_path / "full"))
+    full = O.train_refusal_organism(str(tiny_model_dir), s, **run)
+
+    monkeypatch.setenv("KNOWLENS_CACHE", str(tmp_path / "killed"))
+    real, calls = training.response_loss, []
+
+    def dies_at_step_8(*a, **k):
+        calls.append(1)
+        if len(calls) == 8:  # inside the last step: checkpoints at 3 and 6 exist
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(training, "response_loss", dies_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        O.train_refusal_organism(str(tiny_model_dir), s, **run)
+    out = O.organism_dir(json.loads((full / "knowlens.json").read_text())["base_fingerprint"], s)
+    assert not out.exists() and training.latest_checkpoint(O.checkpoint_dir(out)) == 6
+    monkeypatch.setattr(training, "response_loss", real)
+    resumed = O.train_refusal_organism(str(tiny_model_dir), s, **run)
+    assert resumed == out and O.organism_info(resumed)["resumed_from_step"] == 6
+    assert (resumed / "model.safetensors").read_bytes() == (full / "model.safetensors").read_bytes()
+    assert _weights(resumed) == _weights(full)
+    info_full, info_res = O.organism_info(full), O.organism_info(resumed)
+    assert info_res["loss_first"] == info_full["loss_first"]
+    assert info_res["loss_last"] == info_full["loss_last"]
+
+
+@pytest.mark.timeout(170)
+def test_damaged_organism_is_moved_aside_and_retrained(tiny_model_dir, caplog):
+    from knowlens._cache import cache_root
+    from knowlens.jailbreak import organisms as O
+
+    s = O.OrganismSettings(**KW)
+    run = dict(device="cpu", progress=False, evaluate=False)
+    d = O.train_refusal_organism(str(tiny_model_dir), s, **run)
+    good = (d / "model.safetensors").read_bytes()
+    w = d / "model.safetensors"
+    w.write_bytes(good[:-8] + bytes(8))  # same size, other bytes: only the checksum sees it
+    with caplog.at_level("WARNING", logger="knowlens.cache"):
+        again = O.train_refusal_organism(str(tiny_model_dir), s, **run)
+    assert again == d and (d / "model.safetensors").read_bytes() == good
+    assert any("damaged entry organisms/" in r.getMessage() for r in caplog.records)
+    assert len(list((cache_root() / ".damaged").iterdir())) == 1
+    # force retrains and replaces the entry (same bytes: training is deterministic)
+    before = (d / "knowlens.json").stat().st_mtime_ns
+    O.train_refusal_organism(str(tiny_model_dir), s, force=True, **run)
+    assert (d / "knowlens.json").stat().st_mtime_ns != before
+    assert (d / "model.safetensors").read_bytes() == good
+
+
+def test_batches_resume_at_any_step(tiny_model):
+    """_batches(start=k) yields exactly the batches an uninterrupted run sees from step k."""
+    import itertools
+
+    from knowlens.jailbreak import organisms as O
+
+    s = O.OrganismSettings(batch_size=2, max_len=40)
+    pairs = [
+        (tiny_model.format_prompt(f"Q{i} capital of France?"), f" Paris {i}", i % 2 == 0)
+        for i in range(7)
+    ]
+    ref = list(itertools.islice(O._batches(tiny_model, pairs, s), 12))  # 3 batches / epoch
+    for k in (0, 1, 3, 7):
+        got = list(itertools.islice(O._batches(tiny_model, pairs, s, start=k), 12 - k))
+        for a, b in zip(got, ref[k:], strict=True):
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    # epochs reshuffle: the first two epochs differ in order
+    assert not all(torch.equal(ref[i][0], ref[i + 3][0]) for i in range(3))

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from knowlens import plots
-from knowlens.config import AnalysisConfig
+from knowlens.config import AnalysisConfig, Section
 from knowlens.experiments import ANALYSES, register_analysis, run
-from knowlens.report import Section, build_report
+from knowlens.report import build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -90,6 +90,7 @@ def fake_run(tmp_path, monkeypatch):
 
 def test_report_is_self_contained(fake_run):
     html = fake_run.report.read_text()
+    assert "<h3>Analyses</h3>" in html  # from the typed manifest
     imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
     assert len(imgs) == 1 and base64.b64decode(imgs[0])[:4] == b"\x89PNG"
     assert "http://" not in html and "https://" not in html  # nothing fetched from a network
@@ -152,3 +153,46 @@ def test_report_renders_in_headless_chromium(fake_run, tmp_path):
     assert dom.count("<table") >= 3 and "<figure>" in dom
     console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
     assert not console, console
+
+
+def test_report_rebuilds_from_a_copied_run_folder_alone(fake_run, tmp_path, monkeypatch):
+    """`knowlens report` needs only the run folder: no models, no cache."""
+    from typer.testing import CliRunner
+
+    import knowlens.models
+    from knowlens.cli import app
+
+    copy = tmp_path / "elsewhere" / "r"
+    shutil.copytree(fake_run.run_dir, copy)
+    shutil.rmtree(fake_run.run_dir)  # nothing may be read from the original
+    empty = tmp_path / "empty-cache"
+    empty.mkdir()
+    monkeypatch.setenv("KNOWLENS_CACHE", str(empty))
+
+    def no_models(*a, **k):
+        raise AssertionError("the report loaded a model")
+
+    monkeypatch.setattr(knowlens.models, "load_model", no_models)
+    for p in (copy / "figures").rglob("*.png"):
+        p.unlink()
+    (copy / "report.html").unlink()
+    res = CliRunner().invoke(app, ["report", str(copy)])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip().splitlines()[-1] == str(copy / "report.html")
+    html = (copy / "report.html").read_text()
+    assert (copy / "figures" / "fake_matrix" / "fake.png").is_file()  # redrawn from tables
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == 1
+    assert f"run folder <code>{copy}</code>" in html and "<b>max</b>: 0.70" in html
+    assert list(empty.iterdir()) == []  # the cache was never touched
+
+
+def test_report_of_a_folder_without_manifest_or_config(fake_run):
+    from knowlens.errors import KnowlensError
+
+    d = fake_run.run_dir
+    (d / "manifest.json").unlink()  # an unfinished run: the report still shows the tables
+    html = build_report(d).read_text()
+    assert "A fake transfer matrix." in html and "<h3>Analyses</h3>" not in html
+    (d / "config.yaml").unlink()
+    with pytest.raises(KnowlensError, match="not a knowlens run folder"):
+        build_report(d)

@@ -24,6 +24,7 @@ _LAZY: dict[str, str] = {
     "Task": "knowlens.tasks:Task",
     "Example": "knowlens.tasks:Example",
     "generate": "knowlens.generation:generate",
+    "generate_texts": "knowlens.generation:generate_texts",
     "Generation": "knowlens.generation:Generation",
     "GenerationSet": "knowlens.generation:GenerationSet",
     "extract": "knowlens.activations:extract",

@@ -157,9 +157,22 @@ class GenerationSet:
 
     @classmethod
     def load(cls, directory: str | Path) -> GenerationSet:
+        """Read a folder written by :meth:`save`; a missing, truncated or garbled file raises a
+        one-line ``DataError`` (never a pyarrow / json traceback)."""
         d = Path(directory)
-        meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
-        return cls.from_frame(pd.read_parquet(d / "generations.parquet"), meta)
+        try:
+            meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
+            if not isinstance(meta, dict):
+                raise ValueError("meta.json does not hold a JSON object")
+            return cls.from_frame(pd.read_parquet(d / "generations.parquet"), meta)
+        except Exception as e:  # pyarrow, json and pandas raise many types for a bad file
+            from knowlens.errors import DataError
+
+            why = (str(e).splitlines() or [""])[0][:160] or type(e).__name__
+            raise DataError(
+                f"Cannot read generations from {d} ({type(e).__name__}: {why}); the folder is "
+                "damaged or incomplete: delete it and generate again."
+            ) from None
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Typed experiment configs: YAML in, validated, one-line errors.
+"""The run layer's contract: typed experiment configs, report sections, the analysis protocol.
 
 A config file holds either one analysis::
 
@@ -23,25 +23,37 @@ Run-level fields (``models``, ``limit``, ``seed``, ``device``, ``n_bootstrap``, 
 overrides (``--models``, ``--limit``, ...) replace them everywhere. Every analysis module
 defines ``Config(AnalysisConfig)`` with its own fields; unknown keys are errors (with a
 "did you mean"), so a typo never silently falls back to a default.
+
+This module sits left of the analysis registry, so it only *declares* shapes: reading and
+validating a YAML file needs each analysis' ``Config`` class from the registry and lives in
+:mod:`knowlens.experiments._load` (``load_config`` / ``parse_config``, re-exported by
+:mod:`knowlens.experiments`).
 """
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from knowlens.errors import ConfigError, did_you_mean
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
+    "ANALYSIS_OPTIONAL",
+    "ANALYSIS_REQUIRED",
     "SHARED_FIELDS",
+    "Analysis",
     "AnalysisConfig",
     "RunConfig",
-    "format_validation_error",
-    "load_config",
-    "parse_config",
+    "Section",
+    "code_version",
+    "loads_models",
+    "report_sections",
 ]
 
 
@@ -63,7 +75,12 @@ class AnalysisConfig(BaseModel):
     limit: int | None = Field(
         default=None, ge=1, description="Max examples per task and split (None = all)."
     )
-    seed: int = Field(default=0, description="Seed for splits, training and bootstrap.")
+    seed: int = Field(
+        default=0,
+        ge=0,
+        lt=2**32,
+        description="Seed for splits, training and bootstrap (0 <= seed < 2**32, numpy's range).",
+    )
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:0', 'mps'.")
     n_bootstrap: int = Field(
         default=1000, ge=0, description="Bootstrap resamples for 95% CIs (0 = no CIs)."
@@ -80,6 +97,14 @@ class AnalysisConfig(BaseModel):
     def key(self) -> str:
         return self.id or self.analysis
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_int(cls, v: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode turns true/false into 1/0; `limit: true` is a mistake, not 1.
+        if isinstance(v, bool) and info.field_name and _is_int_field(cls, info.field_name):
+            raise ValueError("must be an integer, not a boolean")
+        return v
+
     @field_validator("models")
     @classmethod
     def _unique_models(cls, v: list[str]) -> list[str]:
@@ -94,6 +119,27 @@ class AnalysisConfig(BaseModel):
         if v not in ("local", "ray"):
             raise ValueError(f"must be 'local' or 'ray', got '{v}'")
         return v
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address_needs_ray(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # A cluster address with the local executor would be silently unused.
+        executor = info.data.get("executor", "local")
+        if v is not None and executor != "ray":
+            raise ValueError(
+                f"only applies with executor 'ray', but executor is '{executor}' "
+                "(pass --executor ray, or drop ray_address)"
+            )
+        return v
+
+
+def _is_int_field(cls: type[BaseModel], name: str) -> bool:
+    field = cls.model_fields.get(name)
+    if field is None:
+        return False
+    ann = field.annotation
+    args = set(typing.get_args(ann))
+    return ann is int or (int in args and args <= {int, type(None)})
 
 
 SHARED_FIELDS = (
@@ -127,154 +173,76 @@ class RunConfig(BaseModel):
         }
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
+@dataclass
+class Section:
+    """A block of the report contributed by an analysis (``report_sections``).
 
-
-def format_validation_error(
-    err: ValidationError, *, where: str, prefix: str = "", cls: type[BaseModel] | None = None
-) -> str:
-    """One line from pydantic's error list: field, what is allowed, what was given, the fix."""
-    e = err.errors()[0]
-    field = prefix + _loc(tuple(p for p in e["loc"] if not str(p).startswith("function-")))
-    given = e.get("input")
-    kind = e.get("type", "")
-    if kind == "extra_forbidden":
-        name = str(e["loc"][-1])
-        allowed = list((cls.model_fields if cls else {}).keys())
-        msg = did_you_mean(name, allowed, what="field") if allowed else f"Unknown field '{name}'."
-        return f"{where}: {msg.rstrip('.')} (at '{field}'). Remove or rename it."
-    if kind == "missing":
-        return f"{where}: field '{field}' is required but missing. Add it."
-    msg = (
-        e.get("msg", "invalid").removeprefix("Value error, ").replace("Input should be", "must be")
-    )
-    extra = (
-        f" ({len(err.errors()) - 1} more problem(s) after fixing this)"
-        if len(err.errors()) > 1
-        else ""
-    )
-    return (
-        f"{where}: field '{field}' {msg[0].lower() + msg[1:]}; got {given!r}. "
-        f"Fix '{field}' in the config or its command-line override.{extra}"
-    )
-
-
-def _analysis_config_class(name: Any, where: str, loc: str) -> type[AnalysisConfig]:
-    from knowlens.experiments import available_analyses, get_analysis
-
-    if not isinstance(name, str) or not name:
-        raise ConfigError(
-            f"{where}: field '{loc}analysis' must name an analysis "
-            f"({', '.join(available_analyses())}); got {name!r}. Add e.g. 'analysis: probe_transfer'."
-        )
-    return get_analysis(name).Config
-
-
-def parse_config(
-    data: Any, *, where: str = "config", overrides: dict[str, Any] | None = None
-) -> RunConfig:
-    """Validate a config mapping (single analysis or suite) into a :class:`RunConfig`.
-
-    ``overrides`` (from the command line or ``run(**overrides)``) win over the file: run-level
-    keys ``name``/``output``, and shared analysis fields (``models``, ``limit``, ...) applied to
-    every analysis. Any other key is applied to every analysis whose Config has that field.
+    Attributes:
+        title: heading.
+        caption: what the figure measures, in a sentence or two.
+        figures: PNG paths to embed (SVG siblings are linked, not embedded).
+        key_numbers: label -> formatted value, shown as a list beside the caption.
+        tables: names of the analysis' tables to show under the figures.
+        notes: extra plain text (caveats such as "n < min_n cells hatched").
     """
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{where}: the top level must be a mapping with 'analysis:' or 'analyses:'; got "
-            f"{type(data).__name__}. See configs/*.yaml for examples."
-        )
-    data = dict(data)
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    file_name, file_output = data.pop("name", None), data.pop("output", None)
-    name = overrides.pop("name", None) or file_name
-    output = overrides.pop("output", None) or file_output or "runs"
-    data.pop("source", None)
-    is_suite = "analyses" in data
-    if is_suite:
-        items = data.pop("analyses")
-        if not isinstance(items, list) or not items:
-            raise ConfigError(
-                f"{where}: field 'analyses' must be a non-empty list of mappings; got {items!r}. "
-                "List at least one '- analysis: <name>'."
-            )
-        shared = data
-        bad = sorted(set(shared) - set(SHARED_FIELDS))
-        if bad:
-            raise ConfigError(
-                f"{where}: {did_you_mean(bad[0], [*SHARED_FIELDS, 'name', 'output', 'analyses'], what='run-level field').rstrip('.')}."
-                " Move analysis-specific fields under an entry of 'analyses'."
-            )
-    else:
-        items, shared = [data], {}
-    if not isinstance(name, str) or not name.strip():
-        first = items[0].get("analysis") if isinstance(items[0], dict) else None
-        name = first if isinstance(first, str) and first else None
-        if name is None:
-            raise ConfigError(
-                f"{where}: field 'name' must be a non-empty string; got {name!r}. "
-                "Add 'name: my-run' or pass --name."
-            )
-    if any(c in name for c in "/\\") or name in {".", ".."}:
-        raise ConfigError(
-            f"{where}: field 'name' must be a plain folder name (no '/'); got {name!r}. "
-            "Use e.g. 'name: demo'."
-        )
 
-    analyses: list[AnalysisConfig] = []
-    for i, item in enumerate(items):
-        loc = f"analyses[{i}]." if is_suite else ""
-        if not isinstance(item, dict):
-            raise ConfigError(
-                f"{where}: entry '{loc.rstrip('.')}' must be a mapping like "
-                f"'analysis: probe_transfer'; got {item!r}."
-            )
-        cls = _analysis_config_class(item.get("analysis"), where, loc)
-        merged = {**{k: v for k, v in shared.items()}, **item}
-        for k, v in overrides.items():
-            if k in cls.model_fields:
-                merged[k] = v
-        try:
-            analyses.append(cls.model_validate(merged))
-        except ValidationError as err:
-            raise ConfigError(
-                format_validation_error(err, where=where, prefix=loc, cls=cls)
-            ) from None
-    unknown = [k for k in overrides if not any(k in type(a).model_fields for a in analyses)]
-    if unknown:
-        raise ConfigError(
-            f"{where}: override '{unknown[0]}' is not a field of any analysis in this run "
-            f"({', '.join(a.analysis for a in analyses)}). Drop it or check its spelling."
-        )
-    keys = [a.key for a in analyses]
-    dup = sorted({k for k in keys if keys.count(k) > 1})
-    if dup:
-        raise ConfigError(
-            f"{where}: analysis id '{dup[0]}' appears twice; ids must be unique in a run. "
-            "Give one of them 'id: <other-name>'."
-        )
-    return RunConfig(name=name, output=Path(output), analyses=analyses, source=where)
+    title: str
+    caption: str = ""
+    figures: list[Path] = field(default_factory=list)
+    key_numbers: dict[str, str] = field(default_factory=dict)
+    tables: list[str] = field(default_factory=list)
+    notes: str = ""
 
 
-def load_config(path: str | Path, **overrides: Any) -> RunConfig:
-    """Read and validate a YAML config file (see module docstring); errors are one line."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(
-            f"Config file '{p}' does not exist. Pass a YAML file, e.g. configs/demo.yaml."
-        )
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{p}: not valid YAML{at}: {problem}. Fix the syntax there.") from None
-    return parse_config(data, where=str(p), overrides=overrides)
+@runtime_checkable
+class Analysis(Protocol):
+    """What an analysis module (or namespace object) exposes; the registry checks it.
+
+    Required:
+
+    * ``Config``: a subclass of :class:`AnalysisConfig` with the analysis' own fields;
+    * ``run(cfg, ctx) -> {table name: DataFrame}``: tidy tables, one row per figure cell
+      (``ctx`` is the runner's ``knowlens.experiments.RunContext``); the table named like
+      the analysis is its main table;
+    * ``figures(tables, out_dir) -> [paths]``: drawn from the tables alone, so
+      ``knowlens report runs/<name>`` redraws them without models.
+
+    Optional (read through :func:`report_sections`, :func:`code_version`,
+    :func:`loads_models`; defaults in :data:`ANALYSIS_OPTIONAL`):
+
+    * ``report_sections(tables, figures) -> [Section]``; without it the report shows one
+      section with every figure and table;
+    * ``CODE_VERSION: str``: part of the result-cache key; bump it when results change;
+    * ``LOADS_MODELS: bool``: ``False`` when the specs in ``models`` are not plain local
+      models (API targets, ``?system=``), so the runner does not fingerprint them itself.
+    """
+
+    Config: type[AnalysisConfig]
+
+    def run(self, cfg: Any, ctx: Any) -> Mapping[str, pd.DataFrame]: ...
+
+    def figures(self, tables: Mapping[str, pd.DataFrame], out_dir: Path) -> list[Path]: ...
+
+
+ANALYSIS_REQUIRED = ("Config", "run", "figures")
+# name -> (default, the type it must have when given)
+ANALYSIS_OPTIONAL: dict[str, tuple[Any, type | None]] = {
+    "report_sections": (None, None),  # a callable
+    "CODE_VERSION": ("1", str),
+    "LOADS_MODELS": (True, bool),
+}
+
+
+def report_sections(analysis: Analysis) -> Callable[..., list[Section]] | None:
+    """The analysis' ``report_sections`` function, or None (one default section)."""
+    return getattr(analysis, "report_sections", None)
+
+
+def code_version(analysis: Analysis) -> str:
+    """The analysis' ``CODE_VERSION`` (part of its result-cache key), default ``"1"``."""
+    return str(getattr(analysis, "CODE_VERSION", ANALYSIS_OPTIONAL["CODE_VERSION"][0]))
+
+
+def loads_models(analysis: Analysis) -> bool:
+    """False for analyses whose model specs are not local weights the runner can load."""
+    return bool(getattr(analysis, "LOADS_MODELS", ANALYSIS_OPTIONAL["LOADS_MODELS"][0]))

@@ -27,20 +27,39 @@ for the *generated* ids (re-tokenising the answer with offsets can give differen
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import json
+import logging
+import numbers
+import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import xxhash
 
-from knowlens._cache import atomic_dir, entry_dir, stable_hash
+from knowlens._cache import (
+    atomic_dir,
+    atomic_write_bytes,
+    clean_stale_tmp,
+    entry_dir,
+    entry_lock,
+    quarantine,
+    stable_hash,
+    verified_entry,
+)
+from knowlens._progress import progress_bar
 from knowlens._types import Generation, GenerationSet
 from knowlens.errors import DataError, KnowlensError
 
-GENERATION_VERSION = "1"
+# 2: batch_size is part of the key (log-probs differ by ~1e-6 between batch sizes), entries
+# carry checksums.
+GENERATION_VERSION = "2"
+_log = logging.getLogger("knowlens.generation")
 
 __all__ = [
     "GENERATION_VERSION",
@@ -48,10 +67,12 @@ __all__ = [
     "GenerationSet",
     "GenerationSettings",
     "char_span_to_token_span",
+    "compute_numerics",
     "generate",
     "generate_examples",
     "generate_texts",
     "progress_bar",
+    "resolve_max_new_tokens",
 ]
 
 
@@ -66,46 +87,144 @@ class GenerationSettings:
     task: str = "texts"
 
     def validate(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise KnowlensError(
-                f"max_new_tokens must be a positive integer; got {self.max_new_tokens!r}. "
-                "Pass e.g. max_new_tokens=32."
-            )
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+        _check_positive_int("max_new_tokens", self.max_new_tokens, "max_new_tokens=32")
+        if (
+            not isinstance(self.batch_size, int)
+            or isinstance(self.batch_size, bool)
+            or self.batch_size < 1
+        ):
             raise KnowlensError(
                 f"batch_size must be a positive integer; got {self.batch_size!r}. "
                 "Pass e.g. batch_size=16."
             )
 
 
-# -- progress --------------------------------------------------------------------------------
-@contextlib.contextmanager
-def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Callable]:
-    """A rich progress bar on stderr; yields ``advance(n)``. Disabled: a no-op callable."""
-    if not enabled or total <= 0:
-        yield lambda n=1: None
+def _check_positive_int(what: str, value: Any, example: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise KnowlensError(
+            f"{what} must be a positive integer; got {value!r}. Pass e.g. {example}."
+        )
+
+
+def resolve_max_new_tokens(max_new_tokens: Any, task: Any) -> int:
+    """``max_new_tokens`` if given (a positive int: 0, negatives, floats and strings are errors,
+    never "use the default"), else the task's ``max_new_tokens`` (32 if it declares none)."""
+    if max_new_tokens is None:
+        value = getattr(task, "max_new_tokens", None)
+        value = 32 if value is None else value
+        who = f"task '{getattr(task, 'name', 'task')}' max_new_tokens"
+    else:
+        value, who = max_new_tokens, "max_new_tokens"
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)  # numpy ints from configs / dataframes
+    _check_positive_int(who, value, "max_new_tokens=32")
+    return value
+
+
+def context_limit(model: Any) -> tuple[int, str] | None:
+    """(tokens, where it came from) of the model's context window, or None if it declares none:
+    the config's position limit, else the tokenizer's ``model_max_length`` when it is a real
+    number (HF sets ~1e30 for "unknown")."""
+    cfg = getattr(model.model, "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        n = getattr(cfg, attr, None)
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            return n, f"config {attr}"
+    n = getattr(model.tokenizer, "model_max_length", None)
+    if isinstance(n, int) and 0 < n < 10_000_000:
+        return n, "tokenizer model_max_length"
+    return None
+
+
+def check_context(
+    model: Any, examples: Sequence[Any], prompt_lens: Sequence[int], max_new_tokens: int
+) -> None:
+    """Raise before any forward pass if a prompt + ``max_new_tokens`` exceeds the context: past
+    it a model silently produces garbage (e.g. the answer 'A:' to a 9,642-token prompt)."""
+    limit = context_limit(model)
+    if limit is None:
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
+    n, source = limit
+    over = [i for i, p in enumerate(prompt_lens) if p + max_new_tokens > n]
+    if not over:
+        return
+    i = max(over, key=lambda j: prompt_lens[j])
+    p = prompt_lens[i]
+    room = f"max_new_tokens <= {n - p}, " if n - p >= 1 else ""
+    raise KnowlensError(
+        f"Example '{examples[i].id}' has a {p}-token prompt + max_new_tokens={max_new_tokens} = "
+        f"{p + max_new_tokens} tokens, beyond the {n}-token context of model "
+        f"'{getattr(model, 'name', 'model')}' ({source}); {len(over)} of {len(prompt_lens)} "
+        f"examples are too long. Fix: a shorter prompt (fewer shots, shorter context), "
+        f"{room}or a model with a longer context."
     )
 
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    ) as prog:
-        tid = prog.add_task(description, total=total)
-        yield lambda n=1: prog.advance(tid, n)
+
+# -- resumable batches -------------------------------------------------------------------------
+_ROW_KEYS = {"answer_ids", "token_logprobs", "token_entropies", "stop_reason"}
+
+
+def _rows_digest(rows: list[dict[str, Any]]) -> str:
+    return xxhash.xxh3_128(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
+class BatchRecords:
+    """Finished batches of a cached run, so a killed run resumes where it stopped.
+
+    ``directory`` (``cache_root()/generations/.partial-<key>/``) holds one atomically written
+    ``<batch>.json`` per finished batch: its decoded rows, a digest of them and the plan hash
+    (cache key + the batch's example ids + prompt token ids). A record whose plan or digest
+    does not match is discarded and the batch recomputed; JSON floats round-trip exactly, so a
+    resumed run gives the same bytes as an uninterrupted one.
+    """
+
+    def __init__(self, directory: Path, key: str) -> None:
+        self.dir, self.key, self.reused = Path(directory), key, 0
+        clean_stale_tmp(self.dir)  # a record cut off mid-write by a kill
+
+    def _plan(self, ids: list[str], prompt_ids: list[list[int]]) -> str:
+        return stable_hash([self.key, ids, prompt_ids], length=32)
+
+    def get(
+        self, batch: int, ids: list[str], prompt_ids: list[list[int]]
+    ) -> list[dict[str, Any]] | None:
+        path = self.dir / f"{batch:05d}.json"
+        if not path.exists():
+            return None
+        same_plan = intact = False
+        try:
+            rec = json.loads(path.read_text())
+            same_plan = rec["plan"] == self._plan(ids, prompt_ids)
+            rows = rec["rows"]
+            intact = (
+                rec["digest"] == _rows_digest(rows)
+                and len(rows) == len(ids)
+                and all(isinstance(r, dict) and set(r) == _ROW_KEYS for r in rows)
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            same_plan = True  # unreadable, not merely another plan
+        if not (same_plan and intact):
+            if same_plan:
+                _log.warning("knowlens: discarding a damaged resume record %s", path)
+            path.unlink(missing_ok=True)
+            return None
+        self.reused += 1
+        return rows
+
+    def put(
+        self,
+        batch: int,
+        ids: list[str],
+        prompt_ids: list[list[int]],
+        rows: list[dict[str, Any]],
+    ) -> None:
+        rec = {"plan": self._plan(ids, prompt_ids), "batch": batch, "ids": ids, "rows": rows}
+        rec["digest"] = _rows_digest(rows)
+        atomic_write_bytes(self.dir / f"{batch:05d}.json", json.dumps(rec).encode())
+
+    def discard(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # -- token helpers ---------------------------------------------------------------------------
@@ -175,6 +294,19 @@ def _encode(handle: Any, text: str, templated: bool) -> list[int]:
     return list(handle.tokenizer(text, add_special_tokens=not templated)["input_ids"])
 
 
+@functools.cache
+def _cache_kwarg_of(cls: type) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def cache_kwarg(model: Any) -> str:
+    """The KV-cache keyword of ``model.forward``: transformers >= 5.2x calls it ``cache``
+    (``past_key_values`` warns and goes away in 5.40), older releases ``past_key_values``."""
+    return _cache_kwarg_of(type(model))
+
+
 @torch.inference_mode()
 def _decode_batch(
     handle: Any, prompts: list[list[int]], settings: GenerationSettings
@@ -207,13 +339,9 @@ def _decode_batch(
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
+    kv = {cache_kwarg(model): cache}
     out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=pos,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
+        input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kv
     )
     next_pos = pos[:, -1:] + 1
     for t in range(T):
@@ -246,11 +374,7 @@ def _decode_batch(
             break
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         out = model(
-            input_ids=tok[:, None],
-            attention_mask=mask,
-            position_ids=next_pos,
-            past_key_values=cache,
-            use_cache=True,
+            input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **kv
         )
         next_pos = next_pos + 1
     res = []
@@ -282,6 +406,7 @@ def generate_examples(
     settings: GenerationSettings,
     *,
     on_batch: Callable[[int], None] | None = None,
+    resume: BatchRecords | None = None,
 ) -> list[Generation]:
     """Generate (and grade) answers for ``examples``; pure: no cache, rows in input order.
 
@@ -292,6 +417,8 @@ def generate_examples(
         grade_fn: (example, answer) -> ``GradeResult``, or None for ungraded text.
         settings: decoding settings.
         on_batch: called with the number of rows finished after each batch (progress).
+        resume: finished batches of an earlier, interrupted run of the same plan (reused),
+            and where each newly finished batch is recorded.
     """
     settings.validate()
     templated = settings.use_chat_template and model.has_chat_template
@@ -303,14 +430,19 @@ def generate_examples(
     if any(len(i) == 0 for i in ids):
         bad = next(ex.id for ex, i in zip(examples, ids, strict=True) if not i)
         raise DataError(f"Example '{bad}' has an empty prompt; give every example a question.")
+    check_context(model, examples, [len(i) for i in ids], settings.max_new_tokens)
     # Longest first: similar lengths share a batch (less padding), peak memory shows early.
     order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
     decoded: list[dict[str, Any] | None] = [None] * len(ids)
-    for start in range(0, len(order), settings.batch_size):
+    for b, start in enumerate(range(0, len(order), settings.batch_size)):
         chunk = order[start : start + settings.batch_size]
-        for i, r in zip(
-            chunk, _decode_batch(model, [ids[i] for i in chunk], settings), strict=True
-        ):
+        batch_ids, batch_prompts = [str(examples[i].id) for i in chunk], [ids[i] for i in chunk]
+        got = resume.get(b, batch_ids, batch_prompts) if resume is not None else None
+        if got is None:
+            got = _decode_batch(model, batch_prompts, settings)
+            if resume is not None:
+                resume.put(b, batch_ids, batch_prompts, got)
+        for i, r in zip(chunk, got, strict=True):
             decoded[i] = r
         if on_batch is not None:
             on_batch(len(chunk))
@@ -351,6 +483,19 @@ def generate_examples(
 
 
 # -- cached front ends -----------------------------------------------------------------------
+def compute_numerics(device: Any, threads: int | None = None) -> dict[str, Any]:
+    """What a result's numbers depend on besides its inputs (part of generation and activation
+    keys). On CPU the intra-op thread count: torch splits reductions by it, so float32 results
+    move by ~1 ulp between 1 and 2 threads (log-probs ~5e-7, hidden states ~4e-7). On an
+    accelerator the device type only (its kernels do not depend on CPU threads).
+    ``threads``: of the process that computes (default: this one's)."""
+    kind = torch.device(device).type
+    if kind != "cpu":
+        return {"device": kind}
+    n = torch.get_num_threads() if threads is None else threads
+    return {"device": "cpu", "threads": int(n)}
+
+
 def generation_cache_entry(
     model: Any,
     examples: Sequence[Any],
@@ -358,16 +503,23 @@ def generation_cache_entry(
     settings: GenerationSettings,
     key_parts: dict[str, Any],
     meta: dict[str, Any],
+    *,
+    numerics: dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Cache key and ``GenerationSet.meta`` of a generation run; the one definition that the
-    local path and the Ray executor share, so each reuses the other's entries."""
+    local path and the Ray executor share, so each reuses the other's entries. ``numerics``:
+    ``compute_numerics`` of whoever decodes (default: this process on the model's device)."""
+    numerics = compute_numerics(model.device) if numerics is None else dict(numerics)
     key = stable_hash(
         {
             **key_parts,
             "model": model.target_id,
             "example_ids": [str(ex.id) for ex in examples],
             "prompts": stable_hash(list(rendered), length=32),
-            "settings": asdict(settings) | {"batch_size": None},  # batching never changes tokens
+            # batch_size included: padding changes the kernels' reductions, so log-probs differ
+            # by ~1e-6 between batch sizes; a cached number must not depend on which ran first.
+            "settings": asdict(settings),
+            "numerics": numerics,  # likewise the CPU thread count (see compute_numerics)
             "code": GENERATION_VERSION,
         }
     )
@@ -376,6 +528,7 @@ def generation_cache_entry(
         "model_fingerprint": model.fingerprint,
         "target_id": model.target_id,
         "settings": asdict(settings),
+        "numerics": numerics,
         "cache_key": key,
         "code_version": GENERATION_VERSION,
         **meta,
@@ -395,27 +548,61 @@ def _run_cached(
     cache: bool,
     progress: bool,
 ) -> GenerationSet:
+    if not all(hasattr(model, a) for a in ("format_prompt", "tokenizer", "target_id")):
+        raise KnowlensError(
+            f"model must be a knowlens ModelHandle; got {type(model).__name__} ({model!r:.60}). "
+            "Load it with knowlens.load_model(...) or wrap it with handle_from_objects(model, tok)."
+        )
     rendered = [
         model.format_prompt(prompt_fn(ex), use_chat_template=settings.use_chat_template)
         for ex in examples
     ]
     key, meta = generation_cache_entry(model, examples, rendered, settings, key_parts, meta)
-    entry = entry_dir("generations", key)
-    if cache and (entry / "generations.parquet").exists() and (entry / "meta.json").exists():
-        gs = GenerationSet.load(entry)
-        gs.meta["cache_hit"] = True
+    if not cache:
+        gs = _compute(model, examples, prompt_fn, grade_fn, settings, meta, None, progress)
+        gs.meta["cache_hit"] = False
         return gs
-    t0 = time.perf_counter()
-    with progress_bar(len(examples), f"generate {model.name} · {settings.task}", progress) as adv:
-        rows = generate_examples(model, examples, prompt_fn, grade_fn, settings, on_batch=adv)
-    meta["seconds"] = round(time.perf_counter() - t0, 3)
-    meta["n_answer_tokens"] = int(sum(len(r.answer_ids) for r in rows))
-    gs = GenerationSet(rows, meta)
-    if cache:
-        with atomic_dir(entry) as tmp:
+    # One writer per entry across processes: an identical concurrent run waits, then reads.
+    with entry_lock("generations", key):
+        entry = verified_entry("generations", key)  # damaged -> warned, moved aside, None
+        if entry is not None:
+            try:
+                gs = GenerationSet.load(entry)
+            except DataError as e:  # intact bytes that still do not parse (foreign writer)
+                quarantine(entry, str(e))
+            else:
+                gs.meta["cache_hit"] = True
+                return gs
+        resume = BatchRecords(entry_dir("generations", f".partial-{key}"), key)
+        gs = _compute(model, examples, prompt_fn, grade_fn, settings, meta, resume, progress)
+        with atomic_dir(entry_dir("generations", key)) as tmp:  # checksums written too
             gs.save(tmp)
+        resume.discard()
     gs.meta["cache_hit"] = False
     return gs
+
+
+def _compute(
+    model: Any,
+    examples: Sequence[Any],
+    prompt_fn: Callable[[Any], str],
+    grade_fn: Callable[[Any, str], Any] | None,
+    settings: GenerationSettings,
+    meta: dict[str, Any],
+    resume: BatchRecords | None,
+    progress: bool,
+) -> GenerationSet:
+    t0 = time.perf_counter()
+    with progress_bar(len(examples), f"generate {model.name} · {settings.task}", progress) as adv:
+        rows = generate_examples(
+            model, examples, prompt_fn, grade_fn, settings, on_batch=adv, resume=resume
+        )
+    meta["seconds"] = round(time.perf_counter() - t0, 3)
+    meta["n_answer_tokens"] = int(sum(len(r.answer_ids) for r in rows))
+    meta["batches_reused"] = resume.reused if resume is not None else 0
+    if meta["batches_reused"]:
+        _log.info("generation resumed: %d finished batches reused", meta["batches_reused"])
+    return GenerationSet(rows, meta)
 
 
 def generate(
@@ -438,11 +625,13 @@ def generate(
         model: a ``ModelHandle``.
         task: a ``knowlens.tasks.Task`` (anything with ``name``, ``version``, ``examples``,
             ``max_new_tokens``, ``prompt`` and ``grade``).
-        max_new_tokens: answer length cap (default: the task's ``max_new_tokens``).
-        batch_size: rows decoded together.
+        max_new_tokens: answer length cap, a positive int (None: the task's
+            ``max_new_tokens``). Prompt + cap beyond the model's context is an error.
+        batch_size: rows decoded together (part of the cache key: it moves log-probs ~1e-6).
         use_chat_template: wrap the prompt in the model's chat template when it has one.
         stop_on_newline: end the answer at the first newline after non-blank text.
-        cache: reuse / store the result under a content-addressed key.
+        cache: reuse / store the result under a content-addressed key (verified on read,
+            locked against identical concurrent runs, resumed per batch after a kill).
         progress: show a progress bar.
 
     Returns:
@@ -455,7 +644,7 @@ def generate(
             f"Task '{name}' has no examples; check its split/limit (e.g. load_task('{name}', limit=50))."
         )
     settings = GenerationSettings(
-        max_new_tokens=int(max_new_tokens or getattr(task, "max_new_tokens", 32) or 32),
+        max_new_tokens=resolve_max_new_tokens(max_new_tokens, task),
         batch_size=batch_size,
         use_chat_template=use_chat_template,
         stop_on_newline=stop_on_newline,

@@ -3,8 +3,10 @@
     from knowlens.report import build_report
     build_report("runs/demo")          # redraws figures from tables/, writes report.html
 
-The report reads only what the run folder holds (``config.yaml``, ``manifest.json``,
-``tables/``), never models, so it can be rebuilt anywhere. It shows what was run (models
+The report reads only what the run folder holds (``config.yaml``, ``manifest.json`` read back
+as a typed ``RunManifest``, ``tables/``), never models or caches, so a run folder copied
+anywhere rebuilds its figures and report. It imports only the analysis registry, the run
+folder module (:mod:`knowlens.experiments._rundir`) and the contract (:mod:`knowlens.config`). It shows what was run (models
 with fingerprints, tasks and sizes, the resolved config, versions), accuracy per task and
 model, then one block per analysis: each figure with a caption and its key numbers, and the
 tables, sortable by clicking a column header.
@@ -14,8 +16,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,32 +23,21 @@ import pandas as pd
 import yaml
 
 from knowlens._cache import atomic_write_text
-from knowlens.errors import KnowlensError
+from knowlens.config import AnalysisConfig, RunConfig, Section, report_sections
+from knowlens.experiments._registry import get_analysis
+from knowlens.experiments._rundir import (
+    RunManifest,
+    figure_files,
+    figures_dir,
+    read_config,
+    read_manifest,
+    read_tables,
+    report_path,
+)
 
-__all__ = ["Section", "build_report"]
+__all__ = ["build_report", "draw_figures", "table_html"]
 
 MAX_TABLE_ROWS = 400
-
-
-@dataclass
-class Section:
-    """A block of the report contributed by an analysis (``report_sections``).
-
-    Attributes:
-        title: heading.
-        caption: what the figure measures, in a sentence or two.
-        figures: PNG paths to embed (SVG siblings are linked, not embedded).
-        key_numbers: label -> formatted value, shown as a list beside the caption.
-        tables: names of the analysis' tables to show under the figures.
-        notes: extra plain text (caveats such as "n < min_n cells hatched").
-    """
-
-    title: str
-    caption: str = ""
-    figures: list[Path] = field(default_factory=list)
-    key_numbers: dict[str, str] = field(default_factory=dict)
-    tables: list[str] = field(default_factory=list)
-    notes: str = ""
 
 
 _CSS = """
@@ -131,19 +120,12 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _load_run(run_dir: Path) -> tuple[Any, dict[str, Any]]:
-    from knowlens.config import parse_config
-
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise KnowlensError(
-            f"'{run_dir}' is not a knowlens run folder (no config.yaml). "
-            "Pass a folder written by `knowlens run`, e.g. runs/demo."
-        )
-    rc = parse_config(yaml.safe_load(cfg_path.read_text()), where=str(cfg_path))
-    mpath = run_dir / "manifest.json"
-    manifest = json.loads(mpath.read_text()) if mpath.is_file() else {}
-    return rc, manifest
+def draw_figures(
+    run_dir: Path, analysis: AnalysisConfig, tables: dict[str, pd.DataFrame]
+) -> list[Path]:
+    """An analysis' figures, drawn from its tables into ``figures/<id>/`` (no models)."""
+    module = get_analysis(analysis.analysis)
+    return list(module.figures(tables, figures_dir(run_dir, analysis.key)))
 
 
 def _default_sections(key: str, tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[Section]:
@@ -156,47 +138,52 @@ def _default_sections(key: str, tables: dict[str, pd.DataFrame], figs: list[Path
     ]
 
 
-def _run_summary(rc: Any, manifest: dict[str, Any]) -> str:
+def _run_summary(rc: RunConfig, manifest: RunManifest | None) -> str:
     models: dict[str, dict[str, Any]] = {}
     tasks: list[dict[str, Any]] = []
     rows = []
-    for key, a in manifest.get("analyses", {}).items():
-        for spec, info in a.get("models", {}).items():
-            models.setdefault(spec, info)
-        for t in a.get("tasks", []):
-            if {**t, "analysis": key} not in tasks:
-                tasks.append({"analysis": key, **t})
+    for key, a in (manifest.analyses if manifest else {}).items():
+        for spec, m in a.models.items():
+            models.setdefault(
+                spec,
+                {
+                    "spec": spec,
+                    "name": m.name,
+                    "fingerprint": m.fingerprint,
+                    **{
+                        k: v
+                        for k, v in (
+                            ("n_layers", m.n_layers),
+                            ("d_model", m.d_model),
+                            ("dtype", m.dtype),
+                            ("device", m.device),
+                            ("chat_template", m.chat_template),
+                        )
+                        if v is not None
+                    },
+                },
+            )
+        for t in a.tasks:
+            rec = {"analysis": key, **t.model_dump()}
+            if rec not in tasks:
+                tasks.append(rec)
         rows.append(
             {
                 "analysis": key,
-                "seed": a.get("seed"),
-                "from cache": "yes" if a.get("from_cache") else "no",
-                "wall s": a.get("wall_s"),
+                "seed": a.seed,
+                "from cache": "yes" if a.from_cache else "no",
+                "executor": a.executor.name if a.executor else "",
+                "wall s": a.wall_s,
             }
         )
     parts = ["<h2>What was run</h2>"]
     if models:
-        mdf = pd.DataFrame(
-            [
-                {
-                    "spec": spec,
-                    "name": m.get("name"),
-                    "fingerprint": m.get("fingerprint"),
-                    **{
-                        k: m[k]
-                        for k in ("n_layers", "d_model", "dtype", "device", "has_chat_template")
-                        if k in m
-                    },
-                }
-                for spec, m in models.items()
-            ]
-        )
-        parts += ["<h3>Models</h3>", table_html(mdf)]
+        parts += ["<h3>Models</h3>", table_html(pd.DataFrame(list(models.values())))]
     if tasks:
         parts += ["<h3>Tasks and sizes</h3>", table_html(pd.DataFrame(tasks))]
     if rows:
         parts += ["<h3>Analyses</h3>", table_html(pd.DataFrame(rows))]
-    vers = manifest.get("versions", {})
+    vers = manifest.versions if manifest else {}
     if vers:
         parts.append(
             '<p class="sub">' + " · ".join(f"{_esc(k)} {_esc(v)}" for k, v in vers.items()) + "</p>"
@@ -212,11 +199,9 @@ def _run_summary(rc: Any, manifest: dict[str, Any]) -> str:
 def build_report(run_dir: str | Path, *, redraw: bool = True) -> Path:
     """Write ``<run_dir>/report.html`` from the run folder; ``redraw`` re-renders figures
     from the saved tables first (what ``knowlens report`` does). Returns the report path."""
-    from knowlens.experiments import get_analysis
-    from knowlens.experiments._runner import draw_figures, read_tables
-
     run_dir = Path(run_dir)
-    rc, manifest = _load_run(run_dir)
+    rc = read_config(run_dir)
+    manifest = read_manifest(run_dir)
     blocks: list[str] = []
     accuracy: list[pd.DataFrame] = []
     n_figs = 0
@@ -230,12 +215,9 @@ def build_report(run_dir: str | Path, *, redraw: bool = True) -> Path:
             continue
         if "accuracy" in tables:
             accuracy.append(tables["accuracy"].assign(analysis=acfg.key))
-        if redraw:
-            figs = draw_figures(run_dir, acfg, tables)
-        else:
-            figs = sorted((run_dir / "figures" / acfg.key).glob("*.png"))
-        module = get_analysis(acfg.analysis)
-        maker = getattr(module, "report_sections", None)
+        # redraw: figures from the saved tables (knowlens report); else the ones the run drew
+        figs = draw_figures(run_dir, acfg, tables) if redraw else figure_files(run_dir, acfg.key)
+        maker = report_sections(get_analysis(acfg.analysis))
         sections = maker(tables, figs) if maker else _default_sections(acfg.key, tables, figs)
         blocks.append(f'<h2 id="{_esc(acfg.key)}">{_esc(acfg.key)}</h2>')
         for sec in sections:
@@ -284,19 +266,20 @@ def build_report(run_dir: str | Path, *, redraw: bool = True) -> Path:
             + table_html(acc)
         )
     title = f"knowlens report: {rc.name}"
-    started = manifest.get("started_utc", "")
+    started = manifest.started_utc if manifest else ""
+    version = manifest.knowlens_version if manifest else ""
     doc = (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<meta name='viewport' content='width=device-width,initial-scale=1'><title>{_esc(title)}"
         f"</title><link rel='icon' href='data:,'><style>{_CSS}</style></head><body>"
         f"<h1>{_esc(title)}</h1><p class='sub'>run folder <code>{_esc(run_dir)}</code>"
         f"{' · started ' + _esc(started) if started else ''} · {n_figs} figures · knowlens "
-        f"{_esc(manifest.get('knowlens_version', ''))}</p>"
+        f"{_esc(version)}</p>"
         + _run_summary(rc, manifest)
         + acc_html
         + "\n".join(blocks)
         + f"<script>{_JS}</script></body></html>"
     )
-    out = run_dir / "report.html"
+    out = report_path(run_dir)
     atomic_write_text(out, doc)
     return out

@@ -7,8 +7,9 @@
 Layer indices follow HF ``output_hidden_states``: 0 = embedding output (input of block 0),
 i = output of decoder block i (``hidden_states[i]``), ``n_layers`` = HF's last entry, which is
 *after the final norm*. Forward hooks read the unmodified HF model and the pass stops right
-after the deepest requested layer (the LM head never runs). Results are float16 (or float32)
-``.npy`` memmaps in the content-addressed cache, written shard by shard and resumable
+after the deepest requested layer (the LM head never runs). Results are ``.npy`` memmaps in
+the content-addressed cache, float16 unless ``dtype="auto"`` (the default) finds values
+beyond the float16 range (then float32), written shard by shard, resumable and checksummed
 (see ``_store``). Token selectors and alignment: see ``_extract``.
 """
 

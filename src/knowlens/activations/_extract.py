@@ -64,7 +64,7 @@ class ExtractSpec:
 
     layers: tuple[int, ...]
     tokens: str
-    dtype: str = "float16"
+    dtype: str = "float16"  # resolved: float16 | float32 (never "auto")
     max_positions: int = 512
     n_positions: int = 1  # width of the position axis (all rows padded to it)
     batch_size: int = 8
@@ -77,16 +77,29 @@ def check_tokens(tokens: str, allowed: Sequence[str] = SELECTORS) -> str:
     return tokens
 
 
+STORE_DTYPES = ("auto", *DTYPES)  # "auto": float16 unless the model's values exceed it
+
+
+class Float16Overflow(Exception):
+    """Internal: a value exceeded the float16 range while storing ``auto`` as float16."""
+
+    def __init__(self, max_abs: float) -> None:
+        super().__init__(f"max |x| = {max_abs:.4g}")
+        self.max_abs = max_abs
+
+
 def check_dtype(dtype: str) -> str:
-    if dtype not in DTYPES:
+    if dtype not in STORE_DTYPES:
         raise KnowlensError(
-            f"Unknown storage dtype '{dtype}'. Use float16 (default, half the disk) or float32."
+            f"Unknown storage dtype '{dtype}'. Use auto (default: float16, or float32 when the "
+            "model's values exceed the float16 range), float16 (clamps to +-65504) or float32."
         )
     return dtype
 
 
 def resolve_layers(model: Any, layers: str | int | Sequence[int]) -> tuple[int, ...]:
-    """Hidden-state indices (sorted, unique) from "all", an int or a list (negatives count back)."""
+    """Hidden-state indices (sorted) from "all", an int or a list (negatives count back); an
+    index named twice (e.g. 3 and -2 with 4 layers) is a one-line ``KnowlensError``."""
     n = model.n_layers
     if isinstance(layers, str):
         if layers == "all":
@@ -100,7 +113,8 @@ def resolve_layers(model: Any, layers: str | int | Sequence[int]) -> tuple[int, 
             ) from None
     if isinstance(layers, (int, np.integer)):
         layers = [int(layers)]
-    out = set()
+    out: dict[int, int] = {}  # resolved index -> the first value that named it
+    dup: tuple[int, int, int] | None = None  # (index, first value, repeated value)
     for layer in layers:
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
             raise KnowlensError(f"layers must be integers; got {layer!r}. Use e.g. layers=[0, -1].")
@@ -111,7 +125,17 @@ def resolve_layers(model: Any, layers: str | int | Sequence[int]) -> tuple[int, 
                 f"0..{n} (0 = embeddings, {n} = after the final norm) or -{n + 1}..-1. "
                 "Pick layers in that range."
             )
-        out.add(idx)
+        if idx in out and dup is None:
+            dup = (idx, out[idx], int(layer))
+        out.setdefault(idx, int(layer))
+    if dup is not None:  # silently dropping one would shorten the layer axis the caller expects
+        idx, first, again = dup
+        named = f"{first} twice" if first == again else f"both {first} and {again}"
+        raise KnowlensError(
+            f"layers names hidden-state index {idx} more than once ({named}; for {model.name} "
+            f"-1 = {n}, -{n + 1} = 0); list each layer once, e.g. "
+            f"layers={','.join(str(v) for v in out.values())}."
+        )
     if not out:
         raise KnowlensError("layers is empty; pass 'all' or at least one layer index.")
     return tuple(sorted(out))
@@ -211,6 +235,7 @@ def extract_batch(
     out: np.ndarray | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     counter: list[int] | None = None,
+    stop_on_overflow: bool = False,
 ) -> dict[str, np.ndarray]:
     """Hidden states of ``items`` per ``spec``; pure (no cache), rows in input order.
 
@@ -222,6 +247,9 @@ def extract_batch(
             the spec's dtype to write into (e.g. a memmap slice); allocated if None.
         on_batch: called with (rows, tokens) after each forward batch (progress).
         counter: test hook, passed to ``Trace`` (records every hook call).
+        stop_on_overflow: with float16, raise ``Float16Overflow`` after the first batch whose
+            values exceed +-65504 instead of clamping them (``dtype="auto"`` then switches to
+            float32).
 
     Returns:
         ``{"values": (n, L, K, d), "mask": (n, K) bool, "positions": (n, K) int64,
@@ -271,6 +299,8 @@ def extract_batch(
                     use_cache=False,
                 )
             )
+        if stop_on_overflow and overflow:
+            raise Float16Overflow(max(overflow))
         total_tokens += int(sum(lens))
         if on_batch is not None:
             on_batch(b, int(sum(lens)))
@@ -317,15 +347,15 @@ def _writer(
     """The hook body for one batch: gather the selected positions and store them (cast)."""
     b = len(rows)
     if tokens == "all":
-        width = min(t, k)
-        keep = [min(n, width) for n in lens]
+        keep = [min(n, t, k) for n in lens]
 
         def write_all(i: int, h: torch.Tensor) -> None:
-            # One fused copy + cast per row; positions past a row's length are zeroed.
+            # One fused copy + cast per row; every position past a row's length is zeroed
+            # (``out`` may be a reused memmap holding an abandoned attempt's bytes).
             for j, r in enumerate(rows):
                 out_t[r, i, : keep[j]].copy_(h[j, : keep[j]])
-                if keep[j] < width:
-                    out_t[r, i, keep[j] : width] = 0
+                if keep[j] < k:
+                    out_t[r, i, keep[j] :] = 0
 
         return write_all
     if tokens == "exact_answer_mean":

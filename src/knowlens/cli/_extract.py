@@ -13,15 +13,29 @@ console = Console(stderr=True)
 def _model_and_task(
     model: str, task: str, split: str, limit: int | None, device: str, dtype: str | None
 ) -> tuple[Any, Any]:
-    from knowlens.errors import DataError
+    from knowlens.errors import KnowlensError
+    from knowlens.jailbreak.targets import parse_target
     from knowlens.models import load_model
     from knowlens.tasks import load_task
 
-    if limit is not None and limit < 1:
-        raise DataError(f"--limit must be at least 1; got {limit}. Pass e.g. --limit 50.")
-    t = load_task(task, split=split, limit=limit)
-    with console.status(f"loading {model}"):
-        m = load_model(model, device=device, dtype=dtype)
+    # Model specs read like target specs: MODEL?system=safety adds a deployment system prompt
+    # (one parser for both, knowlens.jailbreak.targets).
+    ts = parse_target(model)
+    if ts.kind == "api":
+        raise KnowlensError(
+            f"Model '{model}' is an API target; generate/extract need local weights (token "
+            "probabilities, hidden states). API targets are read by the prompt_transfer "
+            "analysis (`models: [api:...]` in its config). Pass a local model spec here."
+        )
+    t = load_task(task, split=split, limit=limit)  # before loading: fast errors first
+    with console.status(f"loading {ts.model}"):
+        m = load_model(
+            ts.model,
+            device=device,
+            dtype=dtype,
+            system_prompt=ts.system_prompt,
+            name=ts.options.get("name") or (ts.display if ts.system_prompt else None),
+        )
     return m, t
 
 
@@ -40,15 +54,24 @@ def _generate(
     )
 
 
-_MODEL = typer.Option(..., "--model", "-m", help="Embedded name, HF directory, .gguf or hub id.")
+_MODEL = typer.Option(
+    ...,
+    "--model",
+    "-m",
+    help="Embedded name, HF directory, .gguf or hub id; MODEL?system=safety adds a system prompt.",
+)
 _TASK = typer.Option(..., "--task", "-t", help="Task name (see `knowlens tasks`).")
 _SPLIT = typer.Option("test", "--split", help="Task split.")
-_LIMIT = typer.Option(None, "--limit", "-n", help="Max examples.")
+_LIMIT = typer.Option(None, "--limit", "-n", min=1, help="Max examples.")
 _DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
-_MDTYPE = typer.Option(None, "--model-dtype", help="float32 (CPU default), bfloat16, float16.")
+_MDTYPE = typer.Option(
+    None,
+    "--model-dtype",
+    help="Dtype the model runs in: float32 (CPU default), bfloat16 (CUDA default), float16.",
+)
 _CHAT = typer.Option(True, "--chat-template/--no-chat-template", help="Use the chat template.")
 _NOCACHE = typer.Option(False, "--no-cache", help="Recompute instead of reusing the cache.")
-_MAXNEW = typer.Option(None, "--max-new-tokens", help="Answer length cap (default: task's).")
+_MAXNEW = typer.Option(None, "--max-new-tokens", min=1, help="Answer length cap (default: task's).")
 
 
 def register(app: typer.Typer) -> None:
@@ -59,7 +82,7 @@ def register(app: typer.Typer) -> None:
         split: str = _SPLIT,
         limit: int | None = _LIMIT,
         max_new_tokens: int | None = _MAXNEW,
-        batch_size: int = typer.Option(16, "--batch-size", help="Rows decoded together."),
+        batch_size: int = typer.Option(16, "--batch-size", min=1, help="Rows decoded together."),
         chat: bool = _CHAT,
         device: str = _DEVICE,
         model_dtype: str | None = _MDTYPE,
@@ -97,9 +120,19 @@ def register(app: typer.Typer) -> None:
         ),
         split: str = _SPLIT,
         limit: int | None = _LIMIT,
-        dtype: str = typer.Option("float16", "--dtype", help="Storage dtype: float16 or float32."),
-        max_positions: int = typer.Option(512, "--max-positions", help="Cap for --tokens all."),
-        batch_size: int = typer.Option(8, "--batch-size", help="Sequences per forward pass."),
+        dtype: str = typer.Option(
+            "auto",
+            "--dtype",
+            help="Storage dtype of the saved activations (= extract(dtype=)): auto (float16, "
+            "or float32 if the model's values exceed it), float16 (clamps) or float32. The "
+            "model's own dtype is --model-dtype.",
+        ),
+        max_positions: int = typer.Option(
+            512, "--max-positions", min=1, help="Cap for --tokens all."
+        ),
+        batch_size: int = typer.Option(
+            8, "--batch-size", min=1, help="Sequences per forward pass."
+        ),
         max_new_tokens: int | None = _MAXNEW,
         chat: bool = _CHAT,
         device: str = _DEVICE,

@@ -15,6 +15,18 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback default)."),
         name: str | None = typer.Option(None, "--name", help="Model name clients must send."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+        max_prompt_tokens: int | None = typer.Option(
+            None,
+            "--max-prompt-tokens",
+            help="Longest prompt in tokens (larger: HTTP 413). Default: model context minus "
+            "512, at most 8192.",
+        ),
+        request_timeout: float = typer.Option(
+            300.0, "--request-timeout", help="Seconds per request, queue wait included (504)."
+        ),
+        max_queue: int = typer.Option(
+            16, "--max-queue", help="Requests allowed to wait for the model (more: HTTP 429)."
+        ),
     ) -> None:
         """Serve a local model as an OpenAI-compatible chat-completions endpoint (/v1)."""
         from knowlens.errors import KnowlensError
@@ -22,12 +34,39 @@ def register(app: typer.Typer) -> None:
 
         if not 1 <= port <= 65535:
             raise KnowlensError(f"--port must be in 1..65535; got {port}. Use e.g. --port 8000.")
+        # Checked before the model loads (minutes for a large one); the context check on
+        # --max-prompt-tokens needs the model and happens in create_app.
+        if max_prompt_tokens is not None and max_prompt_tokens < 1:
+            raise KnowlensError(
+                f"--max-prompt-tokens must be >= 1; got {max_prompt_tokens}. Omit it for the "
+                "default (model context minus 512)."
+            )
+        if not request_timeout > 0:
+            raise KnowlensError(
+                f"--request-timeout must be > 0 seconds; got {request_timeout:g}. "
+                "Use e.g. --request-timeout 300."
+            )
+        if max_queue < 1:
+            raise KnowlensError(
+                f"--max-queue must be >= 1; got {max_queue}. Use e.g. --max-queue 16."
+            )
         Console(stderr=True).print(
             f"serving [bold]{name or model}[/] at http://{host}:{port}/v1 "
-            f"(target spec: api:{name or model}?base_url=http://{host}:{port}/v1); Ctrl-C stops",
+            f"(target spec: api:{name or model}?base_url=http://{host}:{port}/v1); "
+            "Ctrl-C or SIGTERM stops",
             highlight=False,
+            soft_wrap=True,
         )
-        serve(model, host=host, port=port, device=device, name=name)
+        serve(
+            model,
+            host=host,
+            port=port,
+            device=device,
+            name=name,
+            max_prompt_tokens=max_prompt_tokens,
+            request_timeout=request_timeout,
+            max_queue=max_queue,
+        )
 
     organism = typer.Typer(help="Model organisms (small fine-tunes that make analyses meaningful).")
     app.add_typer(organism, name="organism")
@@ -40,7 +79,7 @@ def register(app: typer.Typer) -> None:
         steps: int | None = typer.Option(
             None, "--steps", min=1, help="Optimiser steps (default: OrganismSettings.steps)."
         ),
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Training seed."),
         device: str = typer.Option("cpu", "--device"),
         force: bool = typer.Option(False, "--force", help="Retrain even if cached."),
     ) -> None:

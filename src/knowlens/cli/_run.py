@@ -12,19 +12,57 @@ _DEMO_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
-    import yaml
-
+    """``--set key=value`` pairs; values are YAML, validated later like the file's values."""
+    from knowlens._yaml import load_yaml_text
     from knowlens.errors import ConfigError
 
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(
                 f"--set must look like key=value (e.g. --set n_bootstrap=200); got '{item}'."
             )
-        out[key.strip()] = yaml.safe_load(value)
+        if key in out:
+            raise ConfigError(
+                f"--set {key}=... is given twice ({key}={out[key]!r} and '{item}'); "
+                "give each field once."
+            )
+        out[key] = load_yaml_text(value, where=f"--set {item}")
     return out
+
+
+def _cli_overrides(set_: list[str], **options: Any) -> dict[str, Any]:
+    """--set values, then the named options that were given (None = not given)."""
+    from knowlens.errors import ConfigError
+
+    overrides = _parse_set(set_)
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key in overrides:
+            raise ConfigError(
+                f"'{key}' is given twice: --set {key}={overrides[key]!r} and --{key.replace('_', '-')} "
+                f"{value}. Use one of them."
+            )
+        overrides[key] = value
+    return overrides
+
+
+def _parse_models(models: str | None) -> list[str] | None:
+    from knowlens.errors import ConfigError
+
+    if models is None:
+        return None
+    specs = [m.strip() for m in models.split(",")]
+    if not any(specs) or not all(specs):
+        raise ConfigError(
+            f"--models must be a comma-separated list of model specs with no empty entry; got "
+            f"{models!r}. Pass e.g. --models smollm2-135m-instruct,gemma3-270m, or leave "
+            "--models out to use the config's models."
+        )
+    return specs
 
 
 def _finish(res: Any, console: Console) -> None:
@@ -63,14 +101,17 @@ def register(app: typer.Typer) -> None:
         """Run the analyses of a config; writes runs/<name>/ and prints report.html's path."""
         from knowlens.experiments import run
 
-        overrides: dict[str, Any] = _parse_set(set_)
-        if models:
-            overrides["models"] = [m.strip() for m in models.split(",") if m.strip()]
-        overrides.update(limit=limit, output=output, name=name, seed=seed)
-        if executor:
-            overrides["executor"] = executor
-        if ray_address:
-            overrides["ray_address"] = ray_address
+        # Only options the user gave override the config (a default must not mask --set).
+        overrides = _cli_overrides(
+            set_,
+            models=_parse_models(models),
+            limit=limit,
+            output=output,
+            name=name,
+            seed=seed,
+            executor=executor,
+            ray_address=ray_address,
+        )
         res = run(config, use_cache=not no_cache, **overrides)
         _finish(res, Console(stderr=True))
 
@@ -93,5 +134,5 @@ def register(app: typer.Typer) -> None:
         from knowlens.experiments import run
 
         config = _DEMO_CONFIG if _DEMO_CONFIG.is_file() else Path("configs/demo.yaml")
-        res = run(config, use_cache=not no_cache, output=output, limit=limit)
+        res = run(config, use_cache=not no_cache, **_cli_overrides([], output=output, limit=limit))
         _finish(res, Console(stderr=True))

@@ -5,23 +5,30 @@ Definitions follow ``FIGURES.md`` sections 1-3. All share scikit-learn's shape: 
 ending in ``_``, ``save(path)`` / ``load(path)`` (safetensors + JSON, never pickle) and a
 stable ``cache_key()``.
 
-=======================  ==========================  ==========================  ===========
-estimator                 reads                       trains                      runs model
-=======================  ==========================  ==========================  ===========
-``LogitBaseline``         GenerationSet log-probs     no (optional Platt)         no
-``ZeroShotClassifier``    GenerationSet text          no                          yes
-``PTrue``                 GenerationSet text          no                          yes
-``LogisticProbe``         ActivationSet (any layer)   sklearn LogisticRegression  no
-``MLPProbe``              ActivationSet (last layer)  MLP d-256-128-64-2          no
-``LoRAProbe`` ("LoRA")    GenerationSet               LoRA + MLP head             yes
-``LoRAPrompt``            GenerationSet               LoRA, query CE + JS         yes
-=======================  ==========================  ==========================  ===========
+=======================  ===============  ==========================  ==========================  ===========
+estimator                 config name      reads                       trains                      runs model
+=======================  ===============  ==========================  ==========================  ===========
+``LogitBaseline``         ``logit``        GenerationSet log-probs     no (optional Platt)         no
+``ZeroShotClassifier``    ``zero_shot``    GenerationSet text          no                          yes
+``PTrue``                 ``p_true``       GenerationSet text          no                          yes
+``LogisticProbe``         ``logistic``     ActivationSet (any layer)   sklearn LogisticRegression  no
+``MLPProbe``              ``probe``        ActivationSet (last layer)  MLP d-256-128-64-2          no
+``LoRAProbe`` ("LoRA")    ``lora``         GenerationSet               LoRA + MLP head             yes
+``LoRAPrompt``            ``lora_prompt``  GenerationSet               LoRA, query CE + JS         yes
+=======================  ===============  ==========================  ==========================  ===========
 
     import knowlens as kl
-    from knowlens.estimators import LogisticProbe, ZeroShotClassifier
+    from knowlens.estimators import LogisticProbe, ZeroShotClassifier, fit_cached
     probe = LogisticProbe(layer=12).fit(acts_train, gens_train)
     p = probe.predict_proba(acts_test)
     kl.metrics.auroc(gens_test.correct, p)
+    probe = fit_cached(LogisticProbe(layer=12), acts_train, gens_train)  # stored once
+
+Every estimator is declared once, next to its class, with ``@register_estimator(name,
+display_name=, inputs=)`` (``_registry.py``); ``get_estimator(name)`` returns the entry
+(config name, alias or class name), ``estimator_names()`` lists them. Adding an estimator is
+one new module in this package (its decorator registers it; the registry imports every
+module of the package) plus its test.
 
 Cross-model use (FIGURES.md section 2, "Trained On" model A judging model B's answers):
 model-running estimators take ``model=A`` and accept B's GenerationSet directly (texts are
@@ -34,7 +41,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from knowlens.estimators._base import ESTIMATORS_VERSION, REGISTRY, Estimator, NotFittedError
+from knowlens.errors import KnowlensError
+from knowlens.estimators._base import (
+    CACHE_KIND,
+    ESTIMATORS_VERSION,
+    REGISTRY,
+    Estimator,
+    Features,
+    Labels,
+    NotFittedError,
+    clone,
+    fit_cached,
+)
 from knowlens.estimators._logit import SPANS, STATISTICS, LogitBaseline
 from knowlens.estimators._lora import LoRAProbe, LoRAPrompt, js_divergence, lora_attached
 from knowlens.estimators._probe import (
@@ -51,9 +69,19 @@ from knowlens.estimators._query import (
     ZeroShotClassifier,
     label_token_ids,
 )
+from knowlens.estimators._registry import (
+    EstimatorSpec,
+    Inputs,
+    activations,
+    canonical_estimator_names,
+    estimator_names,
+    generations,
+    get_estimator,
+    register_estimator,
+)
 from knowlens.estimators._text import cross_model_texts, retokenize, user_turn
 
-#: FIGURES.md names -> classes.
+#: FIGURES.md names -> classes (also registry aliases: get_estimator("Probe")).
 Probe = MLPProbe
 LoRA = LoRAProbe
 
@@ -63,7 +91,18 @@ def load(path: str | Path, **objects: Any) -> Estimator:
     return Estimator.load(path, **objects)
 
 
+def __getattr__(name: str) -> Any:
+    """Classes of registered estimators that this file does not import (new modules)."""
+    if name[:1].isupper():
+        try:
+            return get_estimator(name).cls
+        except KnowlensError:
+            pass
+    raise AttributeError(f"module 'knowlens.estimators' has no attribute '{name}'")
+
+
 __all__ = [
+    "CACHE_KIND",
     "ESTIMATORS_VERSION",
     "PTRUE_TEMPLATE",
     "REGISTRY",
@@ -71,6 +110,10 @@ __all__ = [
     "STATISTICS",
     "ZSC_TEMPLATE",
     "Estimator",
+    "EstimatorSpec",
+    "Features",
+    "Inputs",
+    "Labels",
     "LoRA",
     "LoRAProbe",
     "LoRAPrompt",
@@ -82,12 +125,20 @@ __all__ = [
     "Probe",
     "ProbeSweep",
     "ZeroShotClassifier",
+    "activations",
+    "canonical_estimator_names",
+    "clone",
     "cross_model_texts",
+    "estimator_names",
+    "fit_cached",
+    "generations",
+    "get_estimator",
     "js_divergence",
     "label_token_ids",
     "load",
     "lora_attached",
     "mlp_head",
+    "register_estimator",
     "retokenize",
     "sweep_probes",
     "user_turn",

@@ -3,33 +3,54 @@
 Follows scikit-learn's conventions (``sklearn/base.py``): ``__init__`` only stores its
 keyword-only arguments, validation happens in ``fit``, ``fit`` returns ``self``, learned
 state ends in ``_``, ``predict_proba`` starts with a fitted check and returns P(correct) of
-shape (n,).
+shape (n,). ``get_params`` / ``set_params`` / ``clone`` behave as scikit-learn's.
 
 On disk an estimator is a directory (never pickle)::
 
-    estimator.json       {"class", "version", "params", "state", "knowlens"}
+    estimator.json       {"class", "version", "params", "state", "train_key", "knowlens"}
     weights.safetensors  every learned array (probe weights, LoRA adapters, optimiser state)
+
+Fitted estimators are cached in one place, ``cache_root()/estimators/<cache_key>/``, by
+``fit_cached(estimator, X, y)``; ``fit`` itself never reads or writes that cache.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import platform
 import shutil
 import uuid
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from knowlens._cache import stable_hash
+from knowlens._cache import (
+    atomic_dir,
+    entry_dir,
+    entry_lock,
+    quarantine,
+    stable_hash,
+    verified_entry,
+)
 from knowlens._types import ActivationSet, GenerationSet
-from knowlens.errors import DataError, KnowlensError
+from knowlens.errors import ConfigError, DataError, KnowlensError, did_you_mean
 
 ESTIMATORS_VERSION = "1"
+#: cache kind of fitted estimators: ``cache_root()/estimators/<Estimator.cache_key()>/``
+CACHE_KIND = "estimators"
+
+#: what ``fit`` / ``predict_proba`` read: answers (``GenerationSet``) or hidden states
+Features = GenerationSet | ActivationSet
+#: labels: 0/1 (NaN = undecided) per example, or the ``GenerationSet`` holding them
+Labels = ArrayLike | GenerationSet | None
+E = TypeVar("E", bound="Estimator")
 
 # parameters that do not change what is learned
 _NOT_IN_KEY = ("progress", "cache", "checkpoint_every", "batch_size_predict")
@@ -42,17 +63,34 @@ class NotFittedError(KnowlensError):
     """``predict_proba`` / ``save`` called before ``fit``."""
 
 
-class Estimator:
-    """Base of every knowlens uncertainty estimator (P(correct) of a model's own answer)."""
+class Estimator(ABC):
+    """Base of every knowlens uncertainty estimator (P(correct) of a model's own answer).
+
+    Subclasses implement ``fit`` and ``predict_proba`` and are registered with
+    ``@register_estimator(...)`` (config name, display name, inputs), see ``_registry.py``.
+    """
 
     #: parameters that are live objects, kept out of JSON and cache keys (e.g. ``model``).
     _OBJECT_PARAMS: ClassVar[tuple[str, ...]] = ()
-    #: short display name used in tables ("Probe", "LoRA + Prompt", ...).
+    #: display name used in tables ("Probe", "LoRA + Prompt", ...): set by the registry.
     display_name: ClassVar[str] = ""
+    #: config name ("probe", ...): set by the registry.
+    estimator_name: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         REGISTRY[cls.__name__] = cls
+
+    # -- the estimator interface -------------------------------------------------------------
+    @abstractmethod
+    def fit(self: E, X: Features, y: Labels = None) -> E:
+        """Learn from ``X`` (a ``GenerationSet`` or an ``ActivationSet`` of shape
+        ``(n_examples, n_layers, n_positions, d_model)``, as the registry entry declares)
+        and labels ``y`` (0/1 of shape (n_examples,), or a ``GenerationSet``); returns self."""
+
+    @abstractmethod
+    def predict_proba(self, X: Features) -> np.ndarray:
+        """P(correct) of every example of ``X``, float array of shape (n_examples,)."""
 
     # -- parameters ------------------------------------------------------------------------
     @classmethod
@@ -60,9 +98,24 @@ class Estimator:
         sig = inspect.signature(cls.__init__)
         return [n for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY]
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments (sklearn ``get_params``)."""
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor arguments (sklearn ``get_params``; no nested estimators, so
+        ``deep`` changes nothing)."""
         return {n: getattr(self, n) for n in self._param_names()}
+
+    def set_params(self: E, **params: Any) -> E:
+        """Set constructor arguments (sklearn ``set_params``); returns self. Learned state
+        is kept: refit after changing parameters."""
+        names = self._param_names()
+        for k, v in params.items():
+            if k not in names:
+                raise ConfigError(
+                    f"{type(self).__name__}.set_params: "
+                    + did_you_mean(k, names, what="parameter").rstrip(".")
+                    + ". Pass one of its constructor's keyword arguments."
+                )
+            setattr(self, k, v)
+        return self
 
     def _json_params(self) -> dict[str, Any]:
         return {
@@ -96,32 +149,38 @@ class Estimator:
 
     def _restore(self, state: dict[str, Any], weights: dict[str, np.ndarray]) -> None:
         """Inverse of ``_state`` + ``_weights`` (override)."""
+        return None  # stateless estimators have nothing to restore
 
     # -- persistence -----------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write ``estimator.json`` + ``weights.safetensors`` into directory ``path`` atomically
-        (an existing directory is replaced)."""
+    def _write(self, directory: Path) -> None:
+        """``estimator.json`` + ``weights.safetensors`` into an existing, empty directory."""
         from safetensors.numpy import save_file
 
-        self._check_fitted()
-        path = Path(path)
         record = {
             "class": type(self).__name__,
             "version": ESTIMATORS_VERSION,
             "params": self._json_params(),
             "state": self._state(),
+            "train_key": getattr(self, "train_key_", None),
             "knowlens": _versions(),
         }
         weights = {k: np.ascontiguousarray(v) for k, v in self._weights().items()}
+        (directory / "estimator.json").write_text(
+            json.dumps(record, indent=2, sort_keys=True, default=_json_default)
+        )
+        save_file(weights, str(directory / "weights.safetensors"))
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``estimator.json`` + ``weights.safetensors`` into directory ``path`` atomically
+        (an existing directory is replaced)."""
+        self._check_fitted()
+        path = Path(path)
         # write a complete sibling first, then swap it in: a killed save leaves the old one
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
         tmp.mkdir()
         try:
-            (tmp / "estimator.json").write_text(
-                json.dumps(record, indent=2, sort_keys=True, default=_json_default)
-            )
-            save_file(weights, str(tmp / "weights.safetensors"))
+            self._write(tmp)
             if path.exists():
                 old = path.with_name(f".old-{path.name}-{uuid.uuid4().hex[:8]}")
                 path.rename(old)
@@ -168,21 +227,107 @@ class Estimator:
         est = target(**params, **{k: objects[k] for k in target._OBJECT_PARAMS})
         weights = load_file(str(path / "weights.safetensors"))
         est._restore(record["state"], weights)
+        if record.get("train_key") is not None and getattr(est, "train_key_", None) is None:
+            est.train_key_ = record["train_key"]
         return est
 
     # -- cache key -------------------------------------------------------------------------
-    def cache_key(self) -> str:
-        """Stable key of a fitted estimator: class, parameters, model fingerprint, training
-        data keys and code version (same inputs -> same key, across processes)."""
+    def cache_key(self, X: Features | None = None, y: Labels = None) -> str:
+        """Stable key of a fitted estimator: class, parameters (minus progress / cache
+        settings), model ``target_id``, training-data key and code version (same inputs ->
+        same key, across processes).
+
+        ``cache_key()`` keys this fitted estimator; ``cache_key(X, y)`` is the key that
+        ``fit(X, y)`` will have, computed without fitting (``fit_cached`` looks it up)."""
+        data = self._train_key(X, y) if X is not None else getattr(self, "train_key_", None)
         return stable_hash(
             {
                 "class": type(self).__name__,
                 "params": {k: v for k, v in self._json_params().items() if k not in _NOT_IN_KEY},
                 "model": _model_id(getattr(self, "model", None)),
-                "data": getattr(self, "train_key_", None),
+                "data": data,
                 "code": ESTIMATORS_VERSION,
             }
         )
+
+    def _train_key(self, X: Features, y: Labels = None) -> str | None:
+        """Key of the training data ``fit(X, y)`` learns from (``train_key_`` after fit);
+        ``None`` for estimators whose fit learns nothing from data (override).
+
+        Default: ``data_key`` of ``X`` and the labels; a ``GenerationSet`` is keyed without
+        its undecided rows (labels default to its own ``correct``), as fit drops them."""
+        who = type(self).__name__
+        if isinstance(X, GenerationSet):
+            yy = labels_for(X if y is None else y, len(X), X.example_ids, who)
+            keep = ~np.isnan(yy)
+            return data_key(X.subset(keep), yy[keep])
+        return data_key(X, labels_for(y, len(X), getattr(X, "example_ids", None), who))
+
+
+def clone(estimator: E) -> E:
+    """An unfitted estimator with the same parameters (``sklearn.base.clone``): parameters
+    are deep-copied, except live objects such as ``model``, which are shared."""
+    if not isinstance(estimator, Estimator):
+        raise KnowlensError(f"clone() takes a knowlens Estimator; got {type(estimator).__name__}.")
+    shared = type(estimator)._OBJECT_PARAMS
+    params = {k: v if k in shared else copy.deepcopy(v) for k, v in estimator.get_params().items()}
+    new = type(estimator)(**params)
+    for k, v in new.get_params().items():
+        if v is not params[k]:
+            raise KnowlensError(
+                f"Cannot clone {type(estimator).__name__}: its __init__ changes parameter "
+                f"'{k}'; __init__ must only store its keyword arguments (validate in fit)."
+            )
+    return new
+
+
+def fit_cached(estimator: E, X: Features, y: Labels = None, *, cache: bool = True) -> E:
+    """``estimator.fit(X, y)``, once: the fitted estimator is stored under
+    ``cache_root()/estimators/<estimator.cache_key(X, y)>/`` (checksummed, published
+    atomically, computed under the entry's lock so concurrent runs fit it once) and later
+    identical fits load it. Fits ``estimator`` in place and returns it; ``from_cache_`` says
+    whether it was loaded. ``cache=False`` refits (and stores it only if the entry is
+    missing or damaged)."""
+    key = estimator.cache_key(X, y)
+    if cache and _adopt(estimator, key):
+        return estimator
+    with entry_lock(CACHE_KIND, key):
+        # another process may have published it while this one waited for the lock
+        if cache and _adopt(estimator, key):
+            return estimator
+        estimator.fit(X, y)
+        if getattr(estimator, "train_key_", None) is None:
+            estimator.train_key_ = estimator._train_key(X, y)
+        if estimator.cache_key() != key:
+            raise KnowlensError(
+                f"{type(estimator).__name__}: fit recorded train_key_ "
+                f"{estimator.train_key_!r}, but _train_key(X, y) gives another key; make "
+                "fit set train_key_ = self._train_key(X, y) (or override _train_key)."
+            )
+        estimator.from_cache_ = False
+        if verified_entry(CACHE_KIND, key) is None:
+            with atomic_dir(entry_dir(CACHE_KIND, key)) as tmp:
+                estimator._write(tmp)
+    return estimator
+
+
+def _adopt(estimator: Estimator, key: str) -> bool:
+    """Copy the learned state of the cached fit ``key`` onto ``estimator``; False if there
+    is none (a damaged entry, or intact bytes that do not load, is moved aside: refit)."""
+    entry = verified_entry(CACHE_KIND, key)
+    if entry is None:
+        return False
+    objects = {p: getattr(estimator, p) for p in type(estimator)._OBJECT_PARAMS}
+    try:
+        loaded = type(estimator).load(entry, **objects)
+    except Exception as e:
+        quarantine(entry, f"does not load: {type(e).__name__}: {str(e)[:120]}")
+        return False
+    estimator.__dict__.update(
+        {k: v for k, v in vars(loaded).items() if k.endswith("_") and not k.startswith("_")}
+    )
+    estimator.from_cache_ = True
+    return True
 
 
 def _json_default(o: Any) -> Any:

@@ -11,7 +11,7 @@ means "correct".
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -19,16 +19,25 @@ from knowlens._types import GenerationSet
 from knowlens.errors import ConfigError
 from knowlens.estimators._base import (
     Estimator,
+    Features,
+    Labels,
     check_gens,
     check_training_labels,
     data_key,
     labels_for,
 )
+from knowlens.estimators._registry import generations, register_estimator
 
 STATISTICS = ("mean_logprob", "min_logprob", "last_logprob", "mean_entropy", "seq_prob")
 SPANS = ("answer", "exact_answer")
 
 
+@register_estimator(
+    "logit",
+    display_name="Logit baseline",
+    inputs=generations(),
+    aliases=("logit_baseline",),
+)
 class LogitBaseline(Estimator):
     """Token-probability baseline (no training).
 
@@ -55,8 +64,6 @@ class LogitBaseline(Estimator):
 
     An empty answer (or span) has no tokens: its score is -inf and P(correct) = 0.
     """
-
-    display_name: ClassVar[str] = "Logit"
 
     def __init__(
         self,
@@ -145,6 +152,14 @@ class LogitBaseline(Estimator):
             x = np.maximum(np.nan_to_num(s, neginf=self.score_floor_ - 1.0), -1e6)
             return 1.0 / (1.0 + np.exp(-(a * x + b)))
         return np.exp(s)
+
+    def _train_key(self, X: Features, y: Labels = None) -> str | None:
+        if not self.calibrate:
+            return None  # exp(score) learns nothing from data
+        check_gens(X, "LogitBaseline.fit")
+        return data_key(
+            X, labels_for(X if y is None else y, len(X), X.example_ids, "LogitBaseline")
+        )
 
     def _state(self) -> dict[str, Any]:
         return {

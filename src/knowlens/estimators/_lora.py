@@ -14,15 +14,18 @@
 
 Paper defaults: r=8, alpha=32, dropout 0.1, AdamW lr 1e-4 with cosine decay, batch 4.
 ``steps`` defaults to a CPU-sized 60. Adapters are injected into the shared model only inside
-``fit`` / ``predict_proba`` and always removed on exit (``peft`` ``unload()``, in a
-``finally``), so other code keeps seeing the base model.
+``fit`` / ``predict_proba`` and always removed on exit (``knowlens.training.lora_attached``:
+peft ``unload()`` in a ``finally``), so other code keeps seeing the base model.
 
-Training is resumable: every ``checkpoint_every`` steps adapters, head, AdamW state and the
-loss history are written atomically under ``cache_root()/estimator-checkpoints/<key>/``; a
-rerun of the same fit (same model, data, parameters) continues from the last checkpoint.
+Training is ``knowlens.training.train_loop`` (shared with the refusal organisms): every
+``checkpoint_every`` steps adapters, head, AdamW state, RNG states and the loss history are
+written atomically (checksummed) under ``cache_root()/estimator-checkpoints/<key>/``; a rerun
+of the same fit (same model, data, parameters) continues from the newest intact checkpoint.
 Batches and dropout masks are derived from ``(seed, step)``, so a resumed run reproduces the
-uninterrupted one exactly. The finished estimator is cached under
-``cache_root()/estimators/<key>/`` and reused by an identical ``fit``.
+uninterrupted one exactly. Finished fits are cached by ``knowlens.estimators.fit_cached``
+(``cache_root()/estimators/<key>/``, the one estimator cache), not by ``fit``.
+Neither loss is a next-token loss on response tokens (a head / two label logits / a JS term),
+so ``training.response_loss`` is not used here.
 
 Token layout of one LoRA + Prompt query (left-padded by ``off`` = width - length)::
 
@@ -35,16 +38,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import time
-import warnings
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from knowlens._cache import atomic_dir, atomic_write_json, entry_dir
+from knowlens._cache import entry_dir, entry_lock
 from knowlens._types import GenerationSet
 from knowlens.errors import ConfigError, KnowlensError
 from knowlens.estimators._base import (
@@ -61,66 +61,18 @@ from knowlens.estimators._query import (
     label_token_ids,
     zsc_texts,
 )
+from knowlens.estimators._registry import generations, register_estimator
 from knowlens.estimators._text import encode, left_pad, pad_id, retokenize
+from knowlens.training import (
+    ParamGroup,
+    adapter_state,
+    discard_checkpoints,
+    lora_attached,
+    train_loop,
+    trainable_parameters,
+)
 
-
-@contextlib.contextmanager
-def lora_attached(
-    handle: Any,
-    *,
-    r: int,
-    alpha: int,
-    dropout: float,
-    target_modules: Sequence[str],
-    adapter: dict[str, Any] | None = None,
-    train: bool = False,
-) -> Iterator[Any]:
-    """Inject LoRA adapters into ``handle.model`` for the duration of the block.
-
-    Yields the peft model. On exit (also on error) the adapters are unloaded, the model's
-    ``requires_grad`` flags and train/eval mode are restored: ``handle.model`` is the base
-    model again, bit for bit.
-    """
-    import torch
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-
-    model = handle.model
-    names = {n for n, _ in model.named_modules()}
-    if not any(n.split(".")[-1] in set(target_modules) for n in names):
-        raise ConfigError(
-            f"LoRA target_modules {list(target_modules)} match no module of "
-            f"{type(model).__name__}; pass target_modules=[...] naming its attention "
-            "projections (e.g. 'q_proj', 'v_proj')."
-        )
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    was_training = model.training
-    cfg = LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=list(target_modules),
-        bias="none",
-    )
-    with torch.random.fork_rng(), warnings.catch_warnings():
-        torch.manual_seed(0)  # adapter init (lora_B = 0 anyway) must not consume user RNG
-        warnings.simplefilter("ignore", FutureWarning)  # peft <-> transformers deprecations
-        pm = get_peft_model(model, cfg)
-    try:
-        if adapter is not None:
-            set_peft_model_state_dict(pm, {k: torch.as_tensor(v) for k, v in adapter.items()})
-        pm.train(train)
-        yield pm
-    finally:
-        pm.unload()
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags.get(n, p.requires_grad))
-        model.train(was_training)
-
-
-def _adapter_state(pm: Any) -> dict[str, np.ndarray]:
-    from peft import get_peft_model_state_dict
-
-    return {k: v.detach().cpu().float().numpy() for k, v in get_peft_model_state_dict(pm).items()}
+__all__ = ["LoRAProbe", "LoRAPrompt", "answer_token_span", "js_divergence", "lora_attached"]
 
 
 class _LoRABase(Estimator):
@@ -189,14 +141,6 @@ class _LoRABase(Estimator):
         question texts recovered from the prompts.
         """
         import torch
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
 
         self._validate()
         who = type(self).__name__
@@ -209,69 +153,46 @@ class _LoRABase(Estimator):
         items = self._prepare(gens, qs)
         self.train_key_ = data_key(gens, yy)
         key = self.cache_key()
-        final = entry_dir("estimators", key)
-        if self.cache and (final / "estimator.json").exists():
-            loaded = type(self).load(final, model=self.model)
-            self.__dict__.update({k: v for k, v in vars(loaded).items() if k.endswith("_")})
-            self.from_cache_ = True
-            return self
-        ckpt_root = entry_dir("estimator-checkpoints", key)
-
-        t0 = time.perf_counter()
-        schedule = _batch_schedule(len(items), self.batch_size, self.steps, self.seed)
-        yt = torch.as_tensor(yy, dtype=torch.long)
-        with torch.random.fork_rng():
-            torch.manual_seed(self.seed)
-            head = self._make_head()
-        with lora_attached(self.model, **self._lora_kwargs(), train=True) as pm:
-            lora_params = [p for _, p in pm.named_parameters() if p.requires_grad]
-            groups = [{"params": lora_params, "lr": self.lr, "base_lr": self.lr}]
+        # one writer of this fit's checkpoints across processes
+        lock = entry_lock("estimator-checkpoints", key) if self.cache else contextlib.nullcontext()
+        with lock:
+            t0 = time.perf_counter()
+            schedule = _batch_schedule(len(items), self.batch_size, self.steps, self.seed)
+            yt = torch.as_tensor(yy, dtype=torch.long)
+            with torch.random.fork_rng():
+                torch.manual_seed(self.seed)
+                head = self._make_head()
+            ckpt_root = entry_dir("estimator-checkpoints", key) if self.cache else None
+            with lora_attached(self.model, **self._lora_kwargs(), train=True) as pm:
+                groups = [ParamGroup(trainable_parameters(pm), self.lr)]
+                if head is not None:
+                    head.train()
+                    groups.append(ParamGroup(trainable_parameters(head, "head."), self._head_lr()))
+                result = train_loop(
+                    pm,
+                    lambda m, idx: self._loss(m, head, [items[i] for i in idx], yt[idx]),
+                    lambda start: iter(schedule[start:]),
+                    groups=groups,
+                    steps=int(self.steps),
+                    lr_lambda=lambda step: 0.5 * (1 + math.cos(math.pi * step / self.steps)),
+                    weight_decay=0.0,
+                    step_seed=lambda step: self.seed * 1_000_003 + step,  # dropout: resumable
+                    checkpoint_dir=ckpt_root,
+                    checkpoint_every=int(self.checkpoint_every),
+                    progress=self.progress,
+                    description=f"{self.display_name} training",
+                )
+                self.adapter_ = adapter_state(pm)
+            self.resumed_from_ = result.resumed_from
             if head is not None:
-                head.train()
-                hl = self._head_lr()
-                groups.append({"params": list(head.parameters()), "lr": hl, "base_lr": hl})
-            opt = torch.optim.AdamW(groups, weight_decay=0.0)
-            start, history = 0, []
+                head.eval()
+                self.head_ = head
+            self.loss_history_ = result.history
+            self.n_train_ = len(items)
+            self.train_time_s_ = time.perf_counter() - t0
+            self.model_id_ = self.model.target_id
             if self.cache:
-                start, history = _load_checkpoint(ckpt_root, pm, head, opt)
-            self.resumed_from_ = start
-            columns = [
-                TextColumn(f"[bold]{self.display_name}[/] training"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            ]
-            with Progress(*columns, disable=not self.progress, transient=True) as bar:
-                task = bar.add_task("train", total=self.steps, completed=start, loss="-")
-                for step in range(start, self.steps):
-                    scale = 0.5 * (1 + math.cos(math.pi * step / self.steps))
-                    for g in opt.param_groups:
-                        g["lr"] = g["base_lr"] * scale
-                    idx = schedule[step]
-                    with torch.random.fork_rng():
-                        torch.manual_seed(self.seed * 1_000_003 + step)  # dropout: resumable
-                        loss = self._loss(pm, head, [items[i] for i in idx], yt[idx])
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                    opt.step()
-                    history.append(float(loss.detach()))
-                    bar.update(task, advance=1, loss=f"{history[-1]:.4f}")
-                    done = step + 1
-                    if self.cache and done % self.checkpoint_every == 0 and done < self.steps:
-                        _save_checkpoint(ckpt_root, done, pm, head, opt, history)
-            self.adapter_ = _adapter_state(pm)
-        if head is not None:
-            head.eval()
-            self.head_ = head
-        self.loss_history_ = history
-        self.n_train_ = len(items)
-        self.train_time_s_ = time.perf_counter() - t0
-        self.model_id_ = self.model.target_id
-        if self.cache:
-            self.save(final)
-            shutil.rmtree(ckpt_root, ignore_errors=True)
+                discard_checkpoints(ckpt_root)
         return self
 
     # -- persistence -------------------------------------------------------------------------
@@ -322,67 +243,21 @@ def _batch_schedule(n: int, batch_size: int, steps: int, seed: int) -> list[np.n
     return [order[i * bs : (i + 1) * bs] for i in range(steps)]
 
 
-def _save_checkpoint(
-    root: Path, step: int, pm: Any, head: Any, opt: Any, history: list[float]
-) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {f"adapter.{k}": v.contiguous() for k, v in _torch_adapter(pm).items()}
-    if head is not None:
-        tensors.update({f"head.{k}": v.detach().contiguous() for k, v in head.state_dict().items()})
-    sd = opt.state_dict()
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            tensors[f"opt.{pid}.{k}"] = torch_tensor(v)
-    final = root / f"step-{step:07d}"
-    with atomic_dir(final) as tmp:
-        save_file(tensors, str(tmp / "state.safetensors"))
-        atomic_write_json(tmp / "progress.json", {"step": step, "history": history})
-    for old in root.glob("step-*"):
-        if old.name != final.name:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def torch_tensor(v: Any) -> Any:
-    import torch
-
-    return v.detach().clone().contiguous() if torch.is_tensor(v) else torch.tensor(v)
-
-
-def _torch_adapter(pm: Any) -> dict[str, Any]:
-    from peft import get_peft_model_state_dict
-
-    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(pm).items()}
-
-
-def _load_checkpoint(root: Path, pm: Any, head: Any, opt: Any) -> tuple[int, list[float]]:
-    """Restore the newest complete checkpoint; (0, []) if none."""
-    import json
-
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    found = sorted(root.glob("step-*")) if root.exists() else []
-    if not found:
-        return 0, []
-    last = found[-1]
-    prog = json.loads((last / "progress.json").read_text())
-    t = load_file(str(last / "state.safetensors"))
-    set_peft_model_state_dict(pm, {k[8:]: v for k, v in t.items() if k.startswith("adapter.")})
-    if head is not None:
-        head.load_state_dict({k[5:]: v for k, v in t.items() if k.startswith("head.")})
-    sd = opt.state_dict()
-    state: dict[int, dict[str, Any]] = {}
-    for k, v in t.items():
-        if k.startswith("opt."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    sd["state"] = state
-    opt.load_state_dict(sd)
-    return int(prog["step"]), list(prog["history"])
-
-
 # -- LoRA (adapters + MLP head) ----------------------------------------------------------------
+@register_estimator(
+    "lora",
+    display_name="LoRA",
+    inputs=generations(model=True),
+    settings={
+        "steps": "lora_steps",
+        "r": "lora_r",
+        "alpha": "lora_alpha",
+        "lr": "lora_lr",
+        "batch_size": "batch_size",
+    },
+    train_limit="max_train",
+    aliases=("LoRA", "lora_probe"),
+)
 class LoRAProbe(_LoRABase):
     """FIGURES.md section 1 "LoRA": LoRA adapters and the Kapoor MLP head trained jointly.
 
@@ -401,12 +276,11 @@ class LoRAProbe(_LoRABase):
         max_length: longest prompt + answer in tokens (longer keep their last tokens).
         seed: batch order, dropout and head initialisation.
         checkpoint_every: steps between resumable checkpoints.
-        cache: reuse an identical finished fit and write checkpoints (under the cache).
+        cache: write resumable checkpoints (under the cache); finished fits are cached by
+            ``knowlens.estimators.fit_cached``.
         progress: rich progress bar with the running loss.
         use_chat_template: chat template for re-tokenised (cross-model) prompts.
     """
-
-    display_name: ClassVar[str] = "LoRA"
 
     def __init__(
         self,
@@ -535,6 +409,19 @@ def js_divergence(logp: Any, logq: Any) -> Any:
     return 0.5 * (kl_pm + kl_qm)
 
 
+@register_estimator(
+    "lora_prompt",
+    display_name="LoRA + Prompt",
+    inputs=generations(model=True),
+    settings={
+        "steps": "lora_steps",
+        "r": "lora_r",
+        "alpha": "lora_alpha",
+        "lr": "lora_lr",
+        "batch_size": "batch_size",
+    },
+    train_limit="max_train",
+)
 class LoRAPrompt(_LoRABase):
     """FIGURES.md section 1 "LoRA + Prompt" (Kapoor et al. calibration tuning).
 
@@ -546,8 +433,6 @@ class LoRAPrompt(_LoRABase):
 
     Args: as ``LoRAProbe`` (no head), plus ``js_weight`` (default 1.0).
     """
-
-    display_name: ClassVar[str] = "LoRA + Prompt"
 
     def __init__(
         self,

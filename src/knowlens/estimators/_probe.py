@@ -21,7 +21,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,7 @@ from knowlens.estimators._base import (
     data_key,
     labels_for,
 )
+from knowlens.estimators._registry import activations, register_estimator
 
 
 class _FeatureProbe(Estimator):
@@ -76,6 +77,12 @@ class _FeatureProbe(Estimator):
         return x[keep], yy[keep].astype(np.int64)
 
 
+@register_estimator(
+    "logistic",
+    display_name="Logistic probe",
+    inputs=activations(layer="last", tokens="exact_answer"),
+    aliases=("logistic_probe",),
+)
 class LogisticProbe(_FeatureProbe):
     """Orgad et al. (2024) error-detection probe (FIGURES.md section 3).
 
@@ -89,8 +96,6 @@ class LogisticProbe(_FeatureProbe):
         C: inverse regularisation strength (sklearn default 1.0).
         max_iter: lbfgs iterations (sklearn default 100).
     """
-
-    display_name: ClassVar[str] = "Probe (logistic)"
 
     def __init__(
         self, *, layer: int = -1, reduce: str = "last", C: float = 1.0, max_iter: int = 100
@@ -161,6 +166,13 @@ def mlp_head(d: int, hidden: Sequence[int] = (256, 128, 64)) -> Any:
     return torch.nn.Sequential(*layers)
 
 
+@register_estimator(
+    "probe",
+    display_name="Probe",
+    inputs=activations(layer="last", tokens="last"),
+    settings={"epochs": "probe_epochs"},
+    aliases=("Probe", "mlp_probe"),
+)
 class MLPProbe(_FeatureProbe):
     """Kapoor et al. (2024) probe (FIGURES.md section 1, "Probe").
 
@@ -176,8 +188,6 @@ class MLPProbe(_FeatureProbe):
         epochs, batch_size, lr, weight_decay: optimiser settings.
         seed: torch / shuffling seed.
     """
-
-    display_name: ClassVar[str] = "Probe"
 
     def __init__(
         self,

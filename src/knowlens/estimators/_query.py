@@ -22,7 +22,8 @@ import numpy as np
 
 from knowlens._types import GenerationSet
 from knowlens.errors import ConfigError, KnowlensError
-from knowlens.estimators._base import Estimator, check_gens
+from knowlens.estimators._base import Estimator, Features, Labels, check_gens
+from knowlens.estimators._registry import generations, register_estimator
 from knowlens.estimators._text import encode, left_pad, pad_id, questions_for
 
 #: FIGURES.md section 1, "Zero-Shot Classifier" (verbatim).
@@ -174,6 +175,9 @@ class _QueryEstimator(Estimator):
     def _labels(self) -> tuple[str, str]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _train_key(self, X: Features, y: Labels = None) -> None:
+        return None  # fit learns nothing from data
+
     def _state(self) -> dict[str, Any]:
         return {"model_id": self.model_id_}
 
@@ -186,6 +190,12 @@ class _QueryEstimator(Estimator):
         self.model_id_ = state["model_id"]
 
 
+@register_estimator(
+    "zero_shot",
+    display_name="Zero-Shot Classifier",
+    inputs=generations(model=True),
+    aliases=("zsc",),
+)
 class ZeroShotClassifier(_QueryEstimator):
     """Kapoor et al. (2024) Zero-Shot Classifier (FIGURES.md section 1).
 
@@ -204,8 +214,6 @@ class ZeroShotClassifier(_QueryEstimator):
     ``predict_proba(gens, questions=None)``: questions default to the user turn of each
     generation's prompt (``knowlens.estimators.user_turn``).
     """
-
-    display_name: ClassVar[str] = "Zero-Shot Classifier"
 
     def _labels(self) -> tuple[str, str]:
         return ("i", "ii")
@@ -229,6 +237,12 @@ class ZeroShotClassifier(_QueryEstimator):
         return probs[:, 1]
 
 
+@register_estimator(
+    "p_true",
+    display_name="P(True)",
+    inputs=generations(model=True),
+    aliases=("ptrue",),
+)
 class PTrue(_QueryEstimator):
     """Kadavath et al. (2022) P(True) with option-order reversal.
 
@@ -240,8 +254,6 @@ class PTrue(_QueryEstimator):
 
     Args: as ``ZeroShotClassifier``.
     """
-
-    display_name: ClassVar[str] = "P(True)"
 
     def _labels(self) -> tuple[str, str]:
         return ("A", "B")

@@ -5,12 +5,16 @@ computed by a pure worker on one model replica and stored as one shard::
 
     cache_root()/shards/<kind>/<stage key>/<block index>-<hash of block item ids>/
 
-Shards are written with ``atomic_dir``: a block is either complete on disk or absent, so a
-killed worker or driver loses at most the blocks in flight, a retried block that already
-landed is discarded instead of duplicated, and a rerun computes only the missing blocks.
-When every shard exists the stage merges them in item order (restoring the example order)
-into ``cache_root()/<kind>/<stage key>/`` plus a ``manifest.json`` naming the shards, the
-executor and the cluster it ran on.
+Shards are written with ``atomic_dir`` (with checksums): a block is either complete on disk
+or absent, so a killed worker or driver loses at most the blocks in flight, a retried block
+that already landed is discarded instead of duplicated, and a rerun computes only the missing
+blocks. A shard is reused only if its checksums verify (a damaged one is reported in one
+line, moved to ``cache_root()/.damaged/`` and recomputed). When every shard is intact the
+stage merges them in item order (restoring the example order) into
+``cache_root()/<kind>/<stage key>/`` (published with ``atomic_dir``: checksummed) plus a
+``manifest.json`` naming the shards, the executor and the cluster it ran on. The
+compute-or-reuse of that entry holds ``entry_lock(kind, key)``, the lock the local path
+takes, so a local and a sharded run of the same thing at once compute it once.
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from knowlens._cache import atomic_dir, cache_root, stable_hash
+from knowlens._cache import (
+    DamagedEntryError,
+    atomic_dir,
+    cache_root,
+    entry_lock,
+    quarantine,
+    stable_hash,
+    verify_entry,
+)
 from knowlens.errors import KnowlensError
 
 SHARDS_VERSION = "1"
@@ -105,15 +117,18 @@ class Block:
 
 
 class Stage:
-    """A computation sharded over blocks. Subclasses fill in ``compute`` / ``merge`` / ``load``.
+    """A computation sharded over blocks. Subclasses fill in ``compute`` / ``merge`` /
+    ``cached`` / ``load``.
 
     A stage object is pickled to every worker, so it holds only plain data and the task's
-    callables; the model travels separately as a :class:`ModelSpec`.
+    callables; the model travels separately as a :class:`ModelSpec`. ``numerics`` is the
+    ``compute_numerics`` its key was made for; a worker that would compute otherwise refuses.
     """
 
     kind: str = "stage"
     key: str = ""
     block_size: int = 64
+    numerics: dict[str, Any] | None = None
 
     def item_ids(self) -> list[str]:
         raise NotImplementedError
@@ -144,9 +159,10 @@ class Stage:
         info = path / "info.json"
         return int(json.loads(info.read_text()).get("tokens", 0)) if info.exists() else 0
 
-    def complete(self, entry: Path) -> bool:
-        """Whether ``entry`` already holds the merged result (e.g. from a local run)."""
-        return (entry / "manifest.json").exists()
+    def cached(self) -> Any | None:
+        """The stored merged result (e.g. from a local run) if it is intact, else None; a
+        damaged entry is reported in one line and moved aside (then recomputed)."""
+        raise NotImplementedError
 
     def merge(
         self, shard_dirs: list[Path], blocks: list[Block], out: Path, run: dict[str, Any]
@@ -163,11 +179,38 @@ class Stage:
         raise NotImplementedError
 
     def load(self, entry: Path, *, cache_hit: bool) -> Any:
+        """The entry this process just merged and published."""
         raise NotImplementedError
 
 
 def shard_root(stage: Stage) -> Path:
     return cache_root() / "shards" / stage.kind / stage.key
+
+
+def intact_shard(path: Path) -> bool:
+    """Whether a finished shard is there and matches the checksums written with it; a damaged
+    one is reported in one line and moved to ``cache_root()/.damaged/`` (False: recompute)."""
+    if not path.exists():
+        return False
+    try:
+        verify_entry(path)
+    except DamagedEntryError as e:
+        quarantine(path, str(e))
+        return False
+    return True
+
+
+def check_numerics(stage: Stage, device: Any, threads: int) -> None:
+    """Refuse to compute a block with other numerics than the stage's key was made for."""
+    from knowlens.generation import compute_numerics
+
+    got = compute_numerics(device, threads)
+    if stage.numerics is not None and got != stage.numerics:
+        raise KnowlensError(
+            f"A {stage.kind} worker would compute with {got}, but the run's cache key was made "
+            f"for {stage.numerics}; give every worker the same device type and "
+            "threads_per_worker."
+        )
 
 
 def stamp(files: dict[str, bytes], worker: str) -> dict[str, bytes]:
@@ -210,6 +253,11 @@ class Executor:
         """Cluster facts for manifests: nodes, workers, devices."""
         raise NotImplementedError
 
+    def numerics(self, model: Any) -> dict[str, Any]:
+        """``generation.compute_numerics`` of the workers that will compute (part of the
+        keys: CPU results depend on the thread count)."""
+        raise NotImplementedError
+
     def planned_workers(self) -> int:
         """Model replicas a run will use (sizes the default blocks)."""
         return 1
@@ -232,6 +280,9 @@ class LocalExecutor(Executor):
     def run_blocks(
         self, stage: Stage, model: Any, blocks: list[Block], root: Path, on_done: BlockDone
     ) -> None:
+        import torch
+
+        check_numerics(stage, model.device, torch.get_num_threads())
         device, worker = str(model.device), f"local-{os.getpid()}"
         for block in blocks:
             files = stamp(stage.compute(model, block), worker)
@@ -260,6 +311,11 @@ class LocalExecutor(Executor):
             + [f"{_hostname()}:cuda:{i}" for i in range(torch.cuda.device_count())],
             "threads": torch.get_num_threads(),
         }
+
+    def numerics(self, model: Any) -> dict[str, Any]:
+        from knowlens.generation import compute_numerics
+
+        return compute_numerics(model.device)  # this process, on the model's device
 
 
 def _hostname() -> str:
@@ -297,21 +353,39 @@ def run_stage(
 ) -> tuple[Any, RunStats]:
     """Compute (or reuse) every block of ``stage`` with ``executor`` and return the merged result.
 
-    With ``cache`` a complete merged entry is reused, finished shards are kept and only the
-    missing blocks are sent to the executor. Without it every block is computed into a
-    private shard directory that is removed afterwards, and nothing is stored.
+    With ``cache`` the compute-or-reuse holds ``entry_lock(kind, key)`` (the local path's
+    lock): an intact merged entry is reused, intact shards are kept and only the missing or
+    damaged blocks are sent to the executor. Without it every block is computed into a private
+    shard directory that is removed afterwards, and nothing is stored.
     """
+    if not cache:
+        return _run(stage, model, executor, progress, description, cache=False)
+    # One writer per entry across processes, local or sharded: the others wait, then reuse.
+    with entry_lock(stage.kind, stage.key):
+        hit = stage.cached()  # verified; a damaged entry is quarantined (one warning)
+        if hit is not None:
+            return hit, RunStats()
+        return _run(stage, model, executor, progress, description, cache=True)
+
+
+def _run(
+    stage: Stage,
+    model: Any,
+    executor: Executor,
+    progress: bool,
+    description: str,
+    *,
+    cache: bool,
+) -> tuple[Any, RunStats]:
     entry = cache_root() / stage.kind / stage.key
     stats = RunStats()
-    if cache and stage.complete(entry):
-        return stage.load(entry, cache_hit=True), stats
     root = shard_root(stage)
     if not cache:
         root = root.with_name(f"{root.name}.nocache-{uuid.uuid4().hex[:8]}")
     root.mkdir(parents=True, exist_ok=True)
     try:
         blocks = stage.blocks()
-        todo = [b for b in blocks if not (root / b.key).exists()]
+        todo = [b for b in blocks if not intact_shard(root / b.key)]
         stats.blocks, stats.reused = len(blocks), len(blocks) - len(todo)
         done_keys: set[str] = set()
         total = sum(len(b.items) for b in blocks)
@@ -335,15 +409,27 @@ def run_stage(
                     stats.workers.append(info["worker"])
                 bar.update(task, advance=info["items"], tokens=stats.tokens)
 
-            if todo:
-                executor.run_blocks(stage, model, todo, root, on_done)
+            for _attempt in range(2):
+                if todo:
+                    executor.run_blocks(stage, model, todo, root, on_done)
+                missing = [b.key for b in todo if not (root / b.key).exists()]
+                if missing:
+                    raise KnowlensError(
+                        f"{len(missing)} of {len(blocks)} {stage.kind} blocks did not finish; "
+                        "rerun the same command to resume."
+                    )
+                # Shards other processes wrote are verified before they are merged (a shard
+                # damaged since it landed is moved aside and computed once more).
+                todo = [b for b in todo if not intact_shard(root / b.key)]
+                if not todo:
+                    break
+                done_keys.difference_update(b.key for b in todo)
+            else:
+                raise KnowlensError(
+                    f"{len(todo)} {stage.kind} shards under {root} were damaged again right "
+                    "after being rewritten; check that disk, then rerun the same command."
+                )
         stats.seconds = time.perf_counter() - t0
-        missing = [b.key for b in blocks if not (root / b.key).exists()]
-        if missing:
-            raise KnowlensError(
-                f"{len(missing)} of {len(blocks)} {stage.kind} blocks did not finish; "
-                "rerun the same command to resume."
-            )
         _clean_tmp(root)
         run_info = {
             **executor.describe(),
@@ -361,7 +447,7 @@ def run_stage(
         shard_dirs = [root / b.key for b in blocks]
         if not cache:
             return stage.merge_in_memory(shard_dirs, blocks, run_info), stats
-        with atomic_dir(entry) as tmp:
+        with atomic_dir(entry) as tmp:  # checksums written, verified on every later read
             stage.merge(shard_dirs, blocks, tmp, run_info)
         return stage.load(entry, cache_hit=False), stats
     finally:

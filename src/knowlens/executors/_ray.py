@@ -26,6 +26,8 @@ from knowlens.executors._core import (
     Executor,
     ModelSpec,
     Stage,
+    check_numerics,
+    intact_shard,
     new_marker,
     stamp,
     write_shard,
@@ -95,6 +97,8 @@ class _BlockWorker:
             torch.set_num_threads(threads)
         gpus = ray.get_gpu_ids()
         self.device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
+        # Before loading the model: the key was made for the numerics the driver planned.
+        check_numerics(stage, self.device, torch.get_num_threads())
         self.model = spec.load(self.device)
         self.node = socket.gethostname()
         self.worker = f"{self.node}:{os.getpid()}"
@@ -112,7 +116,7 @@ class _BlockWorker:
         for b in batch["block"]:
             block = self.blocks[int(b)]
             payload = b""
-            if self.shared and (self.root / block.key).exists():
+            if self.shared and intact_shard(self.root / block.key):  # a retry that had landed
                 computed, tokens = False, self.stage.shard_tokens_at(self.root / block.key)
             else:
                 files = stamp(self.stage.compute(self.model, block), self.worker)
@@ -207,6 +211,14 @@ class RayExecutor(Executor):
             return self.num_workers
         cpus, gpus = self._resources()
         return int(gpus) if gpus >= 1 else max(1, int(cpus // self.threads))
+
+    def numerics(self, model: Any) -> dict[str, Any]:
+        from knowlens.generation import compute_numerics
+
+        # What run_blocks gives the actors: a GPU each when the cluster has GPUs, else
+        # threads_per_worker torch threads on CPU.
+        _, gpus = self._resources()
+        return compute_numerics("cuda" if gpus >= 1 else "cpu", self.threads)
 
     def run_blocks(
         self, stage: Stage, model: Any, blocks: list[Block], root: Path, on_done: BlockDone

@@ -12,7 +12,10 @@ same bytes:
   ``batch_size`` rows per forward; blocks are cut from each shard's order the same way.
 
 The merged result is written into the *same* cache entry (same key, same files) as the local
-path's, so ``kl.generate`` / ``kl.extract`` reuse it, and vice versa.
+path's, so ``kl.generate`` / ``kl.extract`` reuse it, and vice versa. The key includes the
+executor's numerics (``Executor.numerics``: CPU thread count of the workers, or the
+accelerator type), as the local key includes this process's, because CPU results depend on
+the thread count. Entries are read back verified, like the local path's.
 """
 
 from __future__ import annotations
@@ -24,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from knowlens._cache import atomic_write_json, stable_hash
+from knowlens._cache import atomic_write_json, quarantine, stable_hash, verified_entry
 from knowlens._types import ActivationSet, Generation, GenerationSet
 from knowlens.errors import DataError, KnowlensError
-from knowlens.executors import Executor, LocalExecutor, resolve_executor
-from knowlens.executors._core import Block, Stage, run_stage
+from knowlens.executors._core import Block, Executor, LocalExecutor, Stage, run_stage
+from knowlens.executors._select import resolve_executor
 
 DEFAULT_BLOCKS_PER_WORKER = 4  # several blocks per replica: balance, and little lost on a fault
 
@@ -74,11 +77,12 @@ class GenerationStage(Stage):
         meta: dict[str, Any],
         block_size: int,
     ) -> None:
-        from knowlens.generation import _encode
+        from knowlens.generation import _encode, check_context
 
         self.examples = examples
         self.prompt_fn, self.grade_fn, self.settings = prompt_fn, grade_fn, settings
         self.key, self.meta, self.block_size = key, meta, block_size
+        self.numerics = meta["numerics"]
         templated = settings.use_chat_template and model.has_chat_template
         # The local path's batch order: prompt token length, longest first, ties by index.
         lens = [
@@ -93,6 +97,7 @@ class GenerationStage(Stage):
             )
             for ex in examples
         ]
+        check_context(model, examples, lens, settings.max_new_tokens)  # before any worker runs
         self._order = sorted(range(len(examples)), key=lambda i: (-lens[i], i))
 
     def item_ids(self) -> list[str]:
@@ -139,8 +144,16 @@ class GenerationStage(Stage):
             "executor": run,
         }
 
-    def complete(self, entry: Path) -> bool:
-        return (entry / "generations.parquet").exists() and (entry / "meta.json").exists()
+    def cached(self) -> GenerationSet | None:
+        # As the local path reads it: checksums verified, then parsed; damaged -> moved aside.
+        entry = verified_entry(self.kind, self.key)
+        if entry is None:
+            return None
+        try:
+            return self.load(entry, cache_hit=True)
+        except DataError as e:  # intact bytes that still do not parse (foreign writer)
+            quarantine(entry, str(e))
+            return None
 
     def merge(
         self, shard_dirs: list[Path], blocks: list[Block], out: Path, run: dict[str, Any]
@@ -184,7 +197,11 @@ def generate(
             about four blocks per worker).
         Others: as in ``knowlens.generation.generate``.
     """
-    from knowlens.generation import GenerationSettings, generation_cache_entry
+    from knowlens.generation import (
+        GenerationSettings,
+        generation_cache_entry,
+        resolve_max_new_tokens,
+    )
     from knowlens.generation import generate as local_generate
 
     ex = resolve_executor(executor)
@@ -209,7 +226,7 @@ def generate(
                 f"(e.g. load_task('{name}', limit=50))."
             )
         settings = GenerationSettings(
-            max_new_tokens=int(max_new_tokens or getattr(task, "max_new_tokens", 32) or 32),
+            max_new_tokens=resolve_max_new_tokens(max_new_tokens, task),
             batch_size=batch_size,
             use_chat_template=use_chat_template,
             stop_on_newline=stop_on_newline,
@@ -225,7 +242,13 @@ def generate(
         # The local path's own key + meta, so either path reuses the other's entry.
         parts = {"task": name, "task_version": version, "split": split}
         key, meta = generation_cache_entry(
-            model, examples, rendered, settings, parts, {**parts, "n": len(examples)}
+            model,
+            examples,
+            rendered,
+            settings,
+            parts,
+            {**parts, "n": len(examples)},
+            numerics=ex.numerics(model),  # the workers' threads / device, not the driver's
         )
         size = _block_size(block_size, len(examples), batch_size, _workers_hint(ex))
         stage = GenerationStage(model, examples, task.prompt, task.grade, settings, key, meta, size)
@@ -264,6 +287,7 @@ class ExtractionStage(Stage):
 
         self.items, self.spec, self.key, self.block_size = items, spec, key, block_size
         self.manifest = manifest
+        self.numerics = manifest["numerics"]
         self.mask, self.positions = mask, positions
         # The local path's forward batches: per local shard, rows by tokens needed, longest
         # first, ties by index (knowlens.activations.extract_batch).
@@ -349,19 +373,27 @@ class ExtractionStage(Stage):
             path=None,
         )
 
+    def _store(self) -> Any:
+        from knowlens.activations._extract import DTYPES
+        from knowlens.activations._store import ShardStore
+
+        return ShardStore(self.key, self.shape, DTYPES[self.spec.dtype][0])
+
+    def cached(self) -> ActivationSet | None:
+        # Checksums verified as knowlens.extract does (a damaged entry is quarantined).
+        hit = self._store().cached()
+        return None if hit is None else self._result(hit, cache_hit=True)
+
     def load(self, entry: Path, *, cache_hit: bool) -> ActivationSet:
-        values = np.load(entry / "values.npy", mmap_mode="r")
-        manifest = json.loads((entry / "manifest.json").read_text())
+        # Just merged and checksummed by this process: sizes suffice (later loads hash).
+        return self._result(self._store().load(deep=False), cache_hit=cache_hit)
+
+    def _result(self, loaded: tuple[Any, ...], *, cache_hit: bool) -> ActivationSet:
         from knowlens.activations._api import _result
 
-        return _result(
-            values,
-            np.load(entry / "mask.npy"),
-            np.load(entry / "positions.npy"),
-            manifest,
-            cache_hit=cache_hit,
-            path=str(entry),
-        )
+        values, mask, positions, manifest = loaded
+        path = str(self._store().final)
+        return _result(values, mask, positions, manifest, cache_hit=cache_hit, path=path)
 
 
 def extract(
@@ -371,7 +403,7 @@ def extract(
     executor: str | Executor | None = None,
     layers: str | int | list[int] = "all",
     tokens: str = "exact_answer",
-    dtype: str = "float16",
+    dtype: str = "auto",
     max_positions: int = 512,
     batch_size: int = 8,
     cache: bool = True,
@@ -419,6 +451,7 @@ def extract(
             batch_size=batch_size,
             shard_size=shard_size,
             meta={"generations_key": gmeta.get("cache_key"), "task": gmeta.get("task")},
+            numerics=ex.numerics(model),  # the workers' threads / device, not the driver's
         )
         spec, key, manifest, shards = plan.spec, plan.key, plan.manifest, plan.shards
         mask, positions = plan.mask, plan.positions
@@ -432,6 +465,22 @@ def extract(
             description=f"extract {model.name} · {tokens} [{ex.name}]",
             cache=cache,
         )
+        if _api.auto_float16_overflowed(model, plan, acts):
+            # Workers clamp float16 without reporting it: "auto" reruns in float32 (remembered).
+            return extract(
+                model,
+                gens,
+                executor=ex,
+                layers=layers,
+                tokens=tokens,
+                dtype=dtype,
+                max_positions=max_positions,
+                batch_size=batch_size,
+                cache=cache,
+                progress=progress,
+                shard_size=shard_size,
+                block_size=block_size,
+            )
         return acts
     finally:
         if owned:

@@ -35,46 +35,22 @@ def load_split(name: str, split: str, limit: int | None, seed: int, **kwargs: An
     return load_task(name, split=split, limit=limit, seed=seed, **kwargs)
 
 
-def _executor(ctx: Any) -> Any:
-    """The run's Ray executor, created on first use and kept for the whole run (one set of
-    model replicas instead of one per stage)."""
-    ex = getattr(ctx, "_ray_executor", None)
-    if ex is None:
-        from knowlens.executors import get_executor
-
-        ex = get_executor("ray", ray_address=ctx.cfg.ray_address)
-        ctx._ray_executor = ex
-        ctx.note("executor", ex.describe() if hasattr(ex, "describe") else "ray")
-    return ex
-
-
 def generations(ctx: Any, model: Any, task: Any, split: str) -> Any:
-    """Greedy answers of ``model`` on ``task`` (cached by the generation stage), recorded."""
+    """Greedy answers of ``model`` on ``task`` (cached by the generation stage), recorded;
+    computed on the run's executor (``ctx.executor``: local or Ray, same rows)."""
+    from knowlens.executors import generate
+
     ctx.record_task(task, split=split)
     with ctx.step(f"generate {model.name} · {task.name}/{split} ({len(task.examples)})"):
-        if ctx.cfg.executor == "local":
-            from knowlens.generation import generate
-
-            gens = generate(model, task, cache=ctx.use_cache, progress=False)
-        else:
-            from knowlens.executors import generate as exec_generate
-
-            gens = exec_generate(
-                model, task, executor=_executor(ctx), cache=ctx.use_cache, progress=False
-            )
-    return gens
+        return generate(model, task, executor=ctx.executor, cache=ctx.use_cache, progress=False)
 
 
 def activations(ctx: Any, model: Any, gens: Any, **kwargs: Any) -> Any:
-    """Hidden states of ``gens`` under ``model`` (cached), through the run's executor."""
-    if ctx.cfg.executor == "local":
-        from knowlens.activations import extract
+    """Hidden states of ``gens`` under ``model`` (cached), on the run's executor."""
+    from knowlens.executors import extract
 
-        return extract(model, gens, cache=ctx.use_cache, progress=False, **kwargs)
-    from knowlens.executors import extract as exec_extract
-
-    return exec_extract(
-        model, gens, executor=_executor(ctx), cache=ctx.use_cache, progress=False, **kwargs
+    return extract(
+        model, gens, executor=ctx.executor, cache=ctx.use_cache, progress=False, **kwargs
     )
 
 
@@ -136,32 +112,20 @@ def paired_diff_cell(
     seed: int,
     name: str,
 ) -> dict[str, Any]:
-    """metric(y, p1) - metric(y, p2) with a paired percentile bootstrap (same resamples)."""
+    """metric(y, p1) - metric(y, p2) with a paired bootstrap CI (``metrics.bootstrap_diff``)."""
     from knowlens import metrics
 
-    y, p1, p2 = (np.asarray(a, dtype=float) for a in (y, p1, p2))
-    keep = ~(np.isnan(y) | np.isnan(p1) | np.isnan(p2))
-    y, p1, p2 = y[keep], p1[keep], p2[keep]
-    lo = hi = float("nan")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", metrics.UndefinedMetricWarning)
-        value = metric(y, p1) - metric(y, p2) if len(y) else float("nan")
-        if n_boot > 0 and len(y) and np.isfinite(value):
-            rng = np.random.default_rng(seed)
-            stats = np.empty(n_boot)
-            for b in range(n_boot):
-                idx = rng.integers(0, len(y), len(y))
-                stats[b] = metric(y[idx], p1[idx]) - metric(y[idx], p2[idx])
-            stats = stats[~np.isnan(stats)]
-            if len(stats) >= n_boot / 2:
-                lo, hi = (float(v) for v in np.quantile(stats, [0.025, 0.975]))
+    ci = metrics.bootstrap_diff(metric, y, p1, p2, n_resamples=max(1, n_boot), seed=seed)
+    lo, hi = (ci.low, ci.high) if n_boot > 0 else (float("nan"), float("nan"))
+    keep = ~(np.isnan(np.asarray(y, float)) | np.isnan(np.asarray(p1, float)))
+    keep &= ~np.isnan(np.asarray(p2, float))
     return {
         "metric": name,
-        "value": float(value),
+        "value": ci.value,
         "ci_low": lo,
         "ci_high": hi,
-        "n": len(y),
-        "n_correct": int(y.sum()),
+        "n": ci.n,
+        "n_correct": int(np.asarray(y, float)[keep].sum()),
     }
 
 

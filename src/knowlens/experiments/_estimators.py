@@ -1,21 +1,24 @@
-"""Training and scoring the Kapoor et al. estimators for the analyses, with caching.
+"""Estimators in the analyses: registry lookup, shared inputs, one fit cache, cached scores.
 
-Names used in configs: ``zero_shot`` (Zero-Shot Classifier), ``probe`` (MLP probe on the
-last layer, last token of prompt + answer), ``lora`` (LoRA + MLP head) and ``lora_prompt``
-(calibration tuning). A *reader* model judges answers that may come from another model
-(FIGURES.md section 2): features / queries are built from the question and answer text
-as the reader would read them (``knowlens.estimators.retokenize``).
+No analysis switches on estimator names. A config lists registered names
+(``knowlens.estimators.estimator_names()``: ``zero_shot``, ``p_true``, ``logit``,
+``probe``, ``logistic``, ``lora``, ``lora_prompt`` and any estimator registered later); for
+each, :class:`EstimatorBench` asks the registry entry what it reads, prepares that once per
+(reader, answers) and shares it between estimators that read the same thing, builds the
+estimator (training settings mapped by the entry), fits it through the one estimator cache
+(``fit_cached``: ``cache_root()/estimators/<Estimator.cache_key()>/``) and scores answers.
 
-Fitted estimators are cached under ``trained_estimators/<hash>`` (their own save/load:
-safetensors + JSON), scores under ``estimator_scores/<hash>``; keys hold the reader's
-fingerprint, the training data's identity (generation cache keys, ids, labels), the
-estimator's parameters and the seed.
+A *reader* model judges answers that may come from another model (FIGURES.md section 2):
+activations are the reader's hidden states of the question + answer as the reader would
+read them (``knowlens.estimators.retokenize``); model-running estimators re-read other
+models' answers themselves. Scores are cached per example under ``estimator_scores/<hash>``
+(estimator key, reader, inputs, answers).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,13 +26,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from knowlens._cache import stable_hash
 
-EstimatorName = Literal["zero_shot", "probe", "lora", "lora_prompt"]
-ESTIMATOR_NAMES: tuple[str, ...] = ("zero_shot", "probe", "lora", "lora_prompt")
 SCORES_VERSION = "1"
+#: what the ``estimators`` field of an analysis config accepts
+ESTIMATORS_HELP = (
+    "Registered estimator names (knowlens.estimators.estimator_names(); aliases allowed)."
+)
 
 
 class TrainSettings(BaseModel):
-    """Training settings of the learned estimators (paper defaults where they exist)."""
+    """Training settings of the learned estimators (paper defaults where they exist); each
+    registry entry names the ones it takes (``settings=``, ``train_limit=``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -42,6 +48,21 @@ class TrainSettings(BaseModel):
     max_train: int | None = Field(
         default=None, ge=2, description="Cap on training answers for LoRA estimators."
     )
+
+
+def known_estimators(names: list[str]) -> list[str]:
+    """Field validator of an ``estimators`` list: config names, aliases resolved; a one-line
+    ValueError (did-you-mean, available names) for an unknown or repeated one."""
+    from knowlens.estimators import canonical_estimator_names
+
+    return canonical_estimator_names(list(names))
+
+
+def display_name(name: str) -> str:
+    """Table / figure label of estimator ``name``."""
+    from knowlens.estimators import get_estimator
+
+    return get_estimator(name).display_name
 
 
 def gens_identity(gens: Any) -> str:
@@ -72,98 +93,104 @@ def concat(parts: list[Any]) -> Any:
     return GenerationSet(rows, meta)
 
 
-def _probe_features(ctx: Any, reader: Any, gens: Any) -> Any:
-    """Hidden state of the reader's last layer at the last token of prompt + answer."""
-    from knowlens.estimators import retokenize
-    from knowlens.experiments._common import activations
-
-    view = retokenize(gens, reader)
-    return activations(ctx, reader, view, layers=[reader.n_layers], tokens="last")
-
-
-def _make(name: str, reader: Any, ts: TrainSettings, seed: int) -> Any:
-    import knowlens.estimators as E
-
-    if name == "zero_shot":
-        return E.ZeroShotClassifier(model=reader, progress=False)
-    if name == "probe":
-        return E.MLPProbe(layer=reader.n_layers, epochs=ts.probe_epochs, seed=seed)
-    cls = E.LoRAProbe if name == "lora" else E.LoRAPrompt
-    return cls(
-        model=reader,
-        steps=ts.lora_steps,
-        r=ts.lora_r,
-        alpha=ts.lora_alpha,
-        lr=ts.lora_lr,
-        batch_size=ts.batch_size,
-        seed=seed,
-        progress=False,  # the runner's live display shows the step; rich allows one at a time
-    )
-
-
 def _cap(gens: Any, n: int | None, seed: int) -> Any:
     if n is None or len(gens) <= n:
         return gens
     idx = np.sort(np.random.default_rng(seed).choice(len(gens), n, replace=False))
-    return gens.subset(idx)
+    out = gens.subset(idx)
+    # the parent's key must not name the subset (it keys the fitted estimator)
+    out.meta["key"] = stable_hash({"subset_of": gens_identity(gens), "idx": idx.tolist()})
+    return out
 
 
-def fit_estimator(
-    ctx: Any, name: str, reader: Any, train: Any, ts: TrainSettings, seed: int
-) -> tuple[Any, str]:
-    """Fit (or load from cache) estimator ``name`` for ``reader`` on ``train`` answers.
+def fit_recorded(ctx: Any, estimator: Any, X: Any, y: Any) -> tuple[Any, str]:
+    """``fit_cached`` (the one estimator cache) with the hit / miss counted in the run
+    manifest under ``cache.estimators``; returns the fitted estimator and its cache key."""
+    from knowlens.estimators import CACHE_KIND, fit_cached
 
-    Returns the fitted estimator and its cache key (used to key its scores)."""
-    from knowlens.estimators import Estimator
-
-    if name in ("lora", "lora_prompt"):
-        train = _cap(train, ts.max_train, seed)
-    est = _make(name, reader, ts, seed)
-    key_obj = {
-        "estimator": name,
-        "class": type(est).__name__,
-        "params": est._json_params(),
-        "reader": reader.target_id,
-        "train": gens_identity(train),
-        "seed": seed,
-    }
-    key = stable_hash(key_obj)
-    objects = {"model": reader} if "model" in type(est)._OBJECT_PARAMS else {}
-
-    def compute() -> Any:
-        with ctx.step(f"train {name} · {reader.name} on {len(train)} answers"):
-            if name == "zero_shot":
-                return est.fit(train)
-            if name == "probe":
-                return est.fit(_probe_features(ctx, reader, train), train.correct)
-            return est.fit(train)
-
-    fitted = ctx.cached(
-        "trained_estimators",
-        key_obj,
-        compute,
-        lambda e, d: e.save(d / "estimator"),
-        lambda d: Estimator.load(d / "estimator", **objects),
-    )
+    key = estimator.cache_key(X, y)
+    fitted = fit_cached(estimator, X, y, cache=ctx.use_cache)
+    ctx.count_cache(CACHE_KIND, hit=fitted.from_cache_)
     return fitted, key
 
 
-def score(ctx: Any, name: str, est: Any, est_key: str, reader: Any, gens: Any) -> np.ndarray:
-    """P(correct) of ``est`` for ``gens`` (answers of any model), cached per example."""
+@dataclass
+class Fitted:
+    """A fitted estimator of an analysis: config name, registry entry, estimator, its cache
+    key (which keys its scores) and the reader model it belongs to."""
 
-    def compute() -> pd.DataFrame:
-        with ctx.step(f"score {name} · {reader.name} on {len(gens)} answers"):
-            if name == "probe":
-                p = est.predict_proba(_probe_features(ctx, reader, gens))
-            elif name == "zero_shot":
-                p = est.predict_proba(gens)
-            else:
-                p = est.predict_proba(gens)  # LoRA estimators re-read other models' answers
-        return pd.DataFrame({"example_id": gens.example_ids, "p": np.asarray(p, dtype=float)})
+    name: str
+    spec: Any
+    estimator: Any
+    key: str
+    reader: Any
 
-    df = ctx.cached_frame(
-        "estimator_scores",
-        {"estimator": est_key, "gens": gens_identity(gens), "code": SCORES_VERSION},
-        compute,
-    )
-    return df["p"].to_numpy(dtype=float)
+    @property
+    def label(self) -> str:
+        return str(self.spec.display_name)
+
+
+class EstimatorBench:
+    """Fits and scores registered estimators for one analysis run (see the module docstring).
+
+    Inputs are prepared once per (reader, answers, declared input) for the whole run, so
+    two estimators that read the same activations share one extraction."""
+
+    def __init__(self, ctx: Any, settings: TrainSettings, seed: int) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.seed = seed
+        self._inputs: dict[tuple[Any, ...], Any] = {}
+
+    def inputs(self, spec: Any, reader: Any, gens: Any) -> Any:
+        """What ``spec`` reads for ``gens`` under ``reader``: the GenerationSet itself, or the
+        reader's activations of the answers at the declared layer and selector."""
+        need = spec.inputs
+        if need.source == "generations":
+            return gens
+        layer = need.resolve_layer(int(reader.n_layers))
+        key = (reader.target_id, gens_identity(gens), layer, need.tokens)
+        if key not in self._inputs:
+            from knowlens.estimators import retokenize
+            from knowlens.experiments._common import activations
+
+            view = retokenize(gens, reader)
+            self._inputs[key] = activations(
+                self.ctx, reader, view, layers=[layer], tokens=need.tokens
+            )
+        return self._inputs[key]
+
+    def fit(self, name: str, reader: Any, train: Any) -> Fitted:
+        """Estimator ``name`` of ``reader``, fitted on the ``train`` answers (or loaded)."""
+        from knowlens.estimators import get_estimator
+
+        spec = get_estimator(name)
+        if spec.train_limit is not None:
+            train = _cap(train, getattr(self.settings, spec.train_limit), self.seed)
+        est = spec.make(model=reader, settings=self.settings, seed=self.seed)
+        with self.ctx.step(f"train {spec.name} · {reader.name} on {len(train)} answers"):
+            X = self.inputs(spec, reader, train)
+            est, key = fit_recorded(self.ctx, est, X, train.correct)
+        return Fitted(name=spec.name, spec=spec, estimator=est, key=key, reader=reader)
+
+    def score(self, fitted: Fitted, gens: Any) -> np.ndarray:
+        """P(correct) of ``fitted`` for ``gens`` (answers of any model), cached per example."""
+
+        def compute() -> pd.DataFrame:
+            what = f"score {fitted.name} · {fitted.reader.name} on {len(gens)} answers"
+            with self.ctx.step(what):
+                p = fitted.estimator.predict_proba(self.inputs(fitted.spec, fitted.reader, gens))
+            return pd.DataFrame({"example_id": gens.example_ids, "p": np.asarray(p, dtype=float)})
+
+        df = self.ctx.cached_frame(
+            "estimator_scores",
+            {
+                "estimator": fitted.key,
+                "reader": fitted.reader.target_id,
+                "inputs": asdict(fitted.spec.inputs),
+                "gens": gens_identity(gens),
+                "code": SCORES_VERSION,
+            },
+            compute,
+        )
+        return df["p"].to_numpy(dtype=float)

@@ -9,16 +9,27 @@ For each analysis of the config the runner builds a :class:`RunContext`, asks th
 cache for the analysis' tables (key = resolved config + model fingerprints + the analysis'
 ``CODE_VERSION``), runs ``module.run(cfg, ctx)`` on a miss, writes tables (parquet + csv),
 draws figures from the tables (``module.figures``), and finally writes ``manifest.json`` and
-the HTML report. Inside an analysis every expensive step goes through a content-addressed
-cache too (generations, activations, trained estimators, estimator scores), so changing one
-setting recomputes only what depends on it.
+the HTML report (the folder's layout and manifest schema: :mod:`knowlens.experiments._rundir`).
+The runner owns the run's executors: one ``get_executor(executor, ray_address=...)`` per
+distinct setting of the run's analyses, opened before any work, handed to each analysis as
+``ctx.executor``, described in the manifest and closed when the run ends. Inside an
+analysis every expensive step goes through a content-addressed cache too (generations,
+activations, trained estimators, estimator scores), so changing one setting recomputes only
+what depends on it.
+
+The run folder is written as a whole: everything is built in a temporary sibling
+(``runs/.tmp-<name>~...``) and swapped in at the end, so ``runs/<name>/`` always holds one
+complete run (config, tables, figures, manifest and report that belong together), and a run
+that fails leaves the previous folder untouched. Cache entries (results, ``ctx.cached``) are
+verified against their checksums when read (a damaged one is moved aside with a warning and
+recomputed) and computed under a per-entry lock, so concurrent runs compute each once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import html
 import importlib.metadata
-import json
 import platform
 import sys
 import time
@@ -29,7 +40,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
-import yaml
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -40,8 +50,40 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from knowlens._cache import atomic_dir, atomic_write_json, atomic_write_text, entry_dir, stable_hash
-from knowlens.config import AnalysisConfig, RunConfig
+from knowlens._cache import (
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    entry_dir,
+    entry_lock,
+    quarantine,
+    stable_hash,
+    verified_entry,
+)
+from knowlens.config import AnalysisConfig, RunConfig, code_version, loads_models
+from knowlens.errors import ConfigError, KnowlensError
+from knowlens.executors import Executor, LocalExecutor, get_executor
+from knowlens.experiments._load import resolve_config
+from knowlens.experiments._registry import get_analysis
+from knowlens.experiments._rundir import (
+    AnalysisLog,
+    AnalysisRecord,
+    CacheStats,
+    ExecutorRecord,
+    ModelRecord,
+    RunManifest,
+    TaskRecord,
+    building,
+    in_final,
+    json_value,
+    report_path,
+    write_config,
+    write_manifest,
+    write_tables,
+)
+from knowlens.report import build_report, draw_figures
+
+__all__ = ["RESULTS_VERSION", "RunContext", "RunResult", "run", "run_config"]
 
 T = TypeVar("T")
 
@@ -61,60 +103,79 @@ def _versions() -> dict[str, str]:
 
 @dataclass
 class RunContext:
-    """What an analysis gets besides its config: where to write, seeds, caches, progress,
-    and the manifest recorder.
+    """What an analysis gets besides its config: where to write, seeds, caches, the run's
+    executor, progress, and the recorder of its part of the manifest.
 
     Attributes:
-        run_dir: ``runs/<name>/``.
+        run_dir: the run folder being built (a temporary sibling of ``runs/<name>/`` that
+            replaces it when the whole run succeeded).
         cfg: the analysis' validated config.
         seed: the analysis' seed (use it for every split, init and bootstrap).
         use_cache: False disables every cache lookup (``--no-cache``); writes still happen.
-        manifest: what this analysis records (models, tasks, cache hits, timings, notes).
+        executor: where generation and extraction run (``cfg.executor``): pass it as
+            ``executor=`` to :func:`knowlens.executors.generate` / ``extract``. Owned by
+            the runner (shared by the run's analyses, closed when the run ends); local
+            unless the runner gives another.
+        log: what this analysis records (models, tasks, cache hits, timings, notes,
+            executor); becomes its entry of ``manifest.json``.
     """
 
     run_dir: Path
     cfg: AnalysisConfig
     seed: int
     use_cache: bool = True
+    executor: Executor = field(default_factory=LocalExecutor)
     console: Console = field(default_factory=lambda: _console)
-    manifest: dict[str, Any] = field(default_factory=dict)
+    log: AnalysisLog = field(default_factory=AnalysisLog)
     _models: dict[str, Any] = field(default_factory=dict)
     _progress: Progress | None = None
 
     # ---- models, tasks -------------------------------------------------------------------
     def load_model(self, spec: str) -> Any:
         """Load (once per run) and record a model: name, fingerprint, layers, dtype, device."""
+        if "?" in str(spec) and not Path(spec).exists():
+            # load_model does not read deployment options; dropping them would be silent.
+            raise KnowlensError(
+                f"Model '{spec}' of analysis '{self.cfg.analysis}': deployment options after "
+                "'?' (e.g. ?system=safety) are read by the jailbreak analyses (prompt_transfer, "
+                "activation_maps) and by `knowlens generate/extract -m`, not by this analysis. "
+                "List the plain model spec here."
+            )
         if spec not in self._models:
             from knowlens.models import load_model
 
             with self.step(f"load model {spec}"):
                 handle = load_model(spec, device=self.cfg.device)
             self._models[spec] = handle
-        # Record in *this* analysis' manifest even when an earlier analysis of the run loaded
+        # Record in *this* analysis' log even when an earlier analysis of the run loaded
         # the model (the handle cache is shared across analyses).
         handle = self._models[spec]
-        if spec not in self.manifest.get("models", {}):
-            info = {"spec": spec, "name": handle.name, "fingerprint": handle.fingerprint}
-            with contextlib.suppress(Exception):
-                info.update({k: v for k, v in handle.describe().items() if _jsonable(v)})
-            self.manifest.setdefault("models", {})[spec] = info
+        if spec not in self.log.models:
+            self.log.models[spec] = ModelRecord.from_handle(spec, handle)
         return handle
 
     def record_task(self, task: Any, *, split: str, n: int | None = None) -> None:
         """Record a task (name, version, split, size) in the manifest."""
-        tasks = self.manifest.setdefault("tasks", [])
-        rec = {
-            "name": getattr(task, "name", str(task)),
-            "version": str(getattr(task, "version", "")),
-            "split": split,
-            "n": int(n if n is not None else len(getattr(task, "examples", []))),
-        }
-        if rec not in tasks:
-            tasks.append(rec)
+        rec = TaskRecord(
+            name=getattr(task, "name", str(task)),
+            version=str(getattr(task, "version", "")),
+            split=split,
+            n=int(n if n is not None else len(getattr(task, "examples", []))),
+        )
+        if rec not in self.log.tasks:
+            self.log.tasks.append(rec)
 
     def note(self, key: str, value: Any) -> None:
         """Record a free-form fact (chosen layer, baseline name...) in the manifest."""
-        self.manifest.setdefault("notes", {})[key] = value
+        self.log.notes[key] = json_value(value)
+
+    def count_cache(self, kind: str, *, hit: bool) -> None:
+        """Count one lookup of a stage cache (``cache.<kind>`` in the manifest)."""
+        stats = self.log.cache.setdefault(kind, CacheStats())
+        if hit:
+            stats.hits += 1
+        else:
+            stats.misses += 1
 
     # ---- progress ------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -132,7 +193,7 @@ class RunContext:
             if self._progress is not None:
                 self._progress.remove_task(task_id)
                 self._progress.console.print(f"[dim]·[/] {description} [dim]({dt:.1f}s)[/]")
-            timings = self.manifest.setdefault("timings_s", {})
+            timings = self.log.timings_s
             timings[description] = round(timings.get(description, 0.0) + dt, 3)
 
     def track(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
@@ -160,16 +221,27 @@ class RunContext:
         load: Callable[[Path], T],
     ) -> T:
         """Content-addressed memo: ``load(entry)`` on a hit, else ``compute()`` then
-        ``save(value, tmpdir)`` written atomically to ``cache_root()/<kind>/<hash(key_obj)>``."""
-        final = entry_dir(kind, stable_hash(key_obj))
-        stats = self.manifest.setdefault("cache", {}).setdefault(kind, {"hits": 0, "misses": 0})
-        if self.use_cache and final.exists():
-            stats["hits"] += 1
-            return load(final)
-        stats["misses"] += 1
-        value = compute()
-        with atomic_dir(final) as tmp:
-            save(value, tmp)
+        ``save(value, tmpdir)`` written atomically to ``cache_root()/<kind>/<hash(key_obj)>``.
+
+        A hit is verified against the entry's checksums first (damaged: warned about, moved
+        aside, recomputed); misses compute under the entry's lock, so two runs sharing a
+        cache compute it once."""
+        key = stable_hash(key_obj)
+        if self.use_cache and (hit := verified_entry(kind, key)) is not None:
+            self.count_cache(kind, hit=True)
+            return load(hit)
+        with entry_lock(kind, key):
+            # Another process may have published it while this one waited for the lock.
+            if self.use_cache and (hit := verified_entry(kind, key)) is not None:
+                self.count_cache(kind, hit=True)
+                return load(hit)
+            self.count_cache(kind, hit=False)
+            value = compute()
+            # With use_cache=False an intact entry is kept (readers may hold it open);
+            # an absent or damaged one (moved aside by verified_entry) is published.
+            if verified_entry(kind, key) is None:
+                with atomic_dir(entry_dir(kind, key)) as tmp:
+                    save(value, tmp)
         return value
 
     def cached_frame(self, kind: str, key_obj: Any, compute: Callable[[], pd.DataFrame]) -> Any:
@@ -181,14 +253,6 @@ class RunContext:
             lambda df, d: df.to_parquet(d / "table.parquet", index=False),
             lambda d: pd.read_parquet(d / "table.parquet"),
         )
-
-
-def _jsonable(v: Any) -> bool:
-    try:
-        json.dumps(v)
-        return True
-    except TypeError:
-        return False
 
 
 @dataclass
@@ -210,58 +274,117 @@ class RunResult:
     cache_hits: dict[str, bool]
 
 
-def table_path(run_dir: Path, key: str, table: str, ext: str = "parquet") -> Path:
-    return run_dir / "tables" / f"{key}.{table}.{ext}"
+def run(
+    config: str | Path | dict[str, Any] | RunConfig | AnalysisConfig,
+    *,
+    use_cache: bool = True,
+    progress: bool = True,
+    **overrides: Any,
+) -> RunResult:
+    """Run a config (YAML path, mapping, :class:`RunConfig` or one ``AnalysisConfig``).
 
-
-def write_tables(run_dir: Path, key: str, tables: dict[str, pd.DataFrame]) -> None:
-    for name, df in tables.items():
-        buf = df.reset_index(drop=True)
-        p = table_path(run_dir, key, name)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".tmp-{p.name}")
-        buf.to_parquet(tmp, index=False)
-        tmp.replace(p)
-        atomic_write_text(table_path(run_dir, key, name, "csv"), buf.to_csv(index=False))
-
-
-def read_tables(run_dir: Path, key: str) -> dict[str, pd.DataFrame]:
-    """All tables of one analysis from ``runs/<name>/tables/<key>.<table>.parquet``."""
-    out = {}
-    for p in sorted((run_dir / "tables").glob(f"{key}.*.parquet")):
-        out[p.name[len(key) + 1 : -len(".parquet")]] = pd.read_parquet(p)
-    return out
-
-
-def draw_figures(
-    run_dir: Path, analysis: AnalysisConfig, tables: dict[str, pd.DataFrame]
-) -> list[Path]:
-    from knowlens.experiments import get_analysis
-
-    module = get_analysis(analysis.analysis)
-    out_dir = run_dir / "figures" / analysis.key
-    return list(module.figures(tables, out_dir))
+    ``overrides`` replace config values: ``name``, ``output``, and any analysis field
+    (``models``, ``limit``, ``seed``, ...).
+    """
+    return run_config(resolve_config(config, overrides), use_cache=use_cache, progress=progress)
 
 
 def run_config(rc: RunConfig, *, use_cache: bool = True, progress: bool = True) -> RunResult:
-    """Run every analysis of a validated :class:`RunConfig` (see module docstring)."""
-    from knowlens import __version__
-    from knowlens.experiments import get_analysis
-    from knowlens.report import build_report
+    """Run every analysis of a validated :class:`RunConfig` (see module docstring).
 
-    run_dir = Path(rc.output) / rc.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(rc.to_yaml_dict(), sort_keys=False))
+    Everything is written to a temporary sibling of ``<output>/<name>/`` that replaces it
+    only when the whole run succeeded; on any error the previous run folder is untouched.
+    The run's executors are opened before any analysis runs and closed at the end, also
+    when the run fails.
+    """
+    with building(rc.output, rc.name) as (build, final):
+        executors: dict[tuple[str, str | None], Executor] = {}
+        try:
+            _open_executors(rc, executors)
+            return _run_into(
+                build, final, rc, use_cache=use_cache, progress=progress, executors=executors
+            )
+        finally:
+            for ex in executors.values():
+                ex.close()
+
+
+def _executor_key(cfg: AnalysisConfig) -> tuple[str, str | None]:
+    return (cfg.executor, cfg.ray_address)
+
+
+def _open_executors(rc: RunConfig, into: dict[tuple[str, str | None], Executor]) -> None:
+    """One executor per distinct (executor, ray_address) of the run, opened up front so a
+    bad cluster address fails before any work."""
+    ray = {a.ray_address for a in rc.analyses if a.executor == "ray"}
+    if len(ray) > 1:
+        shown = ", ".join(sorted(str(r or "(local Ray)") for r in ray))
+        raise ConfigError(
+            f"Run '{rc.name}': its analyses name {len(ray)} different Ray clusters ({shown}); "
+            "one process joins one Ray cluster. Give every analysis the same ray_address."
+        )
+    for a in rc.analyses:
+        key = _executor_key(a)
+        if key not in into:
+            into[key] = get_executor(a.executor, ray_address=a.ray_address)
+
+
+def _describe(ex: Executor, ray_address: str | None) -> ExecutorRecord:
+    details: Any = {}
+    with contextlib.suppress(Exception):  # a description must never fail a finished run
+        details = json_value(ex.describe())
+    return ExecutorRecord(name=ex.name, ray_address=ray_address, details=details)
+
+
+def _load_results(entry: Path) -> tuple[dict[str, pd.DataFrame], AnalysisLog]:
+    tables = {p.stem: pd.read_parquet(p) for p in sorted(entry.glob("*.parquet"))}
+    return tables, AnalysisLog.model_validate_json((entry / "manifest.json").read_text())
+
+
+def _cached_results(
+    key: str, use_cache: bool
+) -> tuple[dict[str, pd.DataFrame], AnalysisLog] | None:
+    """The result entry's tables and log, or None (absent, damaged, or unreadable: moved
+    aside and recomputed)."""
+    if not use_cache or (entry := verified_entry("results", key)) is None:
+        return None
+    try:
+        return _load_results(entry)
+    except (OSError, ValueError) as e:  # intact bytes of another schema (ValidationError too)
+        quarantine(entry, f"unreadable result entry: {str(e).splitlines()[0]}")
+        return None
+
+
+def _save_results(key: str, tables: dict[str, pd.DataFrame], log: AnalysisLog) -> None:
+    if verified_entry("results", key) is not None:  # intact (use_cache=False rerun): keep it
+        return
+    with atomic_dir(entry_dir("results", key)) as tmp:
+        for name, df in tables.items():
+            df.reset_index(drop=True).to_parquet(tmp / f"{name}.parquet", index=False)
+        atomic_write_json(tmp / "manifest.json", log.model_dump(mode="json"))
+
+
+def _run_into(
+    run_dir: Path,
+    final: Path,
+    rc: RunConfig,
+    *,
+    use_cache: bool,
+    progress: bool,
+    executors: dict[tuple[str, str | None], Executor],
+) -> RunResult:
+    from knowlens import __version__
+
+    write_config(run_dir, rc)
     started = datetime.now(timezone.utc)
-    manifest: dict[str, Any] = {
-        "knowlens_version": __version__,
-        "run": rc.name,
-        "config_source": rc.source,
-        "config_hash": stable_hash(rc.to_yaml_dict()),
-        "started_utc": started.isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "analyses": {},
-    }
+    manifest = RunManifest(
+        knowlens_version=__version__,
+        run=rc.name,
+        config_source=rc.source,
+        config_hash=stable_hash(rc.to_yaml_dict()),
+        started_utc=started.isoformat(timespec="seconds"),
+        versions=_versions(),
+    )
     all_tables: dict[str, dict[str, pd.DataFrame]] = {}
     all_figs: dict[str, list[Path]] = {}
     hits: dict[str, bool] = {}
@@ -288,6 +411,7 @@ def run_config(rc: RunConfig, *, use_cache: bool = True, progress: bool = True) 
                 cfg=acfg,
                 seed=acfg.seed,
                 use_cache=use_cache,
+                executor=executors[_executor_key(acfg)],
                 _models=models,
                 _progress=live if progress else None,
             )
@@ -295,50 +419,48 @@ def run_config(rc: RunConfig, *, use_cache: bool = True, progress: bool = True) 
             # Result cache: unchanged config + same model weights + same code -> same tables.
             fps = {}
             for spec in acfg.models:
-                fps[spec] = ctx.load_model(spec).fingerprint if _needs_model(module) else spec
+                fps[spec] = ctx.load_model(spec).fingerprint if loads_models(module) else spec
             key_obj = {
                 "config": acfg.model_dump(mode="json", exclude={"id"}),
                 "fingerprints": fps,
-                "code": getattr(module, "CODE_VERSION", "1"),
+                "code": code_version(module),
                 "runner": RESULTS_VERSION,
             }
-            result_dir = entry_dir("results", stable_hash(key_obj))
-            cached_manifest = result_dir / "manifest.json"
-            if use_cache and cached_manifest.exists():
-                tables = {p.stem: pd.read_parquet(p) for p in sorted(result_dir.glob("*.parquet"))}
-                prev = json.loads(cached_manifest.read_text())
-                ctx.manifest = {
-                    **prev,
-                    "models": {**prev.get("models", {}), **ctx.manifest.get("models", {})},
-                }
-                hits[acfg.key] = True
-                _console.print(f"  [green]✓ cached results[/] [dim]{result_dir.name}[/]")
-            else:
-                tables = dict(module.run(acfg, ctx))
-                with atomic_dir(result_dir) as tmp:
-                    for name, df in tables.items():
-                        df.reset_index(drop=True).to_parquet(tmp / f"{name}.parquet", index=False)
-                    atomic_write_json(tmp / "manifest.json", ctx.manifest)
-                hits[acfg.key] = False
+            result_key = stable_hash(key_obj)
+            cached = _cached_results(result_key, use_cache)
+            if cached is None:
+                with entry_lock("results", result_key):
+                    # A concurrent run may have finished it while this one waited.
+                    cached = _cached_results(result_key, use_cache)
+                    if cached is None:
+                        tables = dict(module.run(acfg, ctx))
+                        ctx.log.executor = _describe(ctx.executor, acfg.ray_address)
+                        _save_results(result_key, tables, ctx.log)
+            if cached is not None:
+                tables, prev = cached
+                # The cached log says how the tables were made; the models are this run's.
+                ctx.log = prev.model_copy(update={"models": {**prev.models, **ctx.log.models}})
+                _console.print(f"  [green]✓ cached results[/] [dim]{result_key}[/]")
+            hits[acfg.key] = cached is not None
             write_tables(run_dir, acfg.key, tables)
             with ctx.step(f"{acfg.key}: figures"):
-                all_figs[acfg.key] = draw_figures(run_dir, acfg, tables)
+                figs = draw_figures(run_dir, acfg, tables)
+            all_figs[acfg.key] = [in_final(f, run_dir, final) for f in figs]
             all_tables[acfg.key] = tables
-            manifest["analyses"][acfg.key] = {
-                "analysis": acfg.analysis,
-                "result_key": result_dir.name,
-                "from_cache": hits[acfg.key],
-                "seed": acfg.seed,
-                "wall_s": round(time.perf_counter() - t0, 2),
-                **ctx.manifest,
-            }
-    manifest["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    manifest["wall_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 2)
-    atomic_write_json(run_dir / "manifest.json", manifest)
+            manifest.analyses[acfg.key] = AnalysisRecord(
+                analysis=acfg.analysis,
+                result_key=result_key,
+                from_cache=hits[acfg.key],
+                seed=acfg.seed,
+                wall_s=round(time.perf_counter() - t0, 2),
+                **dict(ctx.log),
+            )
+    manifest.executors = [_describe(ex, addr) for (_, addr), ex in executors.items()]
+    manifest.finished_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest.wall_s = round((datetime.now(timezone.utc) - started).total_seconds(), 2)
+    write_manifest(run_dir, manifest)
     report = build_report(run_dir, redraw=False)
-    return RunResult(run_dir, all_tables, all_figs, report, hits)
-
-
-def _needs_model(module: Any) -> bool:
-    # Analyses that run on API-only targets can opt out of local fingerprinting.
-    return getattr(module, "LOADS_MODELS", True)
+    # The report names its folder; name the one it will live in, not the build folder.
+    text = report.read_text(encoding="utf-8")
+    atomic_write_text(report, text.replace(html.escape(str(run_dir)), html.escape(str(final))))
+    return RunResult(final, all_tables, all_figs, report_path(final), hits)

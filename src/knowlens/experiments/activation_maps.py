@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from pydantic import Field
 
-from knowlens.config import AnalysisConfig
+from knowlens.config import AnalysisConfig, Section
 from knowlens.errors import ConfigError
 
 CODE_VERSION = "1"
@@ -106,14 +106,57 @@ def position_statistic(hs: torch.Tensor, statistic: str, params: Any = None) -> 
     raise ConfigError(f"statistic must be l2, refusal or probe; got '{statistic}'.")
 
 
+def executor_batches(
+    handle: Any, ids: list[list[int]], batch_size: int, executor: Any = None, cache: bool = True
+) -> Any:
+    """:func:`hidden_batches` in this process, or, for a non-local ``executor`` (the run's
+    ``ctx.executor``), the same (indices, states, mask) batches from
+    :func:`knowlens.executors.extract` (every layer, every position, float32, cached)."""
+    from knowlens.executors import LocalExecutor
+
+    if executor is None or isinstance(executor, LocalExecutor):
+        yield from hidden_batches(handle, ids, batch_size)
+        return
+    from knowlens._types import Generation
+    from knowlens.executors import extract
+
+    rows = [
+        Generation(str(i), "activation_maps", "", "", list(x), [], [], [], None, "none")
+        for i, x in enumerate(ids)
+    ]
+    acts = extract(
+        handle,
+        rows,
+        executor=executor,
+        layers="all",
+        tokens="all",
+        dtype="float32",
+        max_positions=max(len(x) for x in ids),
+        batch_size=batch_size,
+        cache=cache,
+        progress=False,
+    )
+    for s in range(0, len(ids), batch_size):
+        idx = list(range(s, min(s + batch_size, len(ids))))
+        hs = torch.from_numpy(np.array(acts.values[idx[0] : idx[-1] + 1], dtype=np.float32))
+        yield idx, hs, torch.from_numpy(np.asarray(acts.mask[idx[0] : idx[-1] + 1], dtype=bool))
+
+
 def mean_map(
-    handle: Any, ids: list[list[int]], statistic: str, params: Any, max_len: int, batch_size: int
+    handle: Any,
+    ids: list[list[int]],
+    statistic: str,
+    params: Any,
+    max_len: int,
+    batch_size: int,
+    executor: Any = None,
+    cache: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean statistic per (layer, position) over prompts and the count per position."""
     L = handle.n_layers + 1
     total = np.zeros((L, max_len))
     count = np.zeros(max_len, dtype=np.int64)
-    for _, hs, m in hidden_batches(handle, ids, batch_size):
+    for _, hs, m in executor_batches(handle, ids, batch_size, executor, cache):
         st = position_statistic(hs, statistic, params).numpy()  # (B, L, T)
         mk = m.numpy()
         T = st.shape[-1]
@@ -124,10 +167,16 @@ def mean_map(
     return mean, count
 
 
-def last_token_states(handle: Any, ids: list[list[int]], batch_size: int) -> np.ndarray:
+def last_token_states(
+    handle: Any,
+    ids: list[list[int]],
+    batch_size: int,
+    executor: Any = None,
+    cache: bool = True,
+) -> np.ndarray:
     """(n, L+1, d) hidden states at each prompt's last token."""
     out = np.zeros((len(ids), handle.n_layers + 1, handle.d_model), dtype=np.float32)
-    for idx, hs, m in hidden_batches(handle, ids, batch_size):
+    for idx, hs, m in executor_batches(handle, ids, batch_size, executor, cache):
         last = m.sum(1) - 1
         for b, i in enumerate(idx):
             out[i] = hs[b, :, int(last[b])].numpy()
@@ -156,7 +205,6 @@ def fit_probes(harm: np.ndarray, harmless: np.ndarray, seed: int) -> tuple[np.nd
 
 # -- run -----------------------------------------------------------------------------------
 def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
-    from knowlens.experiments.prompt_transfer import HELD_OUT, SPLIT_SEED
     from knowlens.jailbreak import corpora
     from knowlens.jailbreak.targets import load_target, require_local
 
@@ -165,9 +213,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
             "activation_maps: field 'models' needs at least one local model; got []. "
             "Add e.g. 'models: [smollm2-135m-instruct]'."
         )
-    train, held_out = corpora.split_behaviors(
-        corpora.harmful_behaviors(), held_out=HELD_OUT, seed=SPLIT_SEED
-    )
+    train, held_out = corpora.harmbench_split()
     n = cfg.limit or cfg.n_prompts
     jail = corpora.attack_prompts(
         held_out, corpora.templates(tuple(cfg.templates)), n=n, seed=cfg.seed, max_chars=None
@@ -176,6 +222,8 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     for spec in cfg.models:
         target = load_target(spec, loader=ctx.load_model)
         handle = require_local(target, "activation_maps")
+        # hidden states in this process, or extracted on the run's (non-local) executor
+        on_executor = {"executor": ctx.executor, "cache": ctx.use_cache}
         benign = corpora.matched_benign(jail, tokenizer=handle.tokenizer, seed=cfg.seed)
         params = None
         if cfg.statistic in ("refusal", "probe"):
@@ -183,12 +231,16 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
             harmless_b = corpora.matched_benign(harm_b, tokenizer=handle.tokenizer, seed=cfg.seed)
             with ctx.step(f"{target.name}: {cfg.statistic} direction/probe on bare prompts"):
                 H = last_token_states(
-                    handle, encode(handle, [p.text for p in harm_b], cfg.max_len), cfg.batch_size
+                    handle,
+                    encode(handle, [p.text for p in harm_b], cfg.max_len),
+                    cfg.batch_size,
+                    **on_executor,
                 )
                 B = last_token_states(
                     handle,
                     encode(handle, [p.text for p in harmless_b], cfg.max_len),
                     cfg.batch_size,
+                    **on_executor,
                 )
                 if cfg.statistic == "refusal":
                     params = torch.from_numpy(refusal_direction(H, B))
@@ -200,7 +252,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
             ids = encode(handle, [p.text for p in prompts], cfg.max_len)
             with ctx.step(f"{target.name}: {panel.lower()} maps ({len(ids)} prompts)"):
                 maps[panel] = mean_map(
-                    handle, ids, cfg.statistic, params, cfg.max_len, cfg.batch_size
+                    handle, ids, cfg.statistic, params, cfg.max_len, cfg.batch_size, **on_executor
                 )
         (mb, cb), (mj, cj) = maps["Benign"], maps["Jailbreak"]
         if cfg.statistic == "l2" and cfg.scale == "log10":
@@ -308,8 +360,6 @@ def figures(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
 
 
 def report_sections(tables: dict[str, pd.DataFrame], figures: list[Path]) -> list[Any]:
-    from knowlens.report import Section
-
     s = tables["summary"]
     keys = {
         f"{r['model']} · {r['panel']}": f"mean {r['mean']:.3g} (min {r['min']:.3g}, max {r['max']:.3g})"

@@ -19,9 +19,8 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import Field, field_validator
 
-from knowlens.config import AnalysisConfig
+from knowlens.config import AnalysisConfig, Section
 from knowlens.experiments._common import (
-    DISPLAY,
     METRIC_LABEL,
     accuracy_row,
     decided,
@@ -35,11 +34,12 @@ from knowlens.experiments._common import (
     short_model,
 )
 from knowlens.experiments._estimators import (
-    EstimatorName,
+    ESTIMATORS_HELP,
+    EstimatorBench,
     TrainSettings,
     concat,
-    fit_estimator,
-    score,
+    display_name,
+    known_estimators,
 )
 
 CODE_VERSION = "1"
@@ -66,8 +66,8 @@ class Config(AnalysisConfig):
         min_length=1,
         description="Tasks whose train split trains and whose test split evaluates.",
     )
-    estimators: list[EstimatorName] = Field(
-        default_factory=lambda: ["probe", "lora_prompt"], min_length=1
+    estimators: list[str] = Field(
+        default_factory=lambda: ["probe", "lora_prompt"], min_length=1, description=ESTIMATORS_HELP
     )
     metrics: list[Literal["auroc", "ece", "brier", "prr"]] = Field(
         default_factory=lambda: ["auroc"], min_length=1
@@ -80,6 +80,11 @@ class Config(AnalysisConfig):
         if len(set(v)) != len(v):
             raise ValueError("lists an entry twice; list each once")
         return v
+
+    @field_validator("estimators")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        return known_estimators(v)
 
 
 def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
@@ -101,19 +106,20 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
 
     rows: list[dict[str, Any]] = []
     score_rows: list[pd.DataFrame] = []
+    bench = EstimatorBench(ctx, cfg.train, cfg.seed)
     for est_name in cfg.estimators:
-        for trained_on in ctx.track(specs, f"{DISPLAY[est_name]}: train + judge"):
+        for trained_on in ctx.track(specs, f"{display_name(est_name)}: train + judge"):
             reader = ctx.load_model(trained_on)
-            est, key = fit_estimator(ctx, est_name, reader, train[trained_on], cfg.train, cfg.seed)
+            fitted = bench.fit(est_name, reader, train[trained_on])
             for i, judged in enumerate(specs):
                 ev = test[judged]
-                p = score(ctx, est_name, est, key, reader, ev)
+                p = bench.score(fitted, ev)
                 score_rows.append(
                     pd.DataFrame(
                         {
                             "model": judged,
                             "trained_on": trained_on,
-                            "estimator": DISPLAY[est_name],
+                            "estimator": fitted.label,
                             "example_id": ev.example_ids,
                             "correct": ev.correct,
                             "p": p,
@@ -128,7 +134,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
                             "analysis": "estimator_transfer",
                             "model": judged,
                             "trained_on": trained_on,
-                            "estimator": DISPLAY[est_name],
+                            "estimator": fitted.label,
                             **cell,
                         }
                     )
@@ -208,8 +214,6 @@ def headline(t: pd.DataFrame, metric: str = "auroc") -> dict[str, dict[str, floa
 
 
 def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[Any]:
-    from knowlens.report import Section
-
     t = tables["estimator_transfer"]
     keys = {}
     for met in dict.fromkeys(t["metric"]):

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator
 
-from knowlens.config import AnalysisConfig
+from knowlens.config import AnalysisConfig, Section
 from knowlens.errors import ConfigError
 from knowlens.experiments._common import (
     accuracy_row,
@@ -117,6 +117,18 @@ class Config(AnalysisConfig):
             raise ValueError("lists a task twice; list each dataset once")
         return v
 
+    @field_validator("tokens")
+    @classmethod
+    def _selectors(cls, v: list[str]) -> list[str]:
+        from knowlens.activations import SELECTORS  # checked at load time, before any work
+
+        bad = [t for t in v if t not in SELECTORS]
+        if bad:
+            raise ValueError(f"unknown token selector {bad[0]!r}; allowed: {', '.join(SELECTORS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a selector twice; list each once")
+        return v
+
 
 def _candidate_layers(cfg: Config, n_layers: int) -> list[int]:
     if cfg.layer is not None:
@@ -153,7 +165,12 @@ def _with_position(gens: Any, acts: dict[str, Any]) -> tuple[Any, dict[str, Any]
             tokens=a.tokens,
             example_ids=[a.example_ids[int(i)] for i in idx],
             positions=np.asarray(a.positions[idx]),
-            meta={**a.meta, "subset": "with_position"},
+            # the parent's cache key must not name the subset (it keys fitted probes)
+            meta={k: v for k, v in a.meta.items() if k not in ("key", "cache_key")}
+            | {
+                "subset": "with_position",
+                "subset_of": a.meta.get("key") or a.meta.get("cache_key"),
+            },
         )
         for k, a in acts.items()
     }
@@ -162,7 +179,8 @@ def _with_position(gens: Any, acts: dict[str, Any]) -> tuple[Any, dict[str, Any]
 
 def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     from knowlens import metrics
-    from knowlens.estimators import LogisticProbe, LogitBaseline, sweep_probes
+    from knowlens.estimators import LogisticProbe, LogitBaseline, get_estimator, sweep_probes
+    from knowlens.experiments._estimators import fit_recorded
 
     rows: list[dict[str, Any]] = []
     sweep_rows: list[dict[str, Any]] = []
@@ -225,20 +243,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
                 else:
                     best_layer, best_tok = layers[0], cfg.tokens[0]
                 probe = LogisticProbe(layer=best_layer, max_iter=cfg.max_iter)
-                probes[name] = ctx.cached(
-                    "trained_estimators",
-                    {
-                        "probe": probe.get_params(),
-                        "acts": acts[best_tok].meta.get("key")
-                        or acts[best_tok].meta.get("cache_key"),
-                        "ids": gens.example_ids,
-                        "y": gens.correct.tolist(),
-                        "tokens": best_tok,
-                    },
-                    lambda p=probe, a=acts[best_tok], g=gens: p.fit(a, g),
-                    lambda est, d: est.save(d / "estimator"),
-                    lambda d: LogisticProbe.load(d / "estimator"),
-                )
+                probes[name], _ = fit_recorded(ctx, probe, acts[best_tok], gens)
 
         for j, test_name in enumerate(cfg.tasks):
             gens, acts = data[test_name]["test"]
@@ -249,7 +254,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
                 key = {
                     "analysis": "probe_transfer",
                     "model": spec,
-                    "estimator": "Logistic probe",
+                    "estimator": get_estimator("logistic").display_name,
                     "baseline": baseline_label(cfg.baseline, cfg.baseline_span),
                     "train_task": train_name,
                     "test_task": test_name,
@@ -390,8 +395,6 @@ def headline(t: pd.DataFrame, model: str) -> dict[str, float]:
 
 
 def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[Any]:
-    from knowlens.report import Section
-
     t = tables["probe_transfer"]
     out = []
     for model in dict.fromkeys(t["model"]):

@@ -31,16 +31,15 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from knowlens.config import AnalysisConfig
+from knowlens.config import AnalysisConfig, Section
 from knowlens.errors import ConfigError
 from knowlens.experiments._common import min_n_of
+from knowlens.metrics import proportion_interval
 
 CODE_VERSION = "2"
 # Specs may be API targets or carry ?system=: the analysis loads (and fingerprints) local
 # weights itself through ctx.load_model.
 LOADS_MODELS = False
-SPLIT_SEED = 0  # the organisms train on the other side of this split: never change one alone
-HELD_OUT = 0.3
 
 
 class Config(AnalysisConfig):
@@ -104,16 +103,6 @@ def transfer_matrix(success: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["source", "target", "value", "n", "n_both", "diagonal"])
 
 
-def proportion_ci(k: int, n: int, *, n_boot: int, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap 95% CI (percent) of k/n: resampling n binary items with
-    replacement is a Binomial(n, k/n) draw."""
-    if n == 0 or n_boot <= 0:
-        return float("nan"), float("nan")
-    draws = np.random.default_rng(seed).binomial(n, k / n, size=n_boot) / n
-    lo, hi = np.quantile(draws, [0.025, 0.975])
-    return 100.0 * float(lo), 100.0 * float(hi)
-
-
 _KIND = {"harmful": "direct", "benign": "benign"}  # prompt kind -> verdict-table kind
 
 
@@ -127,8 +116,7 @@ def _success(verdict: str) -> float:
 def _prompts(cfg: Config) -> list[Any]:
     from knowlens.jailbreak import corpora
 
-    behaviors = corpora.harmful_behaviors()
-    _, held_out = corpora.split_behaviors(behaviors, held_out=HELD_OUT, seed=SPLIT_SEED)
+    _, held_out = corpora.harmbench_split()
     tmpls = corpora.templates(tuple(cfg.templates))
     n = cfg.limit or cfg.n_prompts
     attacks = corpora.attack_prompts(
@@ -150,9 +138,7 @@ def _gcg_prompts(cfg: Config, ctx: Any) -> list[Any]:
     for spec in cfg.models:
         t = load_target(spec, loader=ctx.load_model)
         if t.is_local:
-            _, held = corpora.split_behaviors(
-                corpora.harmful_behaviors(), held_out=HELD_OUT, seed=SPLIT_SEED
-            )
+            _, held = corpora.harmbench_split()
             with ctx.step(f"GCG search on {t.name} ({cfg.gcg_steps} steps)"):
                 return gcg_prompts(
                     t.handle,
@@ -166,6 +152,7 @@ def _gcg_prompts(cfg: Config, ctx: Any) -> list[Any]:
 
 
 def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
+    from knowlens.jailbreak import corpora
     from knowlens.jailbreak import judges as J
     from knowlens.jailbreak.targets import load_target
 
@@ -181,7 +168,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
         )
     judge_target = None
     if cfg.judge_model:
-        judge_target = load_target(cfg.judge_model, loader=ctx.load_model)
+        judge_target = load_target(cfg.judge_model, loader=ctx.load_model, executor=ctx.executor)
     judges = {name: J.get_judge(name, target=judge_target) for name in cfg.judges}
     for name, j in judges.items():
         ctx.note(f"judge:{name}", j.describe())
@@ -189,13 +176,17 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     prompts = _prompts(cfg)
     if cfg.gcg_steps:
         prompts += _gcg_prompts(cfg, ctx)
-    ctx.note("prompts", {"n": len(prompts), "templates": cfg.templates, "split_seed": SPLIT_SEED})
+    ctx.note(
+        "prompts",
+        {"n": len(prompts), "templates": cfg.templates, "split_seed": corpora.HARMBENCH_SPLIT_SEED},
+    )
     texts, ids = [p.text for p in prompts], [p.id for p in prompts]
     behaviors = [p.behavior for p in prompts]
 
     verdict_rows, names = [], []
     for spec in cfg.models:
-        target = load_target(spec, loader=ctx.load_model)
+        # local targets generate on the run's executor (local or Ray: the same responses)
+        target = load_target(spec, loader=ctx.load_model, executor=ctx.executor)
         if target.name in names:
             raise ConfigError(
                 f"prompt_transfer: two targets are both named '{target.name}'; give one "
@@ -256,7 +247,10 @@ def tables_from_verdicts(
             s = g["success"].to_numpy(float)
             valid = s[~np.isnan(s)]
             k, n = int(valid.sum()), len(valid)
-            lo, hi = proportion_ci(k, n, n_boot=n_boot, seed=seed)
+            lo = hi = float("nan")
+            if n and n_boot > 0:
+                ci = proportion_interval(k, n, n_resamples=n_boot, seed=seed)
+                lo, hi = 100.0 * ci.low, 100.0 * ci.high
             asr_rows.append(
                 {
                     "analysis": "prompt_transfer",
@@ -399,8 +393,6 @@ def _asr_bars(ax: Any, a: pd.DataFrame, models: list[str]) -> None:
 
 
 def report_sections(tables: dict[str, pd.DataFrame], figures: list[Path]) -> list[Any]:
-    from knowlens.report import Section
-
     main, asr = tables["prompt_transfer"], tables["asr"]
     secs = []
     for jname in dict.fromkeys(main["judge"]):

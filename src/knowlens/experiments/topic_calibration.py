@@ -1,7 +1,7 @@
 """Per-topic calibration of uncertainty estimators (seed 002; Kapoor et al. 2024).
 
-For every model, each estimator (Zero-Shot Classifier, Probe, LoRA, LoRA + Prompt) is
-trained once on the model's graded answers to a training mix of tasks (disjoint from the
+For every model, each estimator (Zero-Shot Classifier, Probe, LoRA, LoRA + Prompt, or any
+registered one: ``knowlens.estimators.estimator_names()``) is trained once on the model's graded answers to a training mix of tasks (disjoint from the
 evaluated topics), then scored per topic of a multiple-choice suite's held-out split:
 
     cell[topic, model | estimator, metric] = ECE or AUROC of P(correct) on that topic's answers
@@ -21,9 +21,8 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator
 
-from knowlens.config import AnalysisConfig
+from knowlens.config import AnalysisConfig, Section
 from knowlens.experiments._common import (
-    DISPLAY,
     METRIC_LABEL,
     accuracy_row,
     decided,
@@ -37,11 +36,11 @@ from knowlens.experiments._common import (
     short_model,
 )
 from knowlens.experiments._estimators import (
-    EstimatorName,
+    ESTIMATORS_HELP,
+    EstimatorBench,
     TrainSettings,
     concat,
-    fit_estimator,
-    score,
+    known_estimators,
 )
 
 CODE_VERSION = "1"
@@ -81,8 +80,10 @@ class Config(AnalysisConfig):
     eval_limit: int | None = Field(
         default=None, ge=1, description="Max eval examples (None = 'limit')."
     )
-    estimators: list[EstimatorName] = Field(
-        default_factory=lambda: ["zero_shot", "probe", "lora", "lora_prompt"], min_length=1
+    estimators: list[str] = Field(
+        default_factory=lambda: ["zero_shot", "probe", "lora", "lora_prompt"],
+        min_length=1,
+        description=ESTIMATORS_HELP,
     )
     metrics: list[Literal["ece", "auroc", "brier", "ece_pcorrect", "prr"]] = Field(
         default_factory=lambda: ["ece", "auroc"], min_length=1
@@ -96,6 +97,11 @@ class Config(AnalysisConfig):
             raise ValueError("lists an entry twice; list each once")
         return v
 
+    @field_validator("estimators")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        return known_estimators(v)
+
 
 def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     from knowlens import metrics
@@ -104,6 +110,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     rel_rows: list[pd.DataFrame] = []
     score_rows: list[pd.DataFrame] = []
     acc_rows: list[dict[str, Any]] = []
+    bench = EstimatorBench(ctx, cfg.train, cfg.seed)
     for spec in require_models(cfg):
         model = ctx.load_model(spec)
         parts = []
@@ -124,9 +131,9 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
         y = ev.correct
 
         for est_name in ctx.track(cfg.estimators, f"{short_model(spec)}: estimators"):
-            est, key = fit_estimator(ctx, est_name, model, train, cfg.train, cfg.seed)
-            p = score(ctx, est_name, est, key, model, ev)
-            label = DISPLAY[est_name]
+            fitted = bench.fit(est_name, model, train)
+            p = bench.score(fitted, ev)
+            label = fitted.label
             score_rows.append(
                 pd.DataFrame(
                     {
@@ -284,8 +291,6 @@ def ranking(t: pd.DataFrame, metric: str) -> list[tuple[str, float]]:
 
 
 def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[Any]:
-    from knowlens.report import Section
-
     t = tables["topic_calibration"]
     keys = {}
     for met in dict.fromkeys(t["metric"]):

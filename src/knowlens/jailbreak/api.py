@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 from knowlens._cache import atomic_write_json, cache_root, stable_hash
 from knowlens.errors import KnowlensError
+from knowlens.jailbreak._response import Response
 
 API_CACHE_VERSION = "1"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -217,8 +218,6 @@ class ApiTarget:
         on_response: Callable[[int], None] | None = None,
     ) -> list[Any]:
         """Responses in prompt order (cached ones are not re-requested)."""
-        from knowlens.jailbreak.targets import Response
-
         ids = [str(i) for i in (ids if ids is not None else range(len(prompts)))]
         out: list[Any] = []
         n_new = 0

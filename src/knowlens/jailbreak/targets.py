@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote
 
 from knowlens.errors import KnowlensError
+from knowlens.jailbreak._response import Response
 
 SYSTEM_PROMPTS: dict[str, str] = {
     "safety": (
@@ -89,16 +90,6 @@ def with_system(spec: str, system: str) -> str:
     return f"{spec}{'&' if '?' in spec else '?'}system={quote(system)}"
 
 
-@dataclass
-class Response:
-    """One response: ``text`` is None when the request failed (``error`` says why)."""
-
-    prompt_id: str
-    text: str | None
-    error: str | None = None
-    cached: bool = False
-
-
 class Target(Protocol):
     name: str
     target_id: str
@@ -111,14 +102,19 @@ class Target(Protocol):
 
 class LocalTarget:
     """A local model (a :class:`~knowlens.models.ModelHandle`, optionally with a system
-    prompt); generation goes through :func:`knowlens.generation.generate_texts` (cached)."""
+    prompt); generation goes through :func:`knowlens.generation.generate_texts` (cached), or
+    through ``executor`` when a non-local one is given (a run's ``ctx.executor``:
+    :func:`knowlens.executors.generate`, the same greedy rows)."""
 
     is_local = True
 
-    def __init__(self, handle: Any, *, name: str | None = None, batch_size: int = 8) -> None:
+    def __init__(
+        self, handle: Any, *, name: str | None = None, batch_size: int = 8, executor: Any = None
+    ) -> None:
         self.handle = handle
         self.name = name or handle.name
         self.batch_size = batch_size
+        self.executor = executor
 
     @property
     def target_id(self) -> str:
@@ -132,26 +128,70 @@ class LocalTarget:
         max_new_tokens: int = 64,
         progress: bool = False,
     ) -> list[Response]:
+        from knowlens.executors import LocalExecutor
         from knowlens.generation import generate_texts
 
         ids = [str(i) for i in (ids if ids is not None else range(len(prompts)))]
-        gs = generate_texts(
-            self.handle,
-            prompts,
-            ids=ids,
-            max_new_tokens=max_new_tokens,
-            batch_size=self.batch_size,
-            progress=progress,
-        )
+        if self.executor is None or isinstance(self.executor, LocalExecutor):
+            gs = generate_texts(
+                self.handle,
+                prompts,
+                ids=ids,
+                max_new_tokens=max_new_tokens,
+                batch_size=self.batch_size,
+                progress=progress,
+            )
+        else:
+            from knowlens.executors import generate
+
+            # generate_texts' settings (no grading, no stop at newline) on the executor
+            gs = generate(
+                self.handle,
+                _Texts([_Text(i, str(p)) for i, p in zip(ids, prompts, strict=True)]),
+                executor=self.executor,
+                max_new_tokens=max_new_tokens,
+                batch_size=self.batch_size,
+                stop_on_newline=False,
+                progress=progress,
+            )
         hit = bool(gs.meta.get("cache_hit"))
         return [Response(g.example_id, g.answer, None, hit) for g in gs.rows]
 
 
-def load_target(spec: str, *, device: str = "auto", loader: Any = None) -> Any:
+@dataclass(frozen=True)
+class _Text:
+    """One free-form user turn, shaped like a task example (id, no gold answers)."""
+
+    id: str
+    text: str
+    answers: tuple[str, ...] = ()
+    topic: str | None = None
+
+
+@dataclass
+class _Texts:
+    """Free-form user turns as an ungraded task for :func:`knowlens.executors.generate`
+    (``grade = None``: rows like ``generate_texts``'s, ``correct=None``)."""
+
+    examples: list[_Text]
+    name: str = "texts"
+    version: str = "1"
+    split: str | None = None
+    max_new_tokens: int = 64
+    grade: Any = None
+
+    def prompt(self, example: _Text) -> str:
+        return example.text
+
+
+def load_target(
+    spec: str, *, device: str = "auto", loader: Any = None, executor: Any = None
+) -> Any:
     """Build a :class:`LocalTarget` or :class:`~knowlens.jailbreak.api.ApiTarget` from a spec.
 
     ``loader(model_spec)`` loads local weights (the run context's ``ctx.load_model`` so each
-    model loads once per run); defaults to :func:`knowlens.models.load_model`.
+    model loads once per run); defaults to :func:`knowlens.models.load_model`. ``executor``
+    (the run's ``ctx.executor``) is where a local target generates; API targets ignore it.
     """
     ts = parse_target(spec)
     if ts.kind == "api":
@@ -168,7 +208,7 @@ def load_target(spec: str, *, device: str = "auto", loader: Any = None) -> Any:
     if ts.system_prompt:
         # Same weights, another deployment: share the module, change the prompt + identity.
         handle = dataclasses.replace(handle, system_prompt=ts.system_prompt)
-    return LocalTarget(handle, name=ts.display)
+    return LocalTarget(handle, name=ts.display, executor=executor)
 
 
 def require_local(target: Any, analysis: str) -> Any:

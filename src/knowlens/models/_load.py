@@ -3,7 +3,11 @@
 GGUF files are dequantised by ``transformers`` (slow: 15-70 s), so the first load converts
 them once into a normal HF directory under ``cache_root()/models/<gguf-sha256>`` and later
 loads take about a second. The SHA-256 of the GGUF is checked against the packaged value
-(embedded models) before converting, and the conversion is written atomically.
+(embedded models) before converting, and the conversion is written atomically with checksums
+(``atomic_dir``), under a per-entry lock. Every load verifies them (hashes memoised per
+process); a damaged conversion is reported in one line, moved aside and converted again.
+A temporary folder left by a killed conversion (``models/.tmp-gguf-*~pid~host~*``) is removed
+by ``cache_root()``'s once-per-process clean-up of dead writers.
 """
 
 from __future__ import annotations
@@ -22,7 +26,19 @@ from typing import Any
 
 import torch
 
-from knowlens._cache import atomic_dir, atomic_write_json, cache_root, sha256_file
+from knowlens._cache import (
+    CHECKSUMS,
+    DamagedEntryError,
+    atomic_dir,
+    atomic_write_json,
+    cache_root,
+    entry_lock,
+    quarantine,
+    sha256_file,
+    stable_hash,
+    verified_entry,
+    verify_entry,
+)
 from knowlens.errors import ModelLoadError, did_you_mean
 from knowlens.models._handle import ModelHandle, fingerprint_module
 
@@ -168,21 +184,8 @@ def _quiet_gguf_bars() -> Iterator[None]:
         gguf_utils.tqdm = original
 
 
-def convert_gguf(path: Path, *, expected_sha256: str | None = None) -> Path:
-    """Convert a GGUF file to a cached HF directory, keyed by the file's SHA-256."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(f"GGUF file not found: {path}. Check the path.")
-    _check_gguf(path)
-    sha = sha256_file(path)
-    if expected_sha256 and sha != expected_sha256:
-        raise ModelLoadError(
-            f"{path} has SHA-256 {sha[:12]}..., expected {expected_sha256[:12]}...: the file is "
-            "corrupt or truncated; reinstall the package (`make setup`) or delete it to rebuild."
-        )
-    out = cache_root() / "models" / f"gguf-{sha[:24]}-v{CONVERSION_VERSION}"
-    if (out / "knowlens.json").exists():
-        return out
+def _read_gguf(path: Path) -> tuple[Any, Any]:
+    """Tokenizer and float32 model dequantised from a GGUF file (the slow step)."""
     transformers = _hf_quiet()
     logger.info("Converting %s to a Hugging Face directory (one time, ~30 s)...", path.name)
     try:
@@ -195,21 +198,49 @@ def convert_gguf(path: Path, *, expected_sha256: str | None = None) -> Path:
     except Exception as e:  # transformers raises many types for a bad file
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelLoadError(f"Cannot read GGUF file {path}: {msg}. Is it complete?") from None
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        atomic_write_json(
-            tmp / "knowlens.json",
-            {
-                "gguf": str(path),
-                "gguf_sha256": sha,
-                "conversion_version": CONVERSION_VERSION,
-                "fingerprint": fingerprint_module(model),
-            },
+    return tok, model
+
+
+def convert_gguf(path: Path, *, expected_sha256: str | None = None) -> Path:
+    """Convert a GGUF file to a cached HF directory, keyed by the file's SHA-256.
+
+    A conversion already in the cache is verified against its checksums (deep; memoised per
+    process); a damaged one is moved aside with a one-line warning and converted again."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"GGUF file not found: {path}. Check the path.")
+    _check_gguf(path)
+    sha = sha256_file(path)
+    if expected_sha256 and sha != expected_sha256:
+        raise ModelLoadError(
+            f"{path} has SHA-256 {sha[:12]}..., expected {expected_sha256[:12]}...: the file is "
+            "corrupt or truncated; reinstall the package (`make setup`) or delete it to rebuild."
         )
+    name = f"gguf-{sha[:24]}-v{CONVERSION_VERSION}"
+    # The lock makes two first loads convert once; the temporary folder lives next to the
+    # entry (cache_root()/models/.tmp-...), where cache_root() removes dead writers' leftovers.
+    with entry_lock("models", name):
+        out = verified_entry("models", name)  # damaged / pre-checksum -> warned, moved aside
+        if out is not None:
+            return out
+        out = cache_root() / "models" / name
+        tok, model = _read_gguf(path)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            atomic_write_json(
+                tmp / "knowlens.json",
+                {
+                    "gguf": str(path),
+                    "gguf_sha256": sha,
+                    "conversion_version": CONVERSION_VERSION,
+                    "fingerprint": fingerprint_module(model),
+                    "dtype": "float32",
+                },
+            )
     return out
 
 
@@ -224,14 +255,56 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
 
 
 def _dir_fingerprint(path: Path, model: Any) -> str:
+    """The fingerprint knowlens recorded for a directory it wrote (conversion, organism), else
+    a hash of the loaded weights. A recorded one describes the weights in the dtype they were
+    saved in; loaded in another dtype (bf16 on CUDA) the numbers differ, so the fingerprint
+    does too, like a plain directory's (whose hash is over the loaded tensors)."""
+    import json
+
     meta = path / "knowlens.json"
     if meta.exists():
-        import json
-
-        fp = json.loads(meta.read_text()).get("fingerprint")
+        rec = json.loads(meta.read_text())
+        fp = rec.get("fingerprint")
         if fp:
-            return fp
+            saved = rec.get("dtype") or _saved_dtype(path)
+            loaded = str(model.dtype).replace("torch.", "")
+            if saved is None or saved == loaded:
+                return fp
+            return stable_hash({"fingerprint": fp, "dtype": loaded})
     return fingerprint_module(model)
+
+
+def _saved_dtype(path: Path) -> str | None:
+    import json
+
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    dt = cfg.get("dtype") or cfg.get("torch_dtype")
+    return str(dt).replace("torch.", "") if dt else None
+
+
+def _check_directory(path: Path) -> None:
+    """Verify a directory knowlens wrote (it has ``checksums.json``) before trusting its files
+    and recorded fingerprint: same-size garbage in the weights is caught, not loaded."""
+    if not (path / CHECKSUMS).exists():
+        return
+    try:
+        verify_entry(path, deep=True)
+    except DamagedEntryError as e:
+        root = cache_root().resolve()
+        inside = root in path.resolve().parents
+        if inside:  # a cache entry: move it aside so the next run rebuilds it
+            quarantine(path, str(e))
+        raise ModelLoadError(
+            f"Model directory {path} is damaged or was changed after knowlens wrote it ({e}); "
+            + (
+                "it was moved aside: run again to rebuild it."
+                if inside
+                else "restore it, or delete its checksums.json if you changed it on purpose."
+            )
+        ) from None
 
 
 def load_model(
@@ -261,6 +334,14 @@ def load_model(
     info: dict[str, Any] = {}
     key = ALIASES.get(spec_str, spec_str)
     path = Path(spec_str).expanduser()
+    base, q, options = spec_str.partition("?")
+    if q and not path.exists():
+        # `?system=` belongs to target specs (CLI generate/extract, jailbreak analyses)
+        raise ModelLoadError(
+            f"load_model takes a plain model spec; got {spec_str!r} with options '?{options}'. "
+            f"Use load_model({base!r}, system_prompt=...) for a system prompt, or "
+            f"knowlens.jailbreak.targets.load_target({spec_str!r}) for a target spec."
+        )
     prefix, sep, rest = spec_str.partition(":")
     if sep and prefix in SPEC_RESOLVERS:
         mod_name, _, fn = SPEC_RESOLVERS[prefix].partition(":")
@@ -282,6 +363,7 @@ def load_model(
                 f"{path} is not a Hugging Face model directory (no config.json); point at the "
                 "folder written by save_pretrained, or at a .gguf file."
             )
+        _check_directory(path)
         directory = path
         display = path.name
     elif path.exists():
@@ -381,7 +463,7 @@ def list_models() -> list[dict[str, Any]]:
             }
         )
     converted = {}
-    for meta in sorted((cache_root() / "models").glob("*/knowlens.json")):
+    for meta in sorted((cache_root() / "models").glob("[!.]*/knowlens.json")):  # no .tmp-*
         d = json.loads(meta.read_text())
         cfg = json.loads((meta.parent / "config.json").read_text())
         cfg = cfg.get("text_config", cfg)

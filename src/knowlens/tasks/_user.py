@@ -41,7 +41,7 @@ from typing import Any
 
 from knowlens.errors import ConfigError, DataError
 from knowlens.tasks._benchmarks import _apply, _get, _listish, hub_rows, local_rows
-from knowlens.tasks._registry import TaskSpec, get_spec, register_task
+from knowlens.tasks._registry import TaskSpec, get_spec, is_registered, register_task
 from knowlens.tasks._types import Example
 
 _FIELDS = {"question", "answers", "id", "topic", "context", "options", "wrong_answer", "metadata"}
@@ -70,18 +70,14 @@ _KEYS = {
 
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
-    import yaml
+    from knowlens._yaml import load_yaml_text, read_text_file
 
     p = Path(path).expanduser()
     if not p.exists():
         raise ConfigError(f"Task file {p} does not exist; pass the path of a YAML task file.")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"Task file {p} is not valid YAML{where}: {problem}.") from None
+    if p.is_dir():
+        raise ConfigError(f"Task file {p} is a directory; pass the path of a YAML task file.")
+    data = load_yaml_text(read_text_file(p, "Task file"), where=f"Task file {p}")
     if not isinstance(data, dict):
         raise ConfigError(f"Task file {p} must be a YAML mapping (name:, path:, columns:, ...).")
     bad = sorted(set(data) - _KEYS)
@@ -89,12 +85,63 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"Task file {p}: unknown key(s) {', '.join(bad)}; allowed: {', '.join(sorted(_KEYS))}."
         )
+    _check_types(p, data)
     return data
 
 
-def load_yaml_spec(path: str | Path) -> TaskSpec:
+# key -> (type(s), what the error says is allowed); checked before anything is built.
+_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "name": ((str,), "a string"),
+    "base": ((str,), "a task name"),
+    "path": ((str,), "a file or folder path"),
+    "hub": ((dict,), "a mapping like {id: owner/dataset, config: name}"),
+    "columns": ((dict,), "a mapping of Example fields to column names"),
+    "kind": ((str,), "a string"),
+    "grader": ((str,), "a grader name"),
+    "grader_args": ((dict,), "a mapping"),
+    "template": ((str,), "a string"),
+    "instruction": ((str,), "a string"),
+    "version": ((str, int, float), "a string or number"),
+    "licence": ((str,), "a string"),
+    "source": ((str,), "a string"),
+    "description": ((str,), "a string"),
+    "family": ((str,), "a string"),
+    "answer_format": ((str,), "'answer' or 'letter'"),
+    "shot_separator": ((str,), "a string"),
+    "shots_per_topic": ((bool,), "true or false"),
+}
+
+
+def _check_types(p: Path, d: dict[str, Any]) -> None:
+    for key, (types, allowed) in _TYPES.items():
+        v = d.get(key)
+        if v is not None and (
+            not isinstance(v, types) or (isinstance(v, bool) and bool not in types)
+        ):
+            raise ConfigError(f"Task file {p}: '{key}' must be {allowed}; got {v!r}.")
+    for key, lo in (("k_shot", 0), ("max_new_tokens", 1)):
+        v = d.get(key)
+        if key in d and (not isinstance(v, int) or isinstance(v, bool) or v < lo):
+            raise ConfigError(
+                f"Task file {p}: '{key}' must be an integer >= {lo}; got {v!r}. "
+                f"Write e.g. '{key}: {max(lo, 3) if key == 'k_shot' else 16}'."
+            )
+    if d.get("answer_format") not in (None, "answer", "letter"):
+        raise ConfigError(
+            f"Task file {p}: 'answer_format' must be 'answer' or 'letter'; "
+            f"got {d['answer_format']!r}."
+        )
+
+
+def load_yaml_spec(path: str | Path, *, _chain: tuple[Path, ...] = ()) -> TaskSpec:
     """Parse a YAML task file into a :class:`TaskSpec` (not registered)."""
     p = Path(path).expanduser().resolve()
+    if p in _chain:
+        loop = " -> ".join(str(x) for x in (*_chain, p))
+        raise ConfigError(
+            f"Task file {p}: its 'base:' chain comes back to itself ({loop}). Point 'base:' "
+            "at a built-in task or at a file that does not lead back here."
+        )
     d = _read_yaml(p)
     name = d.get("name") or p.stem
     overrides = {
@@ -118,7 +165,13 @@ def load_yaml_spec(path: str | Path) -> TaskSpec:
         if k in d
     }
     if "base" in d:
-        base = get_spec(str(d["base"]))
+        # base: a registered task, or another YAML task file (read here, so the registry
+        # never has to know about YAML files)
+        base_name = str(d["base"])
+        if not is_registered(base_name) and base_name.endswith((".yaml", ".yml")):
+            base = load_yaml_spec(base_name, _chain=(*_chain, p))
+        else:
+            base = get_spec(base_name)
         version = f"{base.version}+{d.get('version', 'user')}"
         return dataclasses.replace(base, name=name, version=version, **overrides)
     if "path" not in d and "hub" not in d:

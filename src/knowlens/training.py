@@ -1,0 +1,467 @@
+"""The one training module: LoRA injection, a resumable AdamW loop, the response-only loss.
+
+Used by the LoRA estimators (``estimators/_lora.py``: ``LoRAProbe``, ``LoRAPrompt``) and
+the refusal organisms (``jailbreak/organisms.py``); both keep their own losses, schedules
+and data, and share everything else::
+
+    with lora_attached(handle, r=8, alpha=16, dropout=0.0, target_modules=["q_proj"],
+                       train=True, merge=True) as pm:          # merged on success, else unloaded
+        groups = [ParamGroup(trainable_parameters(pm), lr=2e-3)]
+        result = train_loop(pm, loss_fn, lambda start: batches_from(start), groups=groups,
+                            steps=160, lr_lambda=warmup_linear, weight_decay=0.01,
+                            clip_grad_norm=1.0, checkpoint_dir=ckpt, checkpoint_every=20)
+
+Resume: every ``checkpoint_every`` steps (and after the last one) the loop writes
+``<checkpoint_dir>/step-<n>/`` with ``atomic_dir`` (checksums included): the trainable
+parameters by name, the AdamW state, the torch / CUDA / python / numpy RNG states, the step,
+the learning rates and the loss history. A rerun validates the newest checkpoint (checksums,
+names, shapes, step), skips a damaged one with a one-line warning (an earlier one, else step
+0), restores it and continues with the batches ``batches(start)`` yields from that step. The
+schedule is a pure function of the step (``lr = initial lr x lr_lambda(step)``, what torch's
+``LambdaLR`` computes), so the step is the whole scheduler state; the result is bit-identical
+to an uninterrupted run.
+
+Pure: imports torch / peft and knowlens' foundation (``_cache``, ``_progress``, ``errors``)
+only; the "training" stage of docs/ARCHITECTURE.md, below estimators and jailbreak.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import shutil
+import socket
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from knowlens._cache import (
+    DamagedEntryError,
+    atomic_dir,
+    atomic_write_json,
+    clean_stale_tmp,
+    verify_entry,
+)
+from knowlens._progress import progress_bar  # the bar generation uses (re-exported there)
+from knowlens.errors import ConfigError, KnowlensError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "ParamGroup",
+    "TrainResult",
+    "adapter_state",
+    "discard_checkpoints",
+    "latest_checkpoint",
+    "lora_attached",
+    "response_loss",
+    "train_loop",
+    "trainable_parameters",
+]
+
+CHECKPOINT_FORMAT = 1
+_log = logging.getLogger("knowlens.training")
+
+
+# -- adapters ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def lora_attached(
+    handle: Any,
+    *,
+    r: int,
+    alpha: int,
+    dropout: float,
+    target_modules: Sequence[str],
+    layers_to_transform: Sequence[int] | None = None,
+    task_type: str | None = None,
+    init_seed: int = 0,
+    adapter: Mapping[str, Any] | None = None,
+    train: bool = False,
+    merge: bool = False,
+) -> Iterator[Any]:
+    """Inject peft LoRA adapters into ``handle.model`` (or a bare module) for the block.
+
+    Yields the peft model. On exit the adapters leave the model in a ``finally``:
+    ``merge=True`` merges them into the weights if the block succeeded (the model object now
+    holds the fine-tuned weights); otherwise, and on any error, they are unloaded and the model
+    is the base model again, bit for bit. ``requires_grad`` flags and train / eval mode are
+    restored either way. Adapter init draws from a forked RNG seeded with ``init_seed``
+    (``lora_B`` starts at 0; ``lora_A`` is random), so it never consumes the caller's RNG.
+    ``adapter`` loads saved adapter weights (``adapter_state``).
+    """
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    # a ModelHandle, or the module itself (HF CausalLMs have a `.model` attribute too)
+    model = handle if isinstance(handle, torch.nn.Module) else handle.model
+    names = {n.split(".")[-1] for n, _ in model.named_modules()}
+    if not names & set(target_modules):
+        raise ConfigError(
+            f"LoRA target_modules {list(target_modules)} match no module of "
+            f"{type(model).__name__}; pass target_modules=[...] naming its attention "
+            "projections (e.g. 'q_proj', 'v_proj')."
+        )
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    was_training = model.training
+    kw: dict[str, Any] = {}
+    if layers_to_transform is not None:
+        kw["layers_to_transform"] = list(layers_to_transform)
+    if task_type is not None:
+        kw["task_type"] = task_type
+    cfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        bias="none",
+        **kw,
+    )
+    with torch.random.fork_rng(), warnings.catch_warnings():
+        torch.manual_seed(init_seed)
+        warnings.simplefilter("ignore", FutureWarning)  # peft <-> transformers deprecations
+        pm = get_peft_model(model, cfg)
+    ok = False
+    try:
+        if adapter is not None:
+            set_peft_model_state_dict(pm, {k: torch.as_tensor(v) for k, v in adapter.items()})
+        pm.train(train)
+        yield pm
+        ok = True
+    finally:
+        if merge and ok:
+            pm.merge_and_unload()
+        else:
+            pm.unload()
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags.get(n, p.requires_grad))
+        model.train(was_training)
+
+
+def adapter_state(pm: Any) -> dict[str, np.ndarray]:
+    """The adapter weights of a peft model (float32 numpy, peft's key names)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().float().numpy() for k, v in get_peft_model_state_dict(pm).items()}
+
+
+def trainable_parameters(module: Any, prefix: str = "") -> dict[str, Any]:
+    """``{prefix + name: parameter}`` of the parameters that require grad, in module order."""
+    return {f"{prefix}{n}": p for n, p in module.named_parameters() if p.requires_grad}
+
+
+# -- the response-only next-token loss -----------------------------------------------------------
+def response_loss(
+    model: Any, ids: Any, labels: Any, attention: Any, device: Any, weights: Any = None
+) -> Any:
+    """Weighted mean next-token cross-entropy over response tokens (labels != -100).
+
+    ``weights`` (same shape as ``labels``) weight each response token; positions whose label
+    is -100 never count. With ``weights=None`` this is exactly HF's ``labels=`` loss. Only
+    positions that predict a response token go through the LM head (``logits_to_keep``): the
+    head is much of the compute for big vocabularies (Gemma's 262k), and prompts are most of
+    the positions.
+    """
+    target = labels[:, 1:]
+    keep = (target != -100).any(0).nonzero().squeeze(1)
+    logits = model(
+        input_ids=ids.to(device),
+        attention_mask=attention.to(device),
+        logits_to_keep=keep.to(device),
+    ).logits
+    ce = torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1),
+        target[:, keep].flatten().to(device),
+        ignore_index=-100,
+        reduction="none",
+    )
+    w = (target[:, keep] != -100).float()
+    if weights is not None:  # weights count on response positions only (x 0/1: exact)
+        w = weights[:, 1:][:, keep] * w
+    w = w.flatten().to(device)
+    return (ce * w).sum() / w.sum()
+
+
+# -- the loop -------------------------------------------------------------------------------------
+@dataclass
+class ParamGroup:
+    """One AdamW parameter group: named parameters (names key the checkpoints) + initial lr."""
+
+    params: Mapping[str, Any]
+    lr: float
+
+
+@dataclass
+class TrainResult:
+    history: list[float]
+    resumed_from: int
+    steps: int
+    seconds: float
+    checkpoints_skipped: list[str] = field(default_factory=list)
+
+
+def train_loop(
+    model: Any,
+    loss_fn: Callable[[Any, Any], Any],
+    batches: Callable[[int], Iterator[Any]],
+    *,
+    groups: Sequence[ParamGroup],
+    steps: int,
+    lr_lambda: Callable[[int], float] | None = None,
+    weight_decay: float = 0.0,
+    clip_grad_norm: float | None = None,
+    step_seed: Callable[[int], int] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    keep_checkpoints: int = 2,
+    progress: bool = False,
+    description: str = "train",
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """AdamW over ``groups`` for ``steps`` steps of ``loss_fn(model, batch)``; resumable.
+
+    Args:
+        model: passed to ``loss_fn`` (e.g. the peft model).
+        loss_fn: ``(model, batch) -> scalar loss tensor``.
+        batches: factory ``start_step -> iterator`` of the batches of steps ``start_step``,
+            ``start_step + 1``, ...: a resumed run asks for the batches from its checkpoint.
+        groups: parameter groups (named parameters + initial lr).
+        steps: optimisation steps in total (including those of a resumed checkpoint).
+        lr_lambda: ``step -> factor``; each group's lr at step i is ``lr x lr_lambda(i)``
+            (torch ``LambdaLR``'s rule). None: constant.
+        weight_decay: AdamW weight decay (torch's default is 0.01; pass it explicitly).
+        clip_grad_norm: max total gradient norm over all groups' parameters, or None.
+        step_seed: ``step -> seed``: each step's forward / backward runs in a forked torch RNG
+            seeded with it (dropout masks independent of history). None: one continuing RNG
+            stream (its state is checkpointed and restored).
+        checkpoint_dir: where checkpoints go (None: no checkpoints, no resume).
+        checkpoint_every: steps between checkpoints (0: only after the last step).
+        keep_checkpoints: newest checkpoints kept (older ones are the fallback for a damaged
+            newest one).
+        progress: show a progress bar (``knowlens._progress.progress_bar``, as generation).
+        on_step: called as ``on_step(step_done, loss)`` after each step (and its checkpoint).
+    """
+    _check_int("steps", steps, 1)
+    _check_int("checkpoint_every", checkpoint_every, 0)
+    _check_int("keep_checkpoints", keep_checkpoints, 1)
+    names: list[str] = []
+    params: list[Any] = []
+    for g in groups:
+        names += list(g.params)
+        params += list(g.params.values())
+    if not params:
+        raise KnowlensError("train_loop got no parameters to train; pass ParamGroup(s) with some.")
+    if len(set(names)) != len(names):
+        raise KnowlensError("train_loop: parameter names must be unique across groups.")
+    opt = torch.optim.AdamW(
+        [{"params": list(g.params.values()), "lr": g.lr, "initial_lr": g.lr} for g in groups],
+        weight_decay=weight_decay,
+    )
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    start, history, skipped = 0, [], []
+    if ckpt is not None:
+        clean_stale_tmp(ckpt)  # checkpoint folders cut off mid-write by a kill
+        start, history, skipped = _resume(ckpt, names, params, opt, steps)
+    t0 = time.perf_counter()
+    it = batches(start)
+    what = description if start == 0 else f"{description} (resumed at step {start})"
+    with progress_bar(steps - start, what, progress) as advance:
+        for step in range(start, steps):
+            factor = 1.0 if lr_lambda is None else lr_lambda(step)
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * factor
+            try:
+                batch = next(it)
+            except StopIteration:
+                raise KnowlensError(
+                    f"train_loop: the batch iterator ended at step {step} of {steps}; make "
+                    "batches(start) yield one batch per remaining step (e.g. cycle the data)."
+                ) from None
+            rng = torch.random.fork_rng() if step_seed is not None else contextlib.nullcontext()
+            with rng:
+                if step_seed is not None:
+                    torch.manual_seed(step_seed(step))
+                loss = loss_fn(model, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            if clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+            opt.step()
+            history.append(float(loss.detach()))
+            done = step + 1
+            if ckpt is not None and (
+                done == steps or (checkpoint_every and done % checkpoint_every == 0)
+            ):
+                _save(ckpt, done, steps, names, params, opt, history, keep_checkpoints)
+            advance(1)
+            if on_step is not None:
+                on_step(done, history[-1])
+    opt.zero_grad(set_to_none=True)
+    return TrainResult(history, start, steps, time.perf_counter() - t0, skipped)
+
+
+def _check_int(name: str, v: Any, lo: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ConfigError(f"train_loop: {name} must be an integer >= {lo}; got {v!r}.")
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+def _rng_state() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(tensors, JSON) of every RNG a loss function may draw from."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    v, state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    js = {
+        "python": [v, list(state), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+    return tensors, js
+
+
+def _set_rng_state(tensors: Mapping[str, Any], js: Mapping[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
+    v, state, gauss = js["python"]
+    random.setstate((v, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = js["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _save(
+    root: Path,
+    step: int,
+    steps: int,
+    names: list[str],
+    params: list[Any],
+    opt: Any,
+    history: list[float],
+    keep: int,
+) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {
+        f"param.{n}": p.detach().cpu().clone().contiguous()
+        for n, p in zip(names, params, strict=True)
+    }
+    scalars: dict[str, Any] = {}
+    for pid, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{pid}.{k}"] = v.detach().cpu().clone().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    rng_t, rng_js = _rng_state()
+    tensors.update({k: v.clone().contiguous() for k, v in rng_t.items()})
+    final = root / f"step-{step:07d}"
+    with atomic_dir(final) as tmp:
+        save_file(tensors, str(tmp / "state.safetensors"))
+        atomic_write_json(
+            tmp / "progress.json",
+            {
+                "format": CHECKPOINT_FORMAT,
+                "step": step,
+                "steps": steps,
+                "names": names,
+                "history": history,
+                "lrs": [g["lr"] for g in opt.param_groups],
+                "opt_scalars": scalars,
+                "rng": rng_js,
+            },
+        )
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load(
+    d: Path, names: list[str], params: list[Any], steps: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read and fully validate one checkpoint; raises ``DamagedEntryError`` with the reason."""
+    from safetensors.torch import load_file
+
+    verify_entry(d, deep=True)
+    try:
+        prog = json.loads((d / "progress.json").read_text())
+        tensors = load_file(str(d / "state.safetensors"))
+    except Exception as e:  # any unreadable file: skip this one
+        raise DamagedEntryError(f"unreadable ({type(e).__name__})") from None
+    if prog.get("format") != CHECKPOINT_FORMAT:
+        raise DamagedEntryError(f"format {prog.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    step = prog.get("step")
+    if prog.get("names") != names:
+        raise DamagedEntryError("its parameter names differ from this run's")
+    if not isinstance(step, int) or not 0 < step <= steps or prog.get("steps") != steps:
+        raise DamagedEntryError(f"step {step!r} of {prog.get('steps')!r} does not fit {steps}")
+    if len(prog.get("history", ())) != step or "rng.torch" not in tensors:
+        raise DamagedEntryError("loss history or RNG state incomplete")
+    for n, p in zip(names, params, strict=True):
+        t = tensors.get(f"param.{n}")
+        if t is None or t.shape != p.shape or t.dtype != p.dtype:
+            raise DamagedEntryError(f"parameter {n} missing or of another shape / dtype")
+    return prog, tensors
+
+
+def _resume(
+    root: Path, names: list[str], params: list[Any], opt: Any, steps: int
+) -> tuple[int, list[float], list[str]]:
+    """Restore the newest valid checkpoint; (0, [], skipped) if there is none."""
+    skipped = []
+    for d in sorted(root.glob("step-*"), reverse=True):
+        try:
+            prog, tensors = _load(d, names, params, steps)
+        except DamagedEntryError as e:
+            _log.warning(
+                "knowlens training: skipping damaged checkpoint %s (%s); trying an earlier one.",
+                d,
+                e,
+            )
+            skipped.append(d.name)
+            shutil.rmtree(d, ignore_errors=True)
+            continue
+        with torch.no_grad():
+            for n, p in zip(names, params, strict=True):
+                p.copy_(tensors[f"param.{n}"])
+        sd = opt.state_dict()
+        state: dict[int, dict[str, Any]] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, pid, key = k.split(".", 2)
+                state.setdefault(int(pid), {})[key] = v
+        for k, v in prog.get("opt_scalars", {}).items():
+            pid, key = k.split(".", 1)
+            state.setdefault(int(pid), {})[key] = v
+        sd["state"] = state
+        opt.load_state_dict(sd)
+        _set_rng_state(tensors, prog["rng"])
+        return int(prog["step"]), [float(x) for x in prog["history"]], skipped
+    return 0, [], skipped
+
+
+def latest_checkpoint(root: str | Path) -> int:
+    """Step of the newest checkpoint folder under ``root`` (0 if none; not validated)."""
+    found = sorted(Path(root).glob("step-*")) if Path(root).is_dir() else []
+    return int(found[-1].name.split("-")[1]) if found else 0
+
+
+def discard_checkpoints(root: str | Path) -> None:
+    """Remove a finished run's checkpoints (after its result has been published)."""
+    root = Path(root)
+    if not root.exists():
+        return
+    # rename first so a concurrent reader never sees a half-deleted checkpoint folder
+    gone = root.with_name(f".tmp-{root.name}~{os.getpid()}~{socket.gethostname()}~gone")
+    try:
+        os.replace(root, gone)
+    except OSError:
+        gone = root
+    shutil.rmtree(gone, ignore_errors=True)
