@@ -94,3 +94,74 @@ def test_activation_maps_runs_and_refuses_api(tiny_model_dir, tmp_path):
             {**cfg, "models": ["api:x?base_url=http://127.0.0.1:9/v1"], "name": "am2"},
             progress=False,
         )
+
+
+TEXTS = [
+    "What is the capital of France?",
+    "Hi",
+    "Q: 12 plus 30? A: 42. Sure, here is how.",
+    "The quick brown fox jumps over the lazy dog",
+    "Berlin",
+]
+
+
+def test_maps_stream_through_activations_one_batch_buffer(tiny_model, monkeypatch):
+    """mean_map runs knowlens.activations' worker chunk by chunk into one reused buffer."""
+    from knowlens.activations import _reduce
+    from knowlens.experiments import activation_maps as am
+
+    calls = []
+    real = _reduce.extract_batch
+
+    def spy(model, items, spec, *, out=None, **kw):
+        calls.append((len(items), out.shape, out.__array_interface__["data"][0]))
+        return real(model, items, spec, out=out, **kw)
+
+    monkeypatch.setattr(_reduce, "extract_batch", spy)
+    ids = am.encode(tiny_model, TEXTS * 2, 16)  # 10 prompts
+    mean, count = am.mean_map(tiny_model, ids, "l2", None, 16, 4)
+    assert [c[0] for c in calls] == [4, 4, 2]  # batch-sized chunks
+    assert len({c[2] for c in calls}) == 1  # the same buffer every time
+    assert calls[0][1] == (4, tiny_model.n_layers + 1, max(len(x) for x in ids), 32)
+    assert count[0] == 10 and np.isfinite(mean[:, 0]).all()
+    assert not hasattr(am, "hidden_batches")  # no second hook / padding path
+
+
+def test_executor_path_equals_streamed_local_path(tiny_model):
+    """A non-local executor (here: one running the blocks in-process) extracts full arrays;
+    its maps and last-token states equal the streamed local ones."""
+    from knowlens.executors import Executor, LocalExecutor
+    from knowlens.experiments.activation_maps import encode, last_token_states, mean_map
+
+    class InProcess(Executor):  # not a LocalExecutor, so activation_maps takes that branch
+        name = "in-process"
+
+        def __init__(self):
+            self.local = LocalExecutor()
+            self.blocks = 0
+
+        def run_blocks(self, stage, model, blocks, root, on_done):
+            self.blocks += len(blocks)
+            self.local.run_blocks(stage, model, blocks, root, on_done)
+
+        def describe(self):
+            return self.local.describe()
+
+        def numerics(self, model):
+            return self.local.numerics(model)
+
+    ex = InProcess()
+    ids = encode(tiny_model, TEXTS, 12)
+    params = torch.randn(
+        tiny_model.n_layers + 1, tiny_model.d_model, generator=torch.Generator().manual_seed(0)
+    )
+    for stat, p in (("l2", None), ("refusal", params)):
+        m_local, c_local = mean_map(tiny_model, ids, stat, p, 12, 2)
+        m_ex, c_ex = mean_map(tiny_model, ids, stat, p, 12, 2, executor=ex, cache=False)
+        np.testing.assert_array_equal(c_local, c_ex)
+        np.testing.assert_allclose(m_local, m_ex, rtol=1e-5, atol=1e-6)
+    h_local = last_token_states(tiny_model, ids, 2)
+    h_ex = last_token_states(tiny_model, ids, 2, executor=ex, cache=False)
+    assert h_local.shape == (5, tiny_model.n_layers + 1, tiny_model.d_model)
+    np.testing.assert_allclose(h_local, h_ex, rtol=1e-5, atol=1e-6)
+    assert ex.blocks >= 3  # the executor really ran the extractions

@@ -443,3 +443,107 @@ def test_auto_dtype_switches_to_float32_on_overflow_and_remembers(tiny_model, mo
     (cache_root() / "model-ranges" / f"{h2.fingerprint}.json").unlink()
     a2 = extract_texts(h2, texts, layers=[0], **kw)
     assert a2.values.dtype == np.float32 and a2.meta["dtype_auto"].startswith("float32 (float16")
+
+
+# -- streaming reduction (issue 12) ------------------------------------------------------------
+def _full_moments(model, texts, layers, max_positions, fn):
+    """Per (layer, position) mean / variance / count of ``fn`` from a full extraction."""
+    acts = extract_texts(
+        model,
+        texts,
+        layers=layers,
+        tokens="all",
+        max_positions=max_positions,
+        dtype="float32",
+        cache=False,
+        progress=False,
+    )
+    st = fn(torch.from_numpy(np.array(acts.values))).numpy().astype(np.float64)  # (n, L, K)
+    m = np.asarray(acts.mask)[:, None, :]
+    count = m[:, 0].sum(0)
+    mean = (st * m).sum(0) / count
+    var = (((st - mean) ** 2) * m).sum(0) / count
+    return mean, var, count
+
+
+@pytest.mark.parametrize(
+    ("layers", "fn"),
+    [
+        ("all", None),
+        ([0, 3, -1], lambda h: h[..., :5].sum(-1)),  # a signed statistic (projection-like)
+    ],
+)
+def test_reduce_texts_equals_full_extraction_statistics(model4, layers, fn):
+    from knowlens.activations import PositionMoments, reduce_texts, resolve_layers
+
+    texts = PROMPTS * 3  # 21 texts: several chunks, a ragged last one
+    n_l = len(resolve_layers(model4, layers))
+    red = PositionMoments(fn, n_layers=n_l, n_positions=8)
+    res = reduce_texts(model4, texts, red, layers=layers, max_positions=8, batch_size=4)
+    mean, var, count = _full_moments(
+        model4, texts, layers, 8, fn if fn is not None else (lambda h: h.norm(dim=-1))
+    )
+    np.testing.assert_array_equal(res["count"], count)
+    assert count[0] == 21 and count[-1] < 21  # short texts drop out of later positions
+    np.testing.assert_allclose(res["mean"], mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res["var"], var, rtol=1e-4, atol=1e-6)
+
+
+def test_reduce_buffer_and_peak_memory_flat_in_number_of_texts(model4):
+    import tracemalloc
+
+    from knowlens.activations import PositionMoments, items_from_texts, reduce_items
+
+    text = "The quick brown fox jumps over the lazy dog"
+
+    def peak(fn) -> int:
+        tracemalloc.start()
+        try:
+            fn()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    def reduce(n: int, buffers: list) -> dict:
+        red = PositionMoments(None, n_layers=5, n_positions=16)
+        items = items_from_texts(model4, [text] * n)
+        return reduce_items(model4, items, red, max_positions=16, batch_size=4, _buffers=buffers)
+
+    def full(n: int) -> None:
+        extract_texts(
+            model4,
+            [text] * n,
+            tokens="all",
+            max_positions=16,
+            dtype="float32",
+            batch_size=4,
+            cache=False,
+            progress=False,
+        )
+
+    shapes: list = []
+    reduce(4, shapes)  # warm-up: first calls import and cache lazily
+    full(4)
+    red_peak = {n: peak(lambda n=n: reduce(n, shapes)) for n in (4, 64)}
+    full_peak = {n: peak(lambda n=n: full(n)) for n in (4, 64)}
+    assert shapes[0] == shapes[-1] == (4, 5, shapes[0][2], model4.d_model)  # one batch buffer
+    assert reduce(64, [])["count"][0] == 64
+    array = 64 * 5 * shapes[0][2] * model4.d_model * 4  # bytes of the full float32 array
+    # the measurement sees the arrays (a full extraction grows by about one array) ...
+    assert full_peak[64] - full_peak[4] > array / 2, (full_peak, array)
+    # ... and 16x the texts grows the reducer's peak only by the token ids, not the states
+    assert red_peak[64] - red_peak[4] < array / 4, (red_peak, array)
+
+
+def test_reduce_bad_input_is_one_line(model4):
+    from knowlens.activations import PositionMoments, reduce_texts
+
+    red = PositionMoments(None, n_layers=5, n_positions=4)
+    with pytest.raises(KnowlensError, match="one string"):
+        reduce_texts(model4, "hi", red)
+    with pytest.raises(KnowlensError, match="token selector"):
+        reduce_texts(model4, ["hi"], red, tokens="exact_answer")
+    with pytest.raises(KnowlensError, match="float32 or float16"):
+        reduce_texts(model4, ["hi"], red, dtype="auto")
+    with pytest.raises(DataError, match="no texts"):
+        reduce_texts(model4, [], red)

@@ -225,6 +225,20 @@ def test_user_turn_recovery():
     assert user_turn("Q: capital of France?\nA:") == "Q: capital of France?\nA:"
 
 
+def test_user_turn_prefers_the_recorded_field():
+    """A row that recorded its user turn returns it as asked (no template parsing, even for a
+    template the parser does not know); a row without it falls back to parsing the prompt."""
+    from knowlens.estimators._text import questions_for
+
+    prompts = ["<<odd>>What?<</odd>>", "<|user|>Q?<|end|>\n<|assistant|>"]
+    gens = make_gens([[-0.1], [-0.2]], prompts=prompts)
+    gens.rows[0].user_turn = "What?"
+    assert user_turn(gens.rows[0]) == "What?"
+    assert user_turn(gens.rows[1]) == "Q?"  # no field (an older entry): parsed from the prompt
+    assert questions_for(gens) == ["What?", "Q?"]
+    assert questions_for(gens, ["a", "b"]) == ["a", "b"]
+
+
 # -- scikit-learn parameter API, cache keys, the one estimator cache ---------------------------
 def test_estimator_base_is_abstract_and_typed():
     import inspect

@@ -21,7 +21,7 @@ from knowlens.estimators import (
     retokenize,
 )
 from knowlens.estimators._query import ZSC_TEMPLATE
-from knowlens.estimators._text import encode
+from knowlens.estimators._text import encode, user_turn
 
 CITIES = ["Paris", "Berlin", "Rome", "Lyon", "France", "Germany", "Italy", "42"]
 
@@ -247,6 +247,7 @@ def test_cross_model_retokenize(tiny_model):
     assert rt.meta["answers_from"] == "model-b"
     for g, orig in zip(rt.rows, gens.rows, strict=True):
         assert g.prompt == orig.prompt and g.prompt_ids == orig.prompt_ids
+        assert g.user_turn == user_turn(orig.prompt)  # the question it was re-asked
         assert g.answer_ids == orig.answer_ids
         assert g.exact_answer_tokens == (0, len(g.answer_ids))
         assert g.correct == orig.correct

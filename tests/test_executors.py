@@ -319,6 +319,7 @@ def test_killed_worker_and_killed_job(ray_cluster, tiny_model, worker_threads):
     assert_same_generations(again, ref)
 
 
+@pytest.mark.slow  # the same checks run in-process in test_sharded_path_verifies_entries_and_shards
 def test_ray_damaged_entry_or_shard_is_detected_and_recomputed(
     ray_cluster, tiny_model, worker_threads, caplog
 ):

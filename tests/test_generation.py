@@ -264,3 +264,35 @@ def test_bad_input_is_one_line(tiny_model):
         with pytest.raises(kind) as e:
             call()
         assert "\n" not in str(e.value) and len(str(e.value)) > 20
+
+
+def test_rows_record_the_user_turn_and_it_survives_the_cache(tiny_model):
+    """Each row keeps prompt_fn(example) (before the chat template); it is saved and loaded with
+    the entry, and equals what parsing the templated prompt recovers, so questions for query
+    estimators are unchanged. An entry written before the column loads with user_turn=None."""
+    import pandas as pd
+
+    from knowlens._types import GenerationSet
+    from knowlens.estimators import user_turn
+
+    task = make_task()
+    first = generate(tiny_model, task, progress=False)
+    assert [g.user_turn for g in first] == QUESTIONS
+    assert all(g.prompt != g.user_turn for g in first)  # templated: the field is not the prompt
+    assert [user_turn(g.prompt) for g in first] == QUESTIONS  # the template parser agrees
+    again = generate(tiny_model, task, progress=False)
+    assert again.meta["cache_hit"] is True and [g.user_turn for g in again] == QUESTIONS
+    plain = generate(tiny_model, task, use_chat_template=False, cache=False, progress=False)
+    assert [g.user_turn for g in plain] == [g.prompt for g in plain] == QUESTIONS
+    texts = generate_texts(tiny_model, ["Hi", "Berlin"], max_new_tokens=2, cache=False)
+    assert [g.user_turn for g in texts] == ["Hi", "Berlin"]
+
+    entry = cache_root() / "generations" / first.meta["cache_key"]
+    df = pd.read_parquet(entry / "generations.parquet")
+    assert list(df["user_turn"]) == QUESTIONS
+    old = GenerationSet.from_frame(df.drop(columns=["user_turn"]))
+    assert [g.user_turn for g in old] == [None] * len(QUESTIONS)
+    assert [user_turn(g) for g in old] == QUESTIONS  # old rows: recovered from the prompt
+    # a merged frame where one shard predates the column (NaN there) -> None, not nan
+    mixed = GenerationSet.from_frame(pd.concat([df.iloc[:2].drop(columns=["user_turn"]), df[2:]]))
+    assert [g.user_turn for g in mixed] == [None, None, *QUESTIONS[2:]]

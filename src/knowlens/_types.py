@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+__all__ = ["ActivationSet", "Generation", "GenerationSet"]
+
 
 @dataclass
 class Generation:
@@ -46,6 +48,9 @@ class Generation:
             (end exclusive); None if not located.
         topic: the example's topic.
         stop_reason: "eos", "newline" or "length".
+        user_turn: the user-turn text the model was asked (``prompt`` before the chat
+            template); None for rows made before it was recorded (``knowlens.estimators.
+            user_turn`` then recovers it from ``prompt``).
     """
 
     example_id: str
@@ -64,6 +69,7 @@ class Generation:
     exact_answer_tokens: tuple[int, int] | None = None
     topic: str | None = None
     stop_reason: str = "eos"
+    user_turn: str | None = None
 
 
 _LIST_COLS = ("prompt_ids", "answer_ids", "token_logprobs", "token_entropies", "gold")
@@ -142,7 +148,8 @@ class GenerationSet:
                 rec["correct"] = bool(rec["correct"])
             else:
                 rec["correct"] = None
-            for c in ("exact_answer", "topic"):
+            # NaN: a merged frame where some shards predate the column; missing -> default
+            for c in ("exact_answer", "topic", "user_turn"):
                 if isinstance(rec.get(c), float):
                     rec[c] = None
             rows.append(Generation(**rec))

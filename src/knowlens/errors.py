@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+__all__ = ["ConfigError", "DataError", "KnowlensError", "ModelLoadError", "did_you_mean"]
+
 
 class KnowlensError(Exception):
     """An error caused by the user's input, with a one-line message that names the fix."""

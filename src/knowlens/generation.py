@@ -57,7 +57,8 @@ from knowlens._types import Generation, GenerationSet
 from knowlens.errors import DataError, KnowlensError
 
 # 2: batch_size is part of the key (log-probs differ by ~1e-6 between batch sizes), entries
-# carry checksums.
+# carry checksums. The later ``user_turn`` column needs no bump: entries without it load with
+# ``user_turn=None`` and ``estimators.user_turn`` recovers the same text from the prompt.
 GENERATION_VERSION = "2"
 _log = logging.getLogger("knowlens.generation")
 
@@ -422,10 +423,8 @@ def generate_examples(
     """
     settings.validate()
     templated = settings.use_chat_template and model.has_chat_template
-    prompts = [
-        model.format_prompt(prompt_fn(ex), use_chat_template=settings.use_chat_template)
-        for ex in examples
-    ]
+    turns = [prompt_fn(ex) for ex in examples]  # kept on each row: no template parsing later
+    prompts = [model.format_prompt(t, use_chat_template=settings.use_chat_template) for t in turns]
     ids = [_encode(model, p, templated) for p in prompts]
     if any(len(i) == 0 for i in ids):
         bad = next(ex.id for ex, i in zip(examples, ids, strict=True) if not i)
@@ -450,7 +449,9 @@ def generate_examples(
     tok = model.tokenizer
     answers = tok.batch_decode([d["answer_ids"] for d in decoded], skip_special_tokens=True)
     rows = []
-    for ex, prompt, pids, d, answer in zip(examples, prompts, ids, decoded, answers, strict=True):
+    for ex, turn, prompt, pids, d, answer in zip(
+        examples, turns, prompts, ids, decoded, answers, strict=True
+    ):
         correct, grader, chars, exact, span_tok = None, "none", None, None, None
         if grade_fn is not None:
             g = grade_fn(ex, answer)
@@ -477,6 +478,7 @@ def generate_examples(
                 exact_answer_tokens=span_tok,
                 topic=getattr(ex, "topic", None),
                 stop_reason=d["stop_reason"],
+                user_turn=turn,
             )
         )
     return rows

@@ -17,13 +17,16 @@ import xxhash
 N = 160  # examples: many batches / shards, so a kill lands between records
 
 
+QUESTIONS = {"kill_run_b": "Which country is city {i} in?"}
+
+
 def _task(name: str = "kill_toy", gold: dict[str, tuple[str, ...]] | None = None):
     from knowlens.tasks import Example, TaskSpec, register_task
 
     examples = [
         Example(
             id=f"q{i:02d}",
-            question=f"What is the capital of country {i}?",
+            question=QUESTIONS.get(name, "What is the capital of country {i}?").format(i=i),
             answers=(gold or {}).get(f"q{i:02d}", ("zzzq",)),
             topic=f"t{i % 2}",
         )
@@ -108,21 +111,22 @@ def main() -> None:
         # Gold = the model's own greedy answers on every other example: both classes present.
         from knowlens.generation import generate
 
-        gold: dict[str, tuple[str, ...]] = {}
-        _task("kill_run_a")
-        for split in ("train", "validation", "test"):
-            g = generate(model, load_task("kill_run_a", split=split), progress=False)
-            for k, r in enumerate(g):
-                if k % 2 == 0 and r.answer.strip():
-                    gold[r.example_id] = (r.answer.strip(),)
-        _task("kill_run_a", gold)
+        for name in ("kill_run_a", "kill_run_b"):
+            gold: dict[str, tuple[str, ...]] = {}
+            _task(name)
+            for split in ("train", "validation", "test"):
+                g = generate(model, load_task(name, split=split), progress=False)
+                for k, r in enumerate(g):
+                    if k % 2 == 0 and r.answer.strip():
+                        gold[r.example_id] = (r.answer.strip(),)
+            _task(name, gold)
         out_dir = Path(opts["output"])
         res = run(
             {
                 "name": "kill",
                 "analysis": "probe_transfer",
                 "models": [model_dir],
-                "tasks": ["kill_run_a"],
+                "tasks": ["kill_run_a", "kill_run_b"],
                 "sweep_layers": [1, 2],
                 "n_bootstrap": 20,
                 "device": "cpu",

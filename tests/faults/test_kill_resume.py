@@ -94,10 +94,13 @@ def _kill_and_resume(job, model_dir, tmp, n_points, rng) -> dict:
     return stats
 
 
-@pytest.mark.parametrize("job", ["generate", "extract", "run"])
+@pytest.mark.parametrize(
+    "job", [pytest.param("generate", marks=pytest.mark.slow), "extract", "run"]
+)  # generation's per-batch resume is also killed in-process in test_generation_faults.py
 def test_killed_job_resumes_to_identical_bytes(job, tiny_model_dir, tmp_path):
-    stats = _kill_and_resume(job, tiny_model_dir, tmp_path, 2, random.Random(f"{SEED}-{job}"))
-    assert stats["matched"] == 2 and stats["tried"] >= 2
+    # extract: the one point kills a run of the other batching, then resumes the default
+    stats = _kill_and_resume(job, tiny_model_dir, tmp_path, 1, random.Random(f"{SEED}-{job}"))
+    assert stats["matched"] == 1 and stats["tried"] >= 1
     print(f"\n{job}: {stats}")
 
 
@@ -109,6 +112,8 @@ def test_twenty_kill_points_per_job(job, tiny_model_dir, tmp_path):
     print(f"\n{job}: {stats}")
 
 
+@pytest.mark.slow  # in the default run: 3 processes extract at once (test_activation_faults),
+# 2 threads generate at once (test_generation_faults), local + Ray at once (test_executors)
 @pytest.mark.parametrize("job", ["generate", "extract"])
 def test_identical_jobs_at_once_all_succeed_identically(job, tiny_model_dir, tmp_path):
     ref, _ = _clean_run(job, tiny_model_dir, tmp_path, _opts(job, tmp_path, 0))

@@ -10,7 +10,8 @@ i = output of decoder block i (``hidden_states[i]``), ``n_layers`` = HF's last e
 after the deepest requested layer (the LM head never runs). Results are ``.npy`` memmaps in
 the content-addressed cache, float16 unless ``dtype="auto"`` (the default) finds values
 beyond the float16 range (then float32), written shard by shard, resumable and checksummed
-(see ``_store``). Token selectors and alignment: see ``_extract``.
+(see ``_store``). Token selectors and alignment: see ``_extract``. Statistics over many
+texts without storing them: ``reduce_texts`` / ``reduce_items`` (see ``_reduce``).
 """
 
 from knowlens._types import ActivationSet
@@ -36,6 +37,7 @@ from knowlens.activations._extract import (
     resolve_layers,
 )
 from knowlens.activations._hooks import HookPoint, StopForward, Trace
+from knowlens.activations._reduce import PositionMoments, Reducer, reduce_items, reduce_texts
 
 __all__ = [
     "ACTIVATIONS_VERSION",
@@ -46,6 +48,8 @@ __all__ = [
     "ExtractSpec",
     "ExtractionPlan",
     "HookPoint",
+    "PositionMoments",
+    "Reducer",
     "StopForward",
     "Trace",
     "extract",
@@ -57,6 +61,8 @@ __all__ = [
     "items_from_texts",
     "plan_extraction",
     "plan_positions",
+    "reduce_items",
+    "reduce_texts",
     "resolve_layers",
     "run_extraction",
 ]

@@ -19,6 +19,8 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+__all__ = ["app", "error_line", "main"]
+
 try:  # typer >= 0.26 vendors click as typer._click; older typer uses click itself
     from typer._click import exceptions as _cx
 except ImportError:  # pragma: no cover - depends on the installed typer

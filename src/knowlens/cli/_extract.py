@@ -7,6 +7,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
+__all__ = ["register"]
+
 console = Console(stderr=True)
 
 

@@ -6,6 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+__all__ = ["register"]
+
 
 def register(app: typer.Typer) -> None:
     @app.command("serve")

@@ -8,6 +8,8 @@ from typing import Any
 import typer
 from rich.console import Console
 
+__all__ = ["register"]
+
 _DEMO_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
 
 

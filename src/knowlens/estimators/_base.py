@@ -42,6 +42,24 @@ from knowlens._cache import (
 from knowlens._types import ActivationSet, GenerationSet
 from knowlens.errors import ConfigError, DataError, KnowlensError, did_you_mean
 
+__all__ = [
+    "CACHE_KIND",
+    "ESTIMATORS_VERSION",
+    "REGISTRY",
+    "Estimator",
+    "Features",
+    "Labels",
+    "NotFittedError",
+    "check_acts",
+    "check_gens",
+    "check_nonempty",
+    "check_training_labels",
+    "clone",
+    "data_key",
+    "fit_cached",
+    "labels_for",
+]
+
 ESTIMATORS_VERSION = "1"
 #: cache kind of fitted estimators: ``cache_root()/estimators/<Estimator.cache_key()>/``
 CACHE_KIND = "estimators"
@@ -438,11 +456,11 @@ def data_key(obj: Any, y: np.ndarray | None = None) -> str:
     """Content key of training data: the stage cache key when recorded, else a hash of ids
     and contents; plus the labels actually used."""
     if isinstance(obj, ActivationSet):
-        base: Any = obj.meta.get("key") or obj.meta.get("cache_key")
+        base: Any = obj.meta.get("cache_key")
         if base is None:
             base = [obj.example_ids, obj.layers, obj.tokens, _array_digest(obj.values)]
     elif isinstance(obj, GenerationSet):
-        base = obj.meta.get("key") or obj.meta.get("cache_key")
+        base = obj.meta.get("cache_key")
         if base is None:
             base = [[r.example_id, r.prompt, r.answer] for r in obj.rows]
     else:

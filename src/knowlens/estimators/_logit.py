@@ -28,6 +28,8 @@ from knowlens.estimators._base import (
 )
 from knowlens.estimators._registry import generations, register_estimator
 
+__all__ = ["SPANS", "STATISTICS", "LogitBaseline"]
+
 STATISTICS = ("mean_logprob", "min_logprob", "last_logprob", "mean_entropy", "seq_prob")
 SPANS = ("answer", "exact_answer")
 

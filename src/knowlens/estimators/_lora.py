@@ -243,18 +243,22 @@ def _batch_schedule(n: int, batch_size: int, steps: int, seed: int) -> list[np.n
     return [order[i * bs : (i + 1) * bs] for i in range(steps)]
 
 
+# Config field (TrainSettings) behind each LoRA estimator parameter, shared by both entries.
+_LORA_SETTINGS = {
+    "steps": "lora_steps",
+    "r": "lora_r",
+    "alpha": "lora_alpha",
+    "lr": "lora_lr",
+    "batch_size": "batch_size",
+}
+
+
 # -- LoRA (adapters + MLP head) ----------------------------------------------------------------
 @register_estimator(
     "lora",
     display_name="LoRA",
     inputs=generations(model=True),
-    settings={
-        "steps": "lora_steps",
-        "r": "lora_r",
-        "alpha": "lora_alpha",
-        "lr": "lora_lr",
-        "batch_size": "batch_size",
-    },
+    settings=_LORA_SETTINGS,
     train_limit="max_train",
     aliases=("LoRA", "lora_probe"),
 )
@@ -413,13 +417,7 @@ def js_divergence(logp: Any, logq: Any) -> Any:
     "lora_prompt",
     display_name="LoRA + Prompt",
     inputs=generations(model=True),
-    settings={
-        "steps": "lora_steps",
-        "r": "lora_r",
-        "alpha": "lora_alpha",
-        "lr": "lora_lr",
-        "batch_size": "batch_size",
-    },
+    settings=_LORA_SETTINGS,
     train_limit="max_train",
 )
 class LoRAPrompt(_LoRABase):

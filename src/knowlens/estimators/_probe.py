@@ -37,6 +37,8 @@ from knowlens.estimators._base import (
 )
 from knowlens.estimators._registry import activations, register_estimator
 
+__all__ = ["LogisticProbe", "MLPProbe", "ProbeSweep", "mlp_head", "sweep_probes"]
+
 
 class _FeatureProbe(Estimator):
     """Shared plumbing: features at (layer, reduce), label alignment, NaN checks."""
@@ -416,6 +418,6 @@ def _subset(acts: ActivationSet, idx: np.ndarray) -> ActivationSet:
         example_ids=[acts.example_ids[int(i)] for i in idx],
         positions=np.asarray(acts.positions[idx]),
         # the parent's cache key must not name the subset (it keys trained estimators)
-        meta={k: v for k, v in acts.meta.items() if k not in ("key", "cache_key")}
-        | {"subset_of": acts.meta.get("key") or acts.meta.get("cache_key")},
+        meta={k: v for k, v in acts.meta.items() if k != "cache_key"}
+        | {"subset_of": acts.meta.get("cache_key")},
     )

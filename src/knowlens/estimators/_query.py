@@ -26,6 +26,18 @@ from knowlens.estimators._base import Estimator, Features, Labels, check_gens
 from knowlens.estimators._registry import generations, register_estimator
 from knowlens.estimators._text import encode, left_pad, pad_id, questions_for
 
+__all__ = [
+    "PTRUE_TEMPLATE",
+    "ZSC_TEMPLATE",
+    "PTrue",
+    "ZeroShotClassifier",
+    "batched_label_probs",
+    "label_probs",
+    "label_token_ids",
+    "last_token_logits",
+    "zsc_texts",
+]
+
 #: FIGURES.md section 1, "Zero-Shot Classifier" (verbatim).
 ZSC_TEMPLATE = (
     "{question} {answer}\n\nIs the proposed answer correct?\nChoices:\n(i): no\n(ii): yes\nAnswer:"

@@ -52,6 +52,17 @@ from typing import Any, Literal, TypeVar
 from knowlens.errors import ConfigError, KnowlensError, did_you_mean
 from knowlens.estimators._base import Estimator
 
+__all__ = [
+    "EstimatorSpec",
+    "Inputs",
+    "activations",
+    "canonical_estimator_names",
+    "estimator_names",
+    "generations",
+    "get_estimator",
+    "register_estimator",
+]
+
 C = TypeVar("C", bound=type)
 
 

@@ -26,8 +26,21 @@ from typing import Any
 from knowlens._types import Generation, GenerationSet
 from knowlens.errors import DataError
 
-# Last user turn of common chat templates (ChatML/SmolLM/Qwen, Gemma, Llama 3, Llama 2 /
-# Mistral, Phi-3 and the test fixture's "<|user|>...<|end|>").
+__all__ = [
+    "cross_model_texts",
+    "encode",
+    "left_pad",
+    "pad_id",
+    "questions_for",
+    "retokenize",
+    "same_model",
+    "user_turn",
+]
+
+# Fallback ONLY for rows without a recorded ``Generation.user_turn`` (cache entries written
+# before it existed, hand-built rows): the last user turn of common chat templates
+# (ChatML/SmolLM/Qwen, Gemma, Llama 3, Llama 2 / Mistral, Phi-3 and the test fixture's
+# "<|user|>...<|end|>"). Every generation path records the field, so new rows never get here.
 _USER_TURN = [
     re.compile(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", re.S),
     re.compile(r"<start_of_turn>user\n(.*?)<end_of_turn>", re.S),
@@ -37,13 +50,21 @@ _USER_TURN = [
 ]
 
 
-def user_turn(prompt: str) -> str:
-    """The user-turn text inside a (possibly chat-templated) prompt.
+def user_turn(gen: Generation | str) -> str:
+    """The user-turn text a generation was asked.
 
-    A prompt without a recognised chat template is returned unchanged (completion-style
-    prompts such as ``"Q: ...\\nA:"`` are their own user turn). For an unusual template, pass
+    A ``Generation`` returns its recorded ``user_turn``; one without it (older cache entries)
+    and a bare prompt string fall back to parsing the chat template. A prompt without a
+    recognised template is returned unchanged (completion-style prompts such as
+    ``"Q: ...\\nA:"`` are their own user turn). For an unusual template, pass
     ``questions=[...]`` to the estimator instead.
     """
+    if isinstance(gen, Generation):
+        if gen.user_turn is not None:
+            return gen.user_turn
+        prompt = gen.prompt
+    else:
+        prompt = gen
     for pat in _USER_TURN:
         found = pat.findall(prompt)
         if found:
@@ -52,9 +73,9 @@ def user_turn(prompt: str) -> str:
 
 
 def questions_for(gens: GenerationSet, questions: Sequence[str] | None = None) -> list[str]:
-    """The question text of every row: ``questions`` if given, else ``user_turn(prompt)``."""
+    """The question text of every row: ``questions`` if given, else ``user_turn(row)``."""
     if questions is None:
-        return [user_turn(g.prompt) for g in gens.rows]
+        return [user_turn(g) for g in gens.rows]
     if len(questions) != len(gens):
         raise DataError(
             f"questions must have one entry per generation; got {len(questions)} for "
@@ -133,6 +154,7 @@ def retokenize(
                 token_logprobs=[],
                 token_entropies=[],
                 exact_answer_tokens=span,
+                user_turn=q,
             )
         )
     meta = dict(gens.meta)
@@ -145,7 +167,6 @@ def retokenize(
             "retokenized": True,
         }
     )
-    meta.pop("key", None)
     meta.pop("cache_key", None)
     return GenerationSet(rows, meta)
 

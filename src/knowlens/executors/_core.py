@@ -40,6 +40,24 @@ from knowlens._cache import (
 )
 from knowlens.errors import KnowlensError
 
+__all__ = [
+    "SHARDS_VERSION",
+    "Block",
+    "BlockDone",
+    "Executor",
+    "LocalExecutor",
+    "ModelSpec",
+    "RunStats",
+    "Stage",
+    "check_numerics",
+    "intact_shard",
+    "new_marker",
+    "run_stage",
+    "shard_root",
+    "stamp",
+    "write_shard",
+]
+
 SHARDS_VERSION = "1"
 
 

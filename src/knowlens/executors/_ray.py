@@ -33,6 +33,8 @@ from knowlens.executors._core import (
     write_shard,
 )
 
+__all__ = ["INSTALL_HINT", "RayExecutor", "import_ray"]
+
 INSTALL_HINT = "pip install 'knowlens[ray]'"
 
 

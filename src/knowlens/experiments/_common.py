@@ -11,6 +11,23 @@ import pandas as pd
 
 from knowlens.errors import ConfigError, DataError
 
+__all__ = [
+    "DISPLAY",
+    "METRIC_LABEL",
+    "accuracy_row",
+    "activations",
+    "decided",
+    "frame",
+    "generations",
+    "load_split",
+    "metric_cell",
+    "min_n_of",
+    "paired_diff_cell",
+    "require_labels",
+    "require_models",
+    "short_model",
+]
+
 # Display names used in tables and figures (seed 001/002 wording).
 DISPLAY = {
     "zero_shot": "Zero-Shot Classifier",

@@ -26,6 +26,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from knowlens._cache import stable_hash
 
+__all__ = [
+    "ESTIMATORS_HELP",
+    "SCORES_VERSION",
+    "EstimatorBench",
+    "Fitted",
+    "TrainSettings",
+    "concat",
+    "display_name",
+    "fit_recorded",
+    "gens_identity",
+    "known_estimators",
+]
+
 SCORES_VERSION = "1"
 #: what the ``estimators`` field of an analysis config accepts
 ESTIMATORS_HELP = (
@@ -69,7 +82,7 @@ def gens_identity(gens: Any) -> str:
     """A content key of a GenerationSet: its cache key (if any), ids, labels and answers."""
     return stable_hash(
         {
-            "key": gens.meta.get("key") or gens.meta.get("cache_key"),
+            "key": gens.meta.get("cache_key"),  # hash field name kept: keys stay stable
             "ids": gens.example_ids,
             "y": [None if r.correct is None else bool(r.correct) for r in gens.rows],
             "answers": stable_hash([r.answer for r in gens.rows]),
@@ -88,7 +101,7 @@ def concat(parts: list[Any]) -> Any:
             rows.append(replace(r, example_id=f"{r.task}/{r.example_id}"))
     meta = dict(parts[0].meta) if parts else {}
     meta.pop("task", None)
-    meta["key"] = stable_hash([gens_identity(g) for g in parts])
+    meta["cache_key"] = stable_hash([gens_identity(g) for g in parts])
     meta["tasks"] = [g.meta.get("task_name") or (g.rows[0].task if len(g) else "") for g in parts]
     return GenerationSet(rows, meta)
 
@@ -99,7 +112,7 @@ def _cap(gens: Any, n: int | None, seed: int) -> Any:
     idx = np.sort(np.random.default_rng(seed).choice(len(gens), n, replace=False))
     out = gens.subset(idx)
     # the parent's key must not name the subset (it keys the fitted estimator)
-    out.meta["key"] = stable_hash({"subset_of": gens_identity(gens), "idx": idx.tolist()})
+    out.meta["cache_key"] = stable_hash({"subset_of": gens_identity(gens), "idx": idx.tolist()})
     return out
 
 

@@ -20,8 +20,10 @@ in the table. Cell = mean over prompts of a statistic of the residual stream (HF
 Jailbreak prompts are templates x held-out HarmBench behaviours; the benign set keeps each
 prompt's template and swaps in a benign instruction of the nearest token length, so the
 two sets match in format and length and the difference isolates the request's content.
-Hidden states are reduced to the statistic batch by batch (never stored), so memory stays
-flat at max_len 512. Needs local weights: API targets are refused with a one-line error.
+Hidden states come from ``knowlens.activations`` (the one hook / padding path) and are
+reduced to the statistic batch by batch (``reduce_items`` + ``PositionMoments``, never
+stored), so memory stays flat in the number of prompts at max_len 512. Needs local weights:
+API targets are refused with a one-line error.
 """
 
 from __future__ import annotations
@@ -68,31 +70,6 @@ def encode(handle: Any, texts: list[str], max_len: int) -> list[list[int]]:
     return out
 
 
-@torch.inference_mode()
-def hidden_batches(handle: Any, ids: list[list[int]], batch_size: int):
-    """Yield (indices, hidden states (B, L+1, T, d) float32, mask (B, T)) with right padding
-    (positions aligned left), running the decoder only (no LM head)."""
-    decoder = handle.model.get_decoder()
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    pad = handle.tokenizer.pad_token_id or 0
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        T = max(len(ids[i]) for i in idx)
-        x = torch.full((len(idx), T), pad, dtype=torch.long)
-        m = torch.zeros((len(idx), T), dtype=torch.long)
-        for b, i in enumerate(idx):
-            x[b, : len(ids[i])] = torch.tensor(ids[i])
-            m[b, : len(ids[i])] = 1
-        out = decoder(
-            input_ids=x.to(handle.device),
-            attention_mask=m.to(handle.device),
-            output_hidden_states=True,
-            use_cache=False,
-        )
-        hs = torch.stack(out.hidden_states, 1).float().cpu()
-        yield idx, hs, m.bool()
-
-
 def position_statistic(hs: torch.Tensor, statistic: str, params: Any = None) -> torch.Tensor:
     """(B, L+1, T, d) hidden states -> (B, L+1, T) statistic."""
     if statistic == "l2":
@@ -106,17 +83,23 @@ def position_statistic(hs: torch.Tensor, statistic: str, params: Any = None) -> 
     raise ConfigError(f"statistic must be l2, refusal or probe; got '{statistic}'.")
 
 
-def executor_batches(
-    handle: Any, ids: list[list[int]], batch_size: int, executor: Any = None, cache: bool = True
-) -> Any:
-    """:func:`hidden_batches` in this process, or, for a non-local ``executor`` (the run's
-    ``ctx.executor``), the same (indices, states, mask) batches from
-    :func:`knowlens.executors.extract` (every layer, every position, float32, cached)."""
+def _items(ids: list[list[int]]) -> list[Any]:
+    from knowlens.activations import ExtractItem
+
+    return [ExtractItem(str(i), tuple(x), len(x)) for i, x in enumerate(ids)]
+
+
+def _on_executor(executor: Any) -> bool:
     from knowlens.executors import LocalExecutor
 
-    if executor is None or isinstance(executor, LocalExecutor):
-        yield from hidden_batches(handle, ids, batch_size)
-        return
+    return executor is not None and not isinstance(executor, LocalExecutor)
+
+
+def _executor_acts(
+    handle: Any, ids: list[list[int]], tokens: str, batch_size: int, executor: Any, cache: bool
+) -> Any:
+    """Every layer of ``ids`` (float32) from :func:`knowlens.executors.extract` on a non-local
+    executor: the full array, cached like any extraction (workers cannot stream)."""
     from knowlens._types import Generation
     from knowlens.executors import extract
 
@@ -124,22 +107,18 @@ def executor_batches(
         Generation(str(i), "activation_maps", "", "", list(x), [], [], [], None, "none")
         for i, x in enumerate(ids)
     ]
-    acts = extract(
+    return extract(
         handle,
         rows,
         executor=executor,
         layers="all",
-        tokens="all",
+        tokens=tokens,
         dtype="float32",
         max_positions=max(len(x) for x in ids),
         batch_size=batch_size,
         cache=cache,
         progress=False,
     )
-    for s in range(0, len(ids), batch_size):
-        idx = list(range(s, min(s + batch_size, len(ids))))
-        hs = torch.from_numpy(np.array(acts.values[idx[0] : idx[-1] + 1], dtype=np.float32))
-        yield idx, hs, torch.from_numpy(np.asarray(acts.mask[idx[0] : idx[-1] + 1], dtype=bool))
 
 
 def mean_map(
@@ -152,19 +131,41 @@ def mean_map(
     executor: Any = None,
     cache: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean statistic per (layer, position) over prompts and the count per position."""
-    L = handle.n_layers + 1
-    total = np.zeros((L, max_len))
-    count = np.zeros(max_len, dtype=np.int64)
-    for _, hs, m in executor_batches(handle, ids, batch_size, executor, cache):
-        st = position_statistic(hs, statistic, params).numpy()  # (B, L, T)
-        mk = m.numpy()
-        T = st.shape[-1]
-        total[:, :T] += (st * mk[:, None, :]).sum(0)
-        count[:T] += mk.sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-    return mean, count
+    """Mean statistic per (layer, position) over prompts and the count per position.
+
+    In this process the hidden states stream through ``knowlens.activations.reduce_items``
+    (one batch buffer, nothing stored); on a non-local ``executor`` (the run's
+    ``ctx.executor``) the full float32 array is extracted there and reduced in batches."""
+    from knowlens.activations import PositionMoments, reduce_items
+
+    red = PositionMoments(
+        lambda hs: position_statistic(hs, statistic, params),
+        n_layers=handle.n_layers + 1,
+        n_positions=max_len,
+    )
+    if _on_executor(executor):
+        acts = _executor_acts(handle, ids, "all", batch_size, executor, cache)
+        for s in range(0, len(ids), batch_size):
+            e = min(s + batch_size, len(ids))
+            red.update(
+                np.array(acts.values[s:e], dtype=np.float32),
+                np.asarray(acts.mask[s:e], dtype=bool),
+                np.asarray(acts.positions[s:e]),
+                np.arange(s, e),
+            )
+        res = red.result()
+    else:
+        res = reduce_items(
+            handle,
+            _items(ids),
+            red,
+            layers="all",
+            tokens="all",
+            dtype="float32",
+            max_positions=max_len,
+            batch_size=batch_size,
+        )
+    return res["mean"], res["count"]
 
 
 def last_token_states(
@@ -174,13 +175,25 @@ def last_token_states(
     executor: Any = None,
     cache: bool = True,
 ) -> np.ndarray:
-    """(n, L+1, d) hidden states at each prompt's last token."""
-    out = np.zeros((len(ids), handle.n_layers + 1, handle.d_model), dtype=np.float32)
-    for idx, hs, m in executor_batches(handle, ids, batch_size, executor, cache):
-        last = m.sum(1) - 1
-        for b, i in enumerate(idx):
-            out[i] = hs[b, :, int(last[b])].numpy()
-    return out
+    """(n, L+1, d) hidden states at each prompt's last token (``tokens="last"``)."""
+    if _on_executor(executor):
+        acts = _executor_acts(handle, ids, "last", batch_size, executor, cache)
+    else:
+        from knowlens.activations import run_extraction
+
+        acts = run_extraction(
+            handle,
+            _items(ids),
+            layers="all",
+            tokens="last",
+            dtype="float32",
+            max_positions=max(len(x) for x in ids),
+            batch_size=batch_size,
+            cache=False,
+            progress=False,
+            meta={"source": "activation_maps"},
+        )
+    return np.array(acts.values[:, :, 0], dtype=np.float32)
 
 
 def refusal_direction(harm: np.ndarray, harmless: np.ndarray) -> np.ndarray:
@@ -222,7 +235,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     for spec in cfg.models:
         target = load_target(spec, loader=ctx.load_model)
         handle = require_local(target, "activation_maps")
-        # hidden states in this process, or extracted on the run's (non-local) executor
+        # streamed in this process, or extracted on the run's (non-local) executor
         on_executor = {"executor": ctx.executor, "cache": ctx.use_cache}
         benign = corpora.matched_benign(jail, tokenizer=handle.tokenizer, seed=cfg.seed)
         params = None

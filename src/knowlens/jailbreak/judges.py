@@ -49,6 +49,21 @@ import pandas as pd
 
 from knowlens.errors import DataError, KnowlensError, did_you_mean
 
+__all__ = [
+    "ARDITI_REFUSAL_SUBSTRINGS",
+    "GCG_TEST_PREFIXES",
+    "HARMBENCH_CLS_PROMPT",
+    "JBB_TEST_PREFIXES",
+    "STRING_JUDGES",
+    "VERDICTS",
+    "LLMJudge",
+    "StringJudge",
+    "agreement",
+    "garak_mitigation_substrings",
+    "get_judge",
+    "parse_yes_no",
+]
+
 JAILBROKEN, REFUSED, INVALID = "jailbroken", "refused", "invalid"
 VERDICTS = (JAILBROKEN, REFUSED, INVALID)
 

@@ -62,6 +62,21 @@ from knowlens._cache import (
 )
 from knowlens.errors import KnowlensError
 
+__all__ = [
+    "KINDS",
+    "ORGANISM_VERSION",
+    "REFUSALS",
+    "OrganismSettings",
+    "base_answers",
+    "benign_training_prompts",
+    "checkpoint_dir",
+    "evaluate_refusals",
+    "organism_dir",
+    "organism_info",
+    "resolve_spec",
+    "train_refusal_organism",
+]
+
 ORGANISM_VERSION = "2"
 logger = logging.getLogger(__name__)
 KINDS = ("refusal",)

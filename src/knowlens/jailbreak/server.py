@@ -63,6 +63,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from knowlens.errors import KnowlensError
 
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_PROMPT_CAP",
+    "LONG_SLICE_S",
+    "MAX_N",
+    "MAX_STOP",
+    "POLL_S",
+    "SERVE_MAX_TOKENS",
+    "SUPPORTED_FIELDS",
+    "ApiError",
+    "ChatRequest",
+    "Message",
+    "Scheduler",
+    "complete",
+    "create_app",
+    "default_max_prompt_tokens",
+    "model_context",
+    "render_messages",
+    "serve",
+]
+
 try:  # module level: FastAPI resolves the endpoint's `request: Request` annotation by name
     from starlette.requests import Request
 except ImportError:  # the api extra is missing; create_app's fastapi import says so

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+__all__ = ["ModelHandle", "find_decoder_layers", "fingerprint_module"]
+
 
 @dataclass
 class ModelHandle:

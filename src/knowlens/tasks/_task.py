@@ -23,6 +23,17 @@ from typing import Any
 from knowlens.errors import ConfigError, DataError
 from knowlens.tasks._types import Example, GradeResult, TaskLike
 
+__all__ = [
+    "PLACEHOLDERS",
+    "SPLITS",
+    "SPLIT_FRACTIONS",
+    "Task",
+    "check_template",
+    "format_options",
+    "placeholders",
+    "split_examples",
+]
+
 PLACEHOLDERS = ("question", "context", "options", "topic", "letters")
 SPLITS = ("train", "validation", "test")
 # Fractions used when a source has no native splits.

@@ -44,6 +44,8 @@ from knowlens.tasks._benchmarks import _apply, _get, _listish, hub_rows, local_r
 from knowlens.tasks._registry import TaskSpec, get_spec, is_registered, register_task
 from knowlens.tasks._types import Example
 
+__all__ = ["build_from_columns", "load_yaml_spec", "register_yaml"]
+
 _FIELDS = {"question", "answers", "id", "topic", "context", "options", "wrong_answer", "metadata"}
 _KEYS = {
     "name",

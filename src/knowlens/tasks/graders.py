@@ -26,6 +26,28 @@ from typing import Any
 from knowlens.errors import ConfigError, did_you_mean
 from knowlens.tasks._types import Example, GradeResult
 
+__all__ = [
+    "GRADERS",
+    "NLI_LABELS",
+    "SENTIMENT_LABELS",
+    "YES_NO",
+    "AliasGrader",
+    "ExactMatchGrader",
+    "ExtractingGrader",
+    "JudgeGrader",
+    "LLMExtractor",
+    "LabelGrader",
+    "MultipleChoiceGrader",
+    "NumericGrader",
+    "TwoOptionGrader",
+    "extract_short_answer",
+    "find_alias",
+    "find_numbers",
+    "make_grader",
+    "model_judge",
+    "normalize",
+]
+
 _ARTICLES = {"a", "an", "the"}
 _PUNCT = set(string.punctuation) | {"‘", "’", "“", "”", "«", "»", "–", "—", "…", "¿", "¡"}
 
