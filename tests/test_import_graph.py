@@ -10,6 +10,8 @@ functions alike (a lazy import is still a dependency). Two rules:
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
         "foundation",
         (
             "knowlens",  # the lazy top-level namespace (string table only); matches itself only
+            "knowlens.experiments",  # a lazy namespace too (string table only); itself only
             "knowlens.errors",
             "knowlens._yaml",
             "knowlens._version",
@@ -61,9 +64,13 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("report", ("knowlens.report",)),
-    ("runner", ("knowlens.experiments._runner", "knowlens.experiments")),
+    ("runner", ("knowlens.experiments._runner",)),
     ("cli", ("knowlens.cli",)),
 ]
+
+
+# Lazy packages: their __init__ is a string table, so they name only themselves in STAGES.
+NAMESPACES = {"knowlens", "knowlens.experiments"}
 
 
 def _module_name(path: Path) -> str:
@@ -99,6 +106,13 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
                 t = t.rpartition(".")[0]
             if t.startswith("knowlens") and t != name:
                 out.add(t)
+                # Importing a.b.c first runs a/b/__init__.py (unless the importer lives in
+                # a.b, which is then already running): a real dependency on that __init__.
+                parent = t.rpartition(".")[0]
+                while parent and parent != "knowlens":
+                    if parent in known and not name.startswith(parent + ".") and parent != name:
+                        out.add(parent)
+                    parent = parent.rpartition(".")[0]
     return out
 
 
@@ -108,7 +122,7 @@ def _stage(module: str) -> int:
         for pre in prefixes:
             # The root package is a prefix of everything: it names only itself, so a new
             # module must be given its stage here.
-            nested = module.startswith(pre + ".") and pre != "knowlens"
+            nested = module.startswith(pre + ".") and pre not in NAMESPACES
             if (module == pre or nested) and len(pre) > best_len:
                 best, best_len = i, len(pre)
     assert best is not None, f"{module} has no stage in STAGES: add it (and to ARCHITECTURE.md)"
@@ -162,7 +176,9 @@ def test_every_module_has_a_stage():
     with pytest.raises(AssertionError, match=r"knowlens\.brand_new has no stage"):
         _stage("knowlens.brand_new")
     assert STAGES[_stage("knowlens.experiments._rundir")][0] == "run folder"
-    assert STAGES[_stage("knowlens.experiments.nested.x")][0] == "runner"
+    # nor in the lazy experiments namespace's: each of its modules is listed
+    with pytest.raises(AssertionError, match=r"knowlens\.experiments\.nested\.x has no stage"):
+        _stage("knowlens.experiments.nested.x")
 
 
 def test_no_import_cycles():
@@ -178,6 +194,26 @@ def test_imports_follow_the_pipeline_order():
         if _stage(t) > _stage(m)
     ]
     assert not bad, "imports against the pipeline order:\n" + "\n".join(bad)
+
+
+def test_the_checker_sees_the_package_init_a_submodule_import_runs(tmp_path):
+    f = tmp_path / "report.py"
+    f.write_text("from knowlens.experiments._registry import get_analysis\n")
+    known = {"knowlens.report", "knowlens.experiments", "knowlens.experiments._registry"}
+    got = _imports("knowlens.report", f, known)
+    assert got == {"knowlens.experiments._registry", "knowlens.experiments"}
+
+
+@pytest.mark.parametrize(
+    "module", ["knowlens.report", "knowlens.config", "knowlens.experiments._rundir", "knowlens.cli"]
+)
+def test_each_entry_module_imports_first_in_a_fresh_interpreter(module):
+    # The AST graph is the contract; this is the runtime check that no partial-init cycle hides
+    # behind import order (tests import knowlens.experiments first, `knowlens report` did not).
+    out = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_the_checker_sees_in_function_and_relative_imports(tmp_path):

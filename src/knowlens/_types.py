@@ -187,8 +187,8 @@ class ActivationSet:
     """Hidden states indexed as ``[example, layer, position, hidden]``.
 
     Attributes:
-        values: array of shape (n_examples, n_layers, n_positions, d_model), float16 by
-            default; usually a read-only ``np.memmap`` over the cache, so it never has to fit
+        values: array of shape (n_examples, n_layers, n_positions, d_model), float16 when the
+            model's values fit in it, else float32 (``dtype="auto"``); usually a read-only ``np.memmap`` over the cache, so it never has to fit
             in RAM. Ragged positions (selector ``all`` or ``exact_answer`` spans) are padded.
         mask: bool array (n_examples, n_positions): True where a position holds a real token.
         layers: hidden-state indices held along axis 1 (0 = embedding output, i = output of

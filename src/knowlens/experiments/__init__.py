@@ -25,23 +25,33 @@ The run layer, left to right (each module imports only from its left):
 
 from __future__ import annotations
 
-from knowlens.experiments._load import load_config, parse_config
-from knowlens.experiments._registry import (
-    ANALYSES,
-    available_analyses,
-    get_analysis,
-    register_analysis,
-)
-from knowlens.experiments._runner import RunContext, RunResult, run
+import importlib
+from typing import Any
 
-__all__ = [
-    "ANALYSES",
-    "RunContext",
-    "RunResult",
-    "available_analyses",
-    "get_analysis",
-    "load_config",
-    "parse_config",
-    "register_analysis",
-    "run",
-]
+# A lazy namespace, as the top-level package: importing one submodule (the report imports
+# ``_registry`` and ``_rundir``) must not import the runner, which imports the report.
+_LAZY: dict[str, str] = {
+    "ANALYSES": "knowlens.experiments._registry",
+    "available_analyses": "knowlens.experiments._registry",
+    "get_analysis": "knowlens.experiments._registry",
+    "register_analysis": "knowlens.experiments._registry",
+    "load_config": "knowlens.experiments._load",
+    "parse_config": "knowlens.experiments._load",
+    "RunContext": "knowlens.experiments._runner",
+    "RunResult": "knowlens.experiments._runner",
+    "run": "knowlens.experiments._runner",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'knowlens.experiments' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
