@@ -95,8 +95,13 @@ def _kill_and_resume(job, model_dir, tmp, n_points, rng) -> dict:
 
 
 @pytest.mark.parametrize(
-    "job", [pytest.param("generate", marks=pytest.mark.slow), "extract", "run"]
-)  # generation's per-batch resume is also killed in-process in test_generation_faults.py
+    "job",
+    [
+        pytest.param("generate", marks=pytest.mark.slow),  # also in test_generation_faults.py
+        "extract",
+        pytest.param("run", marks=pytest.mark.slow),  # ~80 s: generation + probes + report
+    ],
+)
 def test_killed_job_resumes_to_identical_bytes(job, tiny_model_dir, tmp_path):
     # extract: the one point kills a run of the other batching, then resumes the default
     stats = _kill_and_resume(job, tiny_model_dir, tmp_path, 1, random.Random(f"{SEED}-{job}"))
