@@ -72,7 +72,6 @@ __all__ = [
     "generate",
     "generate_examples",
     "generate_texts",
-    "progress_bar",
     "resolve_max_new_tokens",
 ]
 

@@ -51,7 +51,7 @@ from knowlens._cache import (
     clean_stale_tmp,
     verify_entry,
 )
-from knowlens._progress import progress_bar  # the bar generation uses (re-exported there)
+from knowlens._progress import progress_bar
 from knowlens.errors import ConfigError, KnowlensError
 
 __all__ = [
