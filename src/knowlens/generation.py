@@ -55,6 +55,7 @@ from knowlens._cache import (
 from knowlens._progress import progress_bar
 from knowlens._types import Generation, GenerationSet
 from knowlens.errors import DataError, KnowlensError
+from knowlens.models._batch import pad_batch, pad_id
 
 # 2: batch_size is part of the key (log-probs differ by ~1e-6 between batch sizes), entries
 # carry checksums. The later ``user_turn`` column needs no bump: entries without it load with
@@ -258,11 +259,6 @@ def _eos_ids(handle: Any) -> list[int]:
     return sorted(ids)
 
 
-def _pad_id(handle: Any) -> int:
-    tok = handle.tokenizer
-    return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-
-
 def char_span_to_token_span(
     tokenizer: Any, ids: Sequence[int], span: tuple[int, int] | None
 ) -> tuple[int, int] | None:
@@ -313,15 +309,9 @@ def _decode_batch(
 ) -> list[dict[str, Any]]:
     """Greedy-decode one batch of token id lists; returns per-row ids, log-probs, entropies."""
     model, dev = handle.model, handle.device
-    B, L, T = len(prompts), max(len(p) for p in prompts), settings.max_new_tokens
-    pad = _pad_id(handle)
-    ids = torch.full((B, L), pad, dtype=torch.long)
-    mask = torch.zeros((B, L), dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, L - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[b, L - len(p) :] = 1
-    ids, mask = ids.to(dev), mask.to(dev)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    B, T = len(prompts), settings.max_new_tokens
+    ids, mask, pos = pad_batch(prompts, pad_id(handle.tokenizer), side="left")
+    ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
     vocab = model.get_output_embeddings().weight.shape[0]
     newline, blank = _vocab_flags(handle.tokenizer, vocab)
     newline, blank = newline.to(dev), blank.to(dev)

@@ -28,6 +28,7 @@ import torch
 
 from knowlens.activations._hooks import HookPoint, Trace, run_until_stop
 from knowlens.errors import KnowlensError, did_you_mean
+from knowlens.models._batch import pad_batch, pad_id
 
 SELECTORS = (
     "last_prompt",
@@ -270,8 +271,7 @@ def extract_batch(
     sel = [selected_positions(it, spec.tokens, spec.max_positions)[0] for it in items]
     need = [max(s) + 1 for s in sel]  # causal: later tokens cannot change these
     order = sorted(range(len(items)), key=lambda i: (-need[i], i))
-    pad = model.tokenizer.pad_token_id
-    pad = int(pad if pad is not None else 0)
+    pad = pad_id(model.tokenizer)
     dev = model.device
     points = hook_points(model, spec.layers)
     total_tokens = 0
@@ -280,22 +280,20 @@ def extract_batch(
         rows = order[start : start + spec.batch_size]
         lens = [need[r] for r in rows]
         b, t = len(rows), max(lens)
-        ids = torch.full((b, t), pad, dtype=torch.long)
-        am = torch.zeros((b, t), dtype=torch.long)
-        for j, r in enumerate(rows):
-            ids[j, : lens[j]] = torch.tensor(items[r].ids[: lens[j]], dtype=torch.long)
-            am[j, : lens[j]] = 1
-        ids, am = ids.to(dev), am.to(dev)
+        ids, am, pos = pad_batch(
+            [items[r].ids[: lens[j]] for j, r in enumerate(rows)], pad, side="right"
+        )
+        ids, am, pos = ids.to(dev), am.to(dev), pos.to(dev)
         rows_t = torch.tensor(rows, dtype=torch.long)
         write = _writer(spec.tokens, rows, rows_t, lens, sel, t, k, out_t, t_dtype, dev)
         if t_dtype == torch.float16:
             write = _clamped(write, overflow)
         with Trace(points, write, stop_after=len(points) - 1, counter=counter):
             run_until_stop(
-                lambda ids=ids, am=am, t=t: model.model(
+                lambda ids=ids, am=am, pos=pos: model.model(
                     input_ids=ids,
                     attention_mask=am,
-                    position_ids=torch.arange(t, device=dev)[None].expand(ids.shape[0], -1),
+                    position_ids=pos,
                     use_cache=False,
                 )
             )

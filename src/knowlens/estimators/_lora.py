@@ -62,7 +62,8 @@ from knowlens.estimators._query import (
     zsc_texts,
 )
 from knowlens.estimators._registry import generations, register_estimator
-from knowlens.estimators._text import encode, left_pad, pad_id, retokenize
+from knowlens.estimators._text import encode, retokenize
+from knowlens.models._batch import pad_batch, pad_id
 from knowlens.training import (
     ParamGroup,
     adapter_state,
@@ -334,7 +335,7 @@ class LoRAProbe(_LoRABase):
         return [list(g.prompt_ids) + list(g.answer_ids) for g in g2.rows]
 
     def _forward(self, pm: Any, head: Any, seqs: list[list[int]]) -> Any:
-        ids, mask, pos = left_pad(seqs, pad_id(self.model.tokenizer), self.max_length)
+        ids, mask, pos = pad_batch(seqs, pad_id(self.model.tokenizer), max_length=self.max_length)
         dev = self.model.device
         out = pm(
             input_ids=ids.to(dev),
@@ -490,7 +491,7 @@ class LoRAPrompt(_LoRABase):
         lm = self.model.model
         pad = pad_id(self.model.tokenizer)
         label_ids = label_token_ids(self.model.tokenizer, ("i", "ii"))
-        ids, mask, pos = left_pad([it[0] for it in items], pad)
+        ids, mask, pos = pad_batch([it[0] for it in items], pad)
         dev = self.model.device
         kw = {
             "input_ids": ids.to(dev),

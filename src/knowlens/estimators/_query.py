@@ -24,7 +24,8 @@ from knowlens._types import GenerationSet
 from knowlens.errors import ConfigError, KnowlensError
 from knowlens.estimators._base import Estimator, Features, Labels, check_gens
 from knowlens.estimators._registry import generations, register_estimator
-from knowlens.estimators._text import encode, left_pad, pad_id, questions_for
+from knowlens.estimators._text import encode, questions_for
+from knowlens.models._batch import pad_batch, pad_id
 
 __all__ = [
     "PTRUE_TEMPLATE",
@@ -84,7 +85,7 @@ def last_token_logits(
     lm: Any, seqs: Sequence[Sequence[int]], pad: int, max_length: int | None
 ) -> Any:
     """Next-token logits after each sequence, (B, V), one left-padded forward pass."""
-    ids, mask, pos = left_pad(seqs, pad, max_length)
+    ids, mask, pos = pad_batch(seqs, pad, max_length=max_length)
     dev = next(lm.parameters()).device
     out = lm(
         input_ids=ids.to(dev),

@@ -29,8 +29,6 @@ from knowlens.errors import DataError
 __all__ = [
     "cross_model_texts",
     "encode",
-    "left_pad",
-    "pad_id",
     "questions_for",
     "retokenize",
     "same_model",
@@ -177,36 +175,3 @@ def cross_model_texts(
     """``model.format_prompt(question) + answer`` per row, for ``knowlens.extract_texts``."""
     qs = questions_for(gens, questions)
     return [model.format_prompt(q) + g.answer for g, q in zip(gens.rows, qs, strict=True)]
-
-
-def left_pad(
-    seqs: Sequence[Sequence[int]], pad_id: int, max_length: int | None = None
-) -> tuple[Any, Any, Any]:
-    """Left-padded ``input_ids``, ``attention_mask`` and ``position_ids`` (LongTensors).
-
-    Left padding puts every sequence's last token at index -1, so ``logits_to_keep=k``
-    yields the last k real positions of every row; explicit position ids keep rotary
-    positions identical to an unpadded forward pass. Sequences longer than ``max_length``
-    keep their *last* ``max_length`` tokens.
-    """
-    import torch
-
-    if max_length is not None:
-        seqs = [s[-max_length:] for s in seqs]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, width - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
-    return ids, mask, pos
-
-
-def pad_id(tokenizer: Any) -> int:
-    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        v = getattr(tokenizer, attr, None)
-        if v is not None:
-            return int(v)
-    return 0

@@ -61,6 +61,7 @@ from knowlens._cache import (
     verified_entry,
 )
 from knowlens.errors import KnowlensError
+from knowlens.models._batch import pad_batch, pad_id, pad_values
 
 __all__ = [
     "KINDS",
@@ -422,20 +423,14 @@ def _batches(
 
     tok = handle.tokenizer
     enc = _encode_pairs(handle, pairs, s) if enc is None else enc
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     rows = itertools.islice(_batch_rows(len(enc), s), start, None)
     for idx in rows:
         chunk = [enc[j] for j in idx]
-        T = max(len(x) for x, _, _ in chunk)
-        ids = torch.full((len(chunk), T), pad, dtype=torch.long)
-        lab = torch.full((len(chunk), T), -100, dtype=torch.long)
-        att = torch.zeros((len(chunk), T), dtype=torch.long)
-        w = torch.zeros((len(chunk), T))
-        for b, (x, y, z) in enumerate(chunk):
-            ids[b, : len(x)] = torch.tensor(x)
-            lab[b, : len(y)] = torch.tensor(y)
-            att[b, : len(x)] = 1
-            w[b, : len(z)] = torch.tensor(z)
+        ids, att, _ = pad_batch([x for x, _, _ in chunk], pad, side="right")
+        T = ids.shape[1]
+        lab = pad_values([y for _, y, _ in chunk], -100, width=T)
+        w = pad_values([z for _, _, z in chunk], 0.0, dtype=torch.float32, width=T)
         yield ids, lab, att, w
 
 
