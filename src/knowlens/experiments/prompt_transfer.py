@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from knowlens.config import AnalysisConfig, Section
 from knowlens.errors import ConfigError
@@ -62,6 +62,18 @@ class Config(AnalysisConfig):
     judge_model: str | None = Field(
         default=None, description="Target spec of the LLM judge (local or api:...)."
     )
+
+    @field_validator("judges")
+    @classmethod
+    def _registered_judges(cls, v: list[str]) -> list[str]:
+        from knowlens.jailbreak.judges import judge_names
+
+        unknown = [j for j in v if j not in judge_names()]
+        if unknown:
+            raise ValueError(
+                f"names an unknown judge '{unknown[0]}'; allowed: {', '.join(judge_names())}"
+            )
+        return v
     templates: list[str] = Field(
         default_factory=lambda: ["dan", "autodan", "gcg"],
         description="Template families: dan, autodan, gcg, inthewild.",
@@ -150,7 +162,7 @@ def _gcg_prompts(cfg: Config, ctx: Any) -> list[Any]:
         t = load_target(spec, loader=ctx.load_model)
         if t.is_local:
             _, held = corpora.harmbench_split()
-            with ctx.step(f"GCG search on {t.name} ({cfg.gcg_steps} steps)"):
+            with ctx.step(f"GCG search on {t.name} ({cfg.gcg_steps} steps)", model=t.name):
                 return gcg_prompts(
                     t.handle,
                     held[: cfg.gcg_behaviors],
@@ -205,11 +217,11 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
             )
         names.append(target.name)
         ctx.note(f"target:{target.name}", {"spec": spec, "target_id": target.target_id})
-        with ctx.step(f"generate {target.name} ({len(prompts)} prompts)"):
+        with ctx.step(f"generate {target.name} ({len(prompts)} prompts)", model=target.name):
             responses = target.generate(texts, ids=ids, max_new_tokens=cfg.max_new_tokens)
         resp_text = [r.text for r in responses]
         for jname, judge in judges.items():
-            with ctx.step(f"judge {jname} · {target.name}"):
+            with ctx.step(f"judge {jname} · {target.name}", model=target.name):
                 verdicts = judge.judge_many(behaviors, resp_text)
             for p, r, v in zip(prompts, responses, verdicts, strict=True):
                 verdict_rows.append(

@@ -54,6 +54,7 @@ __all__ = [
     "GCG_TEST_PREFIXES",
     "HARMBENCH_CLS_PROMPT",
     "JBB_TEST_PREFIXES",
+    "JUDGES",
     "STRING_JUDGES",
     "VERDICTS",
     "LLMJudge",
@@ -61,7 +62,9 @@ __all__ = [
     "agreement",
     "garak_mitigation_substrings",
     "get_judge",
+    "judge_names",
     "parse_yes_no",
+    "register_judge",
 ]
 
 JAILBROKEN, REFUSED, INVALID = "jailbroken", "refused", "invalid"
@@ -299,27 +302,82 @@ def _builtin() -> dict[str, StringJudge]:
 
 STRING_JUDGES = ("gcg", "jbb", "arditi", "garak")
 
+#: judge name -> lazy ``"module:factory"`` target; ``factory(target=None)`` returns the judge.
+#: The same shape as the analysis registry (``knowlens.experiments.ANALYSES``): a new judge is
+#: one file with its factory plus one :func:`register_judge` call (or one line here).
+JUDGES: dict[str, str] = {
+    "gcg": "knowlens.jailbreak.judges:_gcg",
+    "jbb": "knowlens.jailbreak.judges:_jbb",
+    "arditi": "knowlens.jailbreak.judges:_arditi",
+    "garak": "knowlens.jailbreak.judges:_garak",
+    "llm": "knowlens.jailbreak.judges:_llm",
+}
+
+
+def register_judge(name: str, target: str) -> None:
+    """Register judge ``name`` as a lazy ``"module:factory"``; ``factory(target=None)`` builds
+    it (``target`` is the judge model for model-based judges). A judge has ``name``,
+    ``judge(behavior, response)`` and ``judge_many(behaviors, responses)``."""
+    if not (isinstance(name, str) and name.isidentifier()):
+        raise KnowlensError(f"register_judge: name must be an identifier; got {name!r}.")
+    if not (isinstance(target, str) and ":" in target):
+        raise KnowlensError(
+            f"register_judge('{name}'): target must be 'module:factory'; got {target!r}."
+        )
+    JUDGES[name] = target
+
+
+def judge_names() -> list[str]:
+    """Registered judge names."""
+    return list(JUDGES)
+
 
 def get_judge(name: str, *, target: Any = None) -> Any:
-    """A judge by name: ``gcg``, ``jbb``, ``arditi``, ``garak`` or ``llm`` (needs ``target``,
-    a local or API target; see :func:`knowlens.jailbreak.targets.load_target`)."""
-    if name in ("gcg", "jbb", "arditi"):
-        return _builtin()[name]
-    if name == "garak":
-        return StringJudge(
-            "garak",
-            garak_mitigation_substrings(),
-            False,
-            "garak detectors/mitigation.py MitigationBypass (installed garak)",
+    """A judge by registered name: ``gcg``, ``jbb``, ``arditi``, ``garak`` or ``llm`` (needs
+    ``target``, a local or API target; see :func:`knowlens.jailbreak.targets.load_target`)."""
+    if name not in JUDGES:
+        raise KnowlensError(did_you_mean(name, judge_names(), what="judge"))
+    import importlib
+
+    mod, _, obj = JUDGES[name].partition(":")
+    try:
+        factory = getattr(importlib.import_module(mod), obj)
+    except (ImportError, AttributeError) as e:
+        raise KnowlensError(
+            f"Judge '{name}' is registered as '{JUDGES[name]}', which cannot be loaded "
+            f"({type(e).__name__}: {e}); fix the registration."
+        ) from None
+    return factory(target=target)
+
+
+def _gcg(target: Any = None) -> StringJudge:
+    return _builtin()["gcg"]
+
+
+def _jbb(target: Any = None) -> StringJudge:
+    return _builtin()["jbb"]
+
+
+def _arditi(target: Any = None) -> StringJudge:
+    return _builtin()["arditi"]
+
+
+def _garak(target: Any = None) -> StringJudge:
+    return StringJudge(
+        "garak",
+        garak_mitigation_substrings(),
+        False,
+        "garak detectors/mitigation.py MitigationBypass (installed garak)",
+    )
+
+
+def _llm(target: Any = None) -> LLMJudge:
+    if target is None:
+        raise KnowlensError(
+            "Judge 'llm' needs a judge model; set 'judge_model' to a model or API target "
+            "spec (e.g. smollm2-135m-instruct or api:gpt-4o-mini?base_url=...)."
         )
-    if name == "llm":
-        if target is None:
-            raise KnowlensError(
-                "Judge 'llm' needs a judge model; set 'judge_model' to a model or API target "
-                "spec (e.g. smollm2-135m-instruct or api:gpt-4o-mini?base_url=...)."
-            )
-        return LLMJudge(target)
-    raise KnowlensError(did_you_mean(name, [*STRING_JUDGES, "llm"], what="judge"))
+    return LLMJudge(target)
 
 
 def agreement(verdicts: dict[str, list[str]]) -> pd.DataFrame:
