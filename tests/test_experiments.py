@@ -126,8 +126,12 @@ def test_probe_transfer_matches_direct_computation(tasks, tiny_model, tiny_model
     }
     res = run(cfg, output=tmp_path / "runs", progress=False)
     t = res.tables["probe_transfer"]["probe_transfer"]
-    assert len(t) == 2 * 2 * 3
-    assert set(t["metric"]) == {"auroc_minus_baseline", "auroc", "baseline_auroc"}
+    # the AUROC difference, then AUROC, ECE and PRR (default metrics) of probe and baseline
+    assert len(t) == 2 * 2 * 7
+    assert set(t["metric"]) == {
+        "auroc_minus_baseline",
+        *(f"{pre}{m}" for pre in ("", "baseline_") for m in ("auroc", "ece", "prr")),
+    }
     assert t[["value", "n"]].notna().all().all() and (t["n"] > 0).all()
     # Direct computation of one off-diagonal cell with the chosen layer.
     cell = t[(t["train_task"] == tasks[0]) & (t["test_task"] == tasks[1])].set_index("metric")
@@ -145,6 +149,10 @@ def test_probe_transfer_matches_direct_computation(tasks, tiny_model, tiny_model
     assert cell.loc["auroc_minus_baseline", "value"] == pytest.approx(
         metrics.auroc(y, p) - metrics.auroc(y, base)
     )
+    for m in ("ece", "prr"):  # reported with a CI next to AUROC, for probe and baseline
+        assert cell.loc[m, "value"] == pytest.approx(metrics.METRICS[m](y, p))
+        assert cell.loc[f"baseline_{m}", "value"] == pytest.approx(metrics.METRICS[m](y, base))
+        assert cell.loc[m, "ci_low"] <= cell.loc[m, "value"] <= cell.loc[m, "ci_high"]
     assert cell.loc["auroc", "n"] == len(g_te)
     lo, hi = cell.loc["auroc", "ci_low"], cell.loc["auroc", "ci_high"]
     assert lo <= cell.loc["auroc", "value"] <= hi
@@ -179,8 +187,8 @@ def test_topic_calibration_and_rerun_hits_cache(tasks, tiny_model, tiny_model_di
     res = run(cfg, output=tmp_path / "runs", progress=False)
     tabs = res.tables["topic_calibration"]
     t = tabs["topic_calibration"]
-    # 2 topics + "(all)", 3 estimators, 2 metrics.
-    assert len(t) == 3 * 3 * 2
+    # 2 topics + "(all)", 3 estimators, 3 metrics (default: ECE, AUROC, PRR).
+    assert len(t) == 3 * 3 * 3
     assert set(t["estimator"]) == {"Zero-Shot Classifier", "Probe", "LoRA + Prompt"}
     s = tabs["scores"]
     for (est, topic), grp in s.groupby(["estimator", "topic"]):
@@ -189,6 +197,8 @@ def test_topic_calibration_and_rerun_hits_cache(tasks, tiny_model, tiny_model_di
         assert row.loc["ece", "n"] == len(grp)
         auc = metrics.auroc(grp["correct"], grp["p"])
         assert row.loc["auroc", "value"] == pytest.approx(auc, nan_ok=True)
+        prr = metrics.prr(grp["correct"], grp["p"])
+        assert row.loc["prr", "value"] == pytest.approx(prr, nan_ok=True)
     # The zero-shot scores equal a direct ZeroShotClassifier run on the eval answers.
     ev = generate(tiny_model, load_task(tasks[1], split="test"), progress=False)
     direct = ZeroShotClassifier(model=tiny_model, progress=False).fit().predict_proba(ev)
@@ -238,17 +248,20 @@ def test_estimator_transfer_matrix(tasks, tiny_model_dir, second_model_dir, tmp_
     }
     res = run(cfg, output=tmp_path / "runs", progress=False)
     t = res.tables["estimator_transfer"]["estimator_transfer"]
-    assert len(t) == 2 * 2 * 2  # estimators x models x trained_on
+    assert len(t) == 2 * 2 * 2 * 3  # estimators x models x trained_on x (AUROC, ECE, PRR)
+    assert list(dict.fromkeys(t["metric"])) == ["auroc", "ece", "prr"]
     assert set(zip(t["model"], t["trained_on"], strict=True)) == {
         (a, b) for a in models for b in models
     }
     s = res.tables["estimator_transfer"]["scores"]
     for (m, tr, est), grp in s.groupby(["model", "trained_on", "estimator"]):
         row = t[(t["model"] == m) & (t["trained_on"] == tr) & (t["estimator"] == est)]
-        assert row["value"].iloc[0] == pytest.approx(
-            metrics.auroc(grp["correct"], grp["p"]), nan_ok=True
-        )
-        assert row["n"].iloc[0] == len(grp) == 2 * 12
+        row = row.set_index("metric")
+        for name in ("auroc", "ece", "prr"):
+            assert row.loc[name, "value"] == pytest.approx(
+                metrics.METRICS[name](grp["correct"], grp["p"]), nan_ok=True
+            )
+        assert (row["n"] == len(grp)).all() and len(grp) == 2 * 12
     # The row model's answers differ by model; the estimator of the column model reads them.
     a = s[(s["trained_on"] == models[0]) & (s["estimator"] == "Probe")]
     assert a.groupby("model")["p"].apply(lambda x: tuple(x.to_numpy().round(6))).nunique() == 2
@@ -278,7 +291,7 @@ def test_logit_and_ptrue_from_a_config(
     }
     res = run(cfg, output=tmp_path / "runs", progress=False)
     t = res.tables["estimator_transfer"]["estimator_transfer"]
-    assert set(t["estimator"]) == {"Logit baseline", "P(True)"} and len(t) == 2 * 2 * 2
+    assert set(t["estimator"]) == {"Logit baseline", "P(True)"} and len(t) == 2 * 2 * 2 * 3
     s = res.tables["estimator_transfer"]["scores"]
     handles = {models[0]: tiny_model, models[1]: load_model(second_model_dir, device="cpu")}
     test = {
@@ -292,7 +305,9 @@ def test_logit_and_ptrue_from_a_config(
             direct = PTrue(model=handles[tr], progress=False).fit().predict_proba(test[m])
         np.testing.assert_allclose(grp["p"].to_numpy(), direct, rtol=1e-5, atol=1e-6)
         row = t[(t["model"] == m) & (t["trained_on"] == tr) & (t["estimator"] == est)]
-        assert row["value"].iloc[0] == pytest.approx(metrics.auroc(grp["correct"], direct))
+        row = row.set_index("metric")
+        assert row.loc["auroc", "value"] == pytest.approx(metrics.auroc(grp["correct"], direct))
+        assert row.loc["prr", "value"] == pytest.approx(metrics.prr(grp["correct"], direct))
     logit = s[s["estimator"] == "Logit baseline"]
     by = {k: g["p"].to_numpy() for k, g in logit.groupby(["model", "trained_on"])}
     for m in models:  # same scores in every column of a row; rows differ

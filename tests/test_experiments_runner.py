@@ -85,7 +85,16 @@ def test_run_folder_manifest_and_result_cache(tmp_path):
     man = json.loads((d / "manifest.json").read_text())
     a = man["analyses"]["fake_count"]
     assert a["seed"] == 0 and a["notes"] == {"size": 3} and not a["from_cache"]
-    assert a["cache"]["fake"] == {"hits": 0, "misses": 1} and "work" in a["timings_s"]
+    assert a["cache"]["fake"] == {"hits": 0, "misses": 1}
+    # ctx.step("work") is a stage; the lookup outside any named step is the analysis' own
+    stages = {s["label"]: s for s in man["stages"] if s["analysis"] == "fake_count"}
+    assert stages["work"]["kind"] == "other" and stages["work"]["wall_s"] > 0
+    own = stages["run fake_count (own code)"]
+    assert (own["kind"], own["cache"], own["caches"]) == (
+        "compute",
+        "miss",
+        {"fake": {"hits": 0, "misses": 1}},
+    )
     assert man["versions"]["torch"] and man["config_hash"]
     # The resolved config re-loads to the same analyses.
     assert load_config(d / "config.yaml").analyses[0].size == 3
@@ -339,7 +348,7 @@ def test_manifest_reads_back_typed(tmp_path):
     out = tmp_path / "runs"
     run({"name": "a", "analysis": "fake_count", "size": 3}, output=out, progress=False)
     man = read_manifest(out / "a")
-    assert isinstance(man, RunManifest) and man.schema_version == 1 and man.run == "a"
+    assert isinstance(man, RunManifest) and man.schema_version == 2 and man.run == "a"
     rec = man.analyses["fake_count"]
     assert (rec.analysis, rec.seed, rec.from_cache, rec.notes) == (
         "fake_count",
@@ -361,6 +370,8 @@ def test_manifest_reads_back_typed(tmp_path):
         _rundir.TaskRecord,
         _rundir.CacheStats,
         _rundir.ExecutorRecord,
+        _rundir.StageRecord,
+        _rundir.StageTotals,
     ):
         undocumented = [n for n, f in cls.model_fields.items() if not f.description]
         assert not undocumented, (cls.__name__, undocumented)
@@ -374,17 +385,25 @@ def test_manifest_versions_and_damage_are_one_line(tmp_path):
     run({"name": "a", "analysis": "fake_count", "size": 3}, output=out, progress=False)
     mpath = out / "a" / "manifest.json"
     data = json.loads(mpath.read_text())
-    # Written before the schema was versioned: same fields, no schema_version -> read.
-    legacy = {k: v for k, v in data.items() if k not in ("schema_version", "executors")}
+    # Written before the schema was versioned (schema 1 fields, no schema_version) -> read.
+    legacy = {
+        k: json.loads(json.dumps(v))  # a copy: data is written again below
+        for k, v in data.items()
+        if k not in ("schema_version", "executors", "stages", "stage_totals")
+    }
     for a in legacy["analyses"].values():
         a.pop("executor")
+        a.pop("stage_totals")
+        a.pop("compute_s")
+        a["timings_s"] = {"work": 0.5}
     mpath.write_text(json.dumps(legacy))
     man = read_manifest(out / "a")
     assert man.analyses["fake_count"].executor is None and man.executors == []
+    assert [(s.label, s.kind, s.self_s) for s in man.stages] == [("work", "other", 0.5)]
     for text, needle in [
         (
-            json.dumps({**data, "schema_version": 2}),
-            "schema_version 2; this knowlens reads version 1",
+            json.dumps({**data, "schema_version": 3}),
+            "schema_version 3; this knowlens reads versions 1 to 2",
         ),
         ("{not json", "is not valid JSON"),
         ("[1, 2]", "must hold a JSON object"),

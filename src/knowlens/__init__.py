@@ -4,6 +4,7 @@
     model = kl.load_model("smollm2-135m-instruct")
     task = kl.load_task("capitals", split="train", limit=200)
     gens = kl.generate(model, task)
+    samples = kl.sample(model, gens, k=10, temperature=1.0, top_p=0.95, seed=0)
     acts = kl.extract(model, gens, layers="all", tokens="exact_answer")
 
 Names are resolved lazily ("module:object"), so ``import knowlens`` stays fast and does not
@@ -27,6 +28,8 @@ _LAZY: dict[str, str] = {
     "generate_texts": "knowlens.generation:generate_texts",
     "Generation": "knowlens.generation:Generation",
     "GenerationSet": "knowlens.generation:GenerationSet",
+    "sample": "knowlens.generation:sample",
+    "SampleSet": "knowlens.generation:SampleSet",
     "extract": "knowlens.activations:extract",
     "extract_texts": "knowlens.activations:extract_texts",
     "ActivationSet": "knowlens.activations:ActivationSet",

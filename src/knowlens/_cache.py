@@ -190,14 +190,15 @@ def verify_entry(directory: str | Path, *, deep: bool = True) -> None:
 def quarantine(directory: str | Path, reason: str) -> Path | None:
     """Move a damaged entry aside to ``cache_root()/.damaged/`` and say so in one line."""
     d = Path(directory)
-    dest = (
+    target = (
         cache_root()
         / ".damaged"
         / f"{d.parent.name}-{d.name}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     )
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    dest: Path | None = target
     try:
-        os.replace(d, dest)
+        os.replace(d, target)
     except FileNotFoundError:
         return None  # another process moved it first
     except OSError:

@@ -1,4 +1,5 @@
-"""Typed records passed between stages: `Generation`, `GenerationSet`, `ActivationSet`.
+"""Typed records passed between stages: `Generation`, `GenerationSet`, `ActivationSet`,
+`Sample`, `SampleSet`, `SampledGenerations`.
 
 They live here (not in their producing modules) so that estimators, experiments and
 executors can depend on the *data* without importing the code that makes it.
@@ -23,7 +24,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["ActivationSet", "Generation", "GenerationSet"]
+__all__ = [
+    "ActivationSet",
+    "Generation",
+    "GenerationSet",
+    "Sample",
+    "SampleSet",
+    "SampledGenerations",
+]
 
 
 @dataclass
@@ -180,6 +188,202 @@ class GenerationSet:
                 f"Cannot read generations from {d} ({type(e).__name__}: {why}); the folder is "
                 "damaged or incomplete: delete it and generate again."
             ) from None
+
+
+@dataclass
+class Sample:
+    """K sampled answers of one example (the same prompt as its greedy ``Generation``).
+
+    Attributes:
+        example_id, task, prompt, user_turn, prompt_ids: as in ``Generation``.
+        texts: the K decoded answers (special tokens and the stop token removed).
+        answer_ids: the K generated token id lists (stop token excluded).
+        token_logprobs: log p(token) under the model's raw distribution (T=1, no top-p).
+        sampling_logprobs: log p(token) under the distribution sampled from (temperature and
+            top-p applied, renormalised); equal to ``token_logprobs`` at T=1, top_p=1.
+        token_entropies: entropy (nats) of the raw next-token distribution at each step.
+        stop_reasons: "eos", "newline" or "length" per sample.
+        correct: each sample graded by the task's grader (None: undecided or no grader).
+        gold: gold answers (canonical first).
+    """
+
+    example_id: str
+    task: str
+    prompt: str
+    user_turn: str | None
+    prompt_ids: list[int]
+    texts: list[str]
+    answer_ids: list[list[int]]
+    token_logprobs: list[list[float]]
+    sampling_logprobs: list[list[float]]
+    token_entropies: list[list[float]]
+    stop_reasons: list[str]
+    correct: list[bool | None]
+    gold: list[str] = field(default_factory=list)
+
+
+def _plain(v: Any) -> Any:
+    """Parquet's nested numpy arrays -> Python lists of Python scalars."""
+    if isinstance(v, (np.ndarray, list, tuple)):
+        return [_plain(x) for x in v]
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _missing_ids(missing: list[str], have: int, what: str, fix: str) -> Any:
+    from knowlens.errors import DataError
+
+    shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+    return DataError(
+        f"{len(missing)} example id(s) are not in the {what} ({have} rows): {shown}; {fix}"
+    )
+
+
+@dataclass
+class SampleSet:
+    """Sampled answers of one model to a set of prompts, plus how they were drawn.
+
+    ``meta`` holds the cache key, model name + fingerprint, task, and the sampling settings
+    (``k``, ``temperature``, ``top_p``, ``seed``, ``max_new_tokens``, ...).
+    """
+
+    rows: list[Sample]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.rows)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.rows[i]
+
+    @property
+    def example_ids(self) -> list[str]:
+        return [r.example_id for r in self.rows]
+
+    @property
+    def k(self) -> int:
+        """Samples per example."""
+        if "k" in self.meta:
+            return int(self.meta["k"])
+        return len(self.rows[0].texts) if self.rows else 0
+
+    def subset(self, ids: Sequence[str] | np.ndarray) -> SampleSet:
+        """Rows selected by example ids (in the given order) or by a boolean/int index array."""
+        if isinstance(ids, np.ndarray) and ids.dtype != object:
+            idx = np.flatnonzero(ids) if ids.dtype == bool else ids
+            return SampleSet([self.rows[int(i)] for i in idx], dict(self.meta))
+        pos = {r.example_id: r for r in self.rows}
+        missing = [str(i) for i in ids if i not in pos]
+        if missing:
+            raise _missing_ids(missing, len(self), "samples", "sample those examples too.")
+        return SampleSet([pos[i] for i in ids], dict(self.meta))
+
+    def align(self, gens: GenerationSet) -> SampleSet:
+        """These samples in the row order of ``gens`` (extra rows dropped). An example of
+        ``gens`` without samples, or sampled from another prompt, is a one-line ``DataError``."""
+        from knowlens.errors import DataError
+
+        pos = {r.example_id: r for r in self.rows}
+        missing = [g.example_id for g in gens.rows if g.example_id not in pos]
+        if missing:
+            raise _missing_ids(
+                missing, len(self), "samples", "draw them with kl.sample(model, gens, ...)."
+            )
+        for g in gens.rows:
+            s = pos[g.example_id]
+            if g.prompt_ids and s.prompt_ids and list(g.prompt_ids) != list(s.prompt_ids):
+                raise DataError(
+                    f"Example '{g.example_id}' was sampled from another prompt than its answer "
+                    f"({len(s.prompt_ids)} vs {len(g.prompt_ids)} prompt tokens); draw the "
+                    "samples from these answers: kl.sample(model, gens, ...)."
+                )
+        return SampleSet([pos[g.example_id] for g in gens.rows], dict(self.meta))
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per example; the per-sample columns are lists of length k."""
+        return pd.DataFrame(
+            [asdict(r) for r in self.rows], columns=[f.name for f in fields(Sample)]
+        )
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, meta: dict[str, Any] | None = None) -> SampleSet:
+        rows = []
+        for rec in df.to_dict("records"):
+            rec = {k: _plain(v) for k, v in rec.items()}
+            if isinstance(rec.get("user_turn"), float):  # NaN from a merged frame
+                rec["user_turn"] = None
+            rec["correct"] = [None if c is None else bool(c) for c in rec["correct"]]
+            rows.append(Sample(**rec))
+        return cls(rows, dict(meta or {}))
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``samples.parquet`` + ``meta.json`` into ``directory`` (not atomic by itself)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.to_frame().to_parquet(d / "samples.parquet", index=False)
+        (d / "meta.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True, default=str))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SampleSet:
+        """Read a folder written by :meth:`save`; a missing or damaged file is a one-line
+        ``DataError``."""
+        d = Path(directory)
+        try:
+            meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").exists() else {}
+            if not isinstance(meta, dict):
+                raise ValueError("meta.json does not hold a JSON object")
+            return cls.from_frame(pd.read_parquet(d / "samples.parquet"), meta)
+        except Exception as e:  # pyarrow, json and pandas raise many types for a bad file
+            from knowlens.errors import DataError
+
+            why = (str(e).splitlines() or [""])[0][:160] or type(e).__name__
+            raise DataError(
+                f"Cannot read samples from {d} ({type(e).__name__}: {why}); the folder is "
+                "damaged or incomplete: delete it and sample again."
+            ) from None
+
+
+@dataclass
+class SampledGenerations:
+    """What a sample-reading estimator gets as X: greedy answers and their samples, aligned
+    (``samples.rows[i].example_id == gens.rows[i].example_id``, checked on construction).
+
+    ``SampledGenerations.of(gens, samples)`` aligns the samples first."""
+
+    gens: GenerationSet
+    samples: SampleSet
+
+    def __post_init__(self) -> None:
+        if self.samples.example_ids != self.gens.example_ids:
+            from knowlens.errors import DataError
+
+            raise DataError(
+                f"SampledGenerations needs samples in the answers' row order ({len(self.gens)} "
+                f"answers, {len(self.samples)} sampled rows, ids differ); build it with "
+                "SampledGenerations.of(gens, samples), which aligns them."
+            )
+
+    @classmethod
+    def of(cls, gens: GenerationSet, samples: SampleSet) -> SampledGenerations:
+        return cls(gens, samples.align(gens))
+
+    def __len__(self) -> int:
+        return len(self.gens)
+
+    @property
+    def example_ids(self) -> list[str]:
+        return self.gens.example_ids
+
+    @property
+    def correct(self) -> np.ndarray:
+        """The greedy answers' labels (``gens.correct``)."""
+        return self.gens.correct
+
+    def subset(self, idx: Sequence[str] | np.ndarray) -> SampledGenerations:
+        """Both sides selected by example ids or a boolean/int index array."""
+        return SampledGenerations(self.gens.subset(idx), self.samples.subset(idx))
 
 
 @dataclass

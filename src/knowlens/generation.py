@@ -1,8 +1,13 @@
-"""Batched greedy generation with token statistics and grading.
+"""Batched greedy and sampled generation with token statistics and grading.
 
     gens = generate(model, task)                      # GenerationSet, rows in task order
     gens.accuracy, gens[0].answer, gens[0].token_logprobs
     outs = generate_texts(model, ["Tell me a joke."], max_new_tokens=32)
+    samples = sample(model, gens, k=10, temperature=1.0, top_p=0.95, seed=0)   # SampleSet
+
+Greedy and sampled answers come from the same loop (``_decode_batch``); only the token
+chooser differs (``Greedy`` / ``TokenSampler``). Sampling prefills each prompt once and
+repeats its KV cache k times; see ``sample``.
 
 How a batch is decoded (one KV-cached loop, no ``model.generate``)::
 
@@ -30,13 +35,15 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import numbers
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -53,9 +60,13 @@ from knowlens._cache import (
     verified_entry,
 )
 from knowlens._progress import progress_bar
-from knowlens._types import Generation, GenerationSet
+from knowlens._types import Generation, GenerationSet, Sample, SampleSet
 from knowlens.errors import DataError, KnowlensError
 from knowlens.models._batch import pad_batch, pad_id
+
+if TYPE_CHECKING:
+    from knowlens.models import ModelHandle
+    from knowlens.tasks import TaskLike
 
 # 2: batch_size is part of the key (log-probs differ by ~1e-6 between batch sizes), entries
 # carry checksums. The later ``user_turn`` column needs no bump: entries without it load with
@@ -65,15 +76,27 @@ _log = logging.getLogger("knowlens.generation")
 
 __all__ = [
     "GENERATION_VERSION",
+    "SAMPLE_VERSION",
     "Generation",
     "GenerationSet",
     "GenerationSettings",
+    "Greedy",
+    "Sample",
+    "SampleSet",
+    "SampleSettings",
+    "TokenChooser",
+    "TokenSampler",
     "char_span_to_token_span",
     "compute_numerics",
     "generate",
     "generate_examples",
     "generate_texts",
     "resolve_max_new_tokens",
+    "sample",
+    "sample_cache_entry",
+    "sample_items",
+    "sample_seed",
+    "top_p_filter",
 ]
 
 
@@ -122,7 +145,7 @@ def resolve_max_new_tokens(max_new_tokens: Any, task: Any) -> int:
     return value
 
 
-def context_limit(model: Any) -> tuple[int, str] | None:
+def context_limit(model: ModelHandle) -> tuple[int, str] | None:
     """(tokens, where it came from) of the model's context window, or None if it declares none:
     the config's position limit, else the tokenizer's ``model_max_length`` when it is a real
     number (HF sets ~1e30 for "unknown")."""
@@ -139,7 +162,7 @@ def context_limit(model: Any) -> tuple[int, str] | None:
 
 
 def check_context(
-    model: Any, examples: Sequence[Any], prompt_lens: Sequence[int], max_new_tokens: int
+    model: ModelHandle, examples: Sequence[Any], prompt_lens: Sequence[int], max_new_tokens: int
 ) -> None:
     """Raise before any forward pass if a prompt + ``max_new_tokens`` exceeds the context: past
     it a model silently produces garbage (e.g. the answer 'A:' to a 9,642-token prompt)."""
@@ -177,11 +200,20 @@ class BatchRecords:
     ``<batch>.json`` per finished batch: its decoded rows, a digest of them and the plan hash
     (cache key + the batch's example ids + prompt token ids). A record whose plan or digest
     does not match is discarded and the batch recomputed; JSON floats round-trip exactly, so a
-    resumed run gives the same bytes as an uninterrupted one.
+    resumed run gives the same bytes as an uninterrupted one. ``row_keys`` / ``rows_per_item``:
+    the keys of one decoded row and rows per example (sampling: k rows with sampling log-probs).
     """
 
-    def __init__(self, directory: Path, key: str) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        key: str,
+        *,
+        row_keys: frozenset[str] | set[str] = frozenset(_ROW_KEYS),
+        rows_per_item: int = 1,
+    ) -> None:
         self.dir, self.key, self.reused = Path(directory), key, 0
+        self.row_keys, self.rows_per_item = set(row_keys), rows_per_item
         clean_stale_tmp(self.dir)  # a record cut off mid-write by a kill
 
     def _plan(self, ids: list[str], prompt_ids: list[list[int]]) -> str:
@@ -200,8 +232,8 @@ class BatchRecords:
             rows = rec["rows"]
             intact = (
                 rec["digest"] == _rows_digest(rows)
-                and len(rows) == len(ids)
-                and all(isinstance(r, dict) and set(r) == _ROW_KEYS for r in rows)
+                and len(rows) == len(ids) * self.rows_per_item
+                and all(isinstance(r, dict) and set(r) == self.row_keys for r in rows)
             )
         except (OSError, ValueError, KeyError, TypeError):
             same_plan = True  # unreadable, not merely another plan
@@ -283,6 +315,87 @@ def char_span_to_token_span(
     return int(covering[0]), int(covering[-1]) + 1
 
 
+# -- choosing the next token -------------------------------------------------------------------
+class TokenChooser(Protocol):
+    """Picks each live row's next token from its float32 logits; ``_decode_batch`` runs the
+    loop around it. ``per_prompt`` rows are decoded for every prompt (after one shared
+    prefill). Returns the tokens and, for a sampler, their log-probs under the distribution
+    sampled from (None: the raw distribution is the one chosen from)."""
+
+    per_prompt: int
+
+    def __call__(
+        self, logits: torch.Tensor, logp: torch.Tensor, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+class Greedy:
+    """Argmax of the raw log-probs: HF ``generate(do_sample=False)``."""
+
+    per_prompt = 1
+
+    def __call__(
+        self, logits: torch.Tensor, logp: torch.Tensor, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return logp.argmax(-1), None
+
+
+def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering exactly as HF's ``TopPLogitsWarper``: keep the smallest set of most
+    probable tokens whose probabilities sum to >= ``top_p`` (always at least one); the rest
+    get -inf. The same ops in the same order, so the kept set is bit-identical to HF's."""
+    sorted_logits, sorted_idx = torch.sort(scores, descending=False)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cum <= (1 - top_p)
+    remove[..., -1:] = False
+    remove = remove.scatter(1, sorted_idx, remove)
+    return scores.masked_fill(remove, -float("inf"))
+
+
+def sample_seed(seed: int, example_id: str, index: int) -> int:
+    """The RNG seed of sample ``index`` of one example: a 63-bit hash of (seed, example id,
+    index), so a sample depends on neither its batch nor whether the run was resumed."""
+    raw = json.dumps([int(seed), str(example_id), int(index)]).encode()
+    return xxhash.xxh3_64_intdigest(raw) & ((1 << 63) - 1)
+
+
+class TokenSampler:
+    """Samples from softmax(logits / temperature) after top-p filtering, one
+    ``torch.Generator`` per row seeded with ``seeds[row]`` (``sample_seed``).
+
+    Each row draws with ``torch.multinomial(probs[row:row+1], 1, generator=...)``, the call HF
+    ``generate(do_sample=True)`` makes on its one-row batch, after HF's processors in HF's
+    order (temperature, then top-p), so for one prompt and K=1 a row seeded s gives HF's tokens
+    after ``torch.manual_seed(s)``. Rows are ``prompt * per_prompt + j``."""
+
+    def __init__(self, seeds: Sequence[int], per_prompt: int, temperature: float, top_p: float):
+        self.seeds, self.per_prompt = [int(s) for s in seeds], int(per_prompt)
+        self.temperature, self.top_p = float(temperature), float(top_p)
+        self._gens: list[torch.Generator] | None = None
+
+    def __call__(
+        self, logits: torch.Tensor, logp: torch.Tensor, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self._gens is None:
+            self._gens = [torch.Generator(logits.device).manual_seed(s) for s in self.seeds]
+        scores = logits / self.temperature if self.temperature != 1.0 else logits
+        if self.top_p < 1.0:  # HF adds no top-p warper at 1.0 either
+            scores = top_p_filter(scores, self.top_p)
+        probs = torch.softmax(scores, dim=-1)
+        tok = torch.cat(
+            [
+                torch.multinomial(probs[i : i + 1], 1, generator=self._gens[r])[0]
+                for i, r in enumerate(rows.tolist())
+            ]
+        )
+        # T=1, top_p=1: scores is logits, so this equals logp exactly
+        slp = torch.log_softmax(scores, dim=-1).gather(1, tok[:, None])[:, 0]
+        return tok, slp
+
+
+_GREEDY = Greedy()
+
+
 # -- the decoding loop -----------------------------------------------------------------------
 def _encode(handle: Any, text: str, templated: bool) -> list[int]:
     # A chat template already writes its own BOS / special tokens; plain text gets the
@@ -291,7 +404,7 @@ def _encode(handle: Any, text: str, templated: bool) -> list[int]:
 
 
 @functools.cache
-def _cache_kwarg_of(cls: type) -> str:
+def _cache_kwarg_of(cls: Any) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
@@ -300,16 +413,27 @@ def _cache_kwarg_of(cls: type) -> str:
 def cache_kwarg(model: Any) -> str:
     """The KV-cache keyword of ``model.forward``: transformers >= 5.2x calls it ``cache``
     (``past_key_values`` warns and goes away in 5.40), older releases ``past_key_values``."""
-    return _cache_kwarg_of(type(model))
+    cls: Any = type(model)
+    return _cache_kwarg_of(cls)
 
 
 @torch.inference_mode()
 def _decode_batch(
-    handle: Any, prompts: list[list[int]], settings: GenerationSettings
+    handle: Any,
+    prompts: list[list[int]],
+    settings: GenerationSettings,
+    chooser: TokenChooser | None = None,
 ) -> list[dict[str, Any]]:
-    """Greedy-decode one batch of token id lists; returns per-row ids, log-probs, entropies."""
+    """Decode one batch of token id lists; returns per-row ids, log-probs, entropies.
+
+    ``chooser`` picks the tokens (default: greedy). With ``chooser.per_prompt = K > 1`` the
+    prompts are prefilled once and their KV cache, last logits, mask and positions repeated K
+    times: rows ``b*K .. b*K+K-1`` continue prompt ``b``. A chooser that returns sampling
+    log-probs adds ``sampling_logprobs`` to each row."""
+    chooser = _GREEDY if chooser is None else chooser
+    K = chooser.per_prompt
     model, dev = handle.model, handle.device
-    B, T = len(prompts), settings.max_new_tokens
+    B, T = len(prompts) * K, settings.max_new_tokens
     ids, mask, pos = pad_batch(prompts, pad_id(handle.tokenizer), side="left")
     ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -320,6 +444,7 @@ def _decode_batch(
 
     out_tok = torch.full((B, T), -1, dtype=torch.long, device=dev)
     out_lp = torch.zeros((B, T), dtype=torch.float32, device=dev)
+    out_slp: torch.Tensor | None = None  # sampling log-probs, if the chooser gives them
     out_ent = torch.zeros((B, T), dtype=torch.float32, device=dev)
     n_gen = torch.zeros(B, dtype=torch.long, device=dev)
     reason = ["length"] * B
@@ -333,10 +458,16 @@ def _decode_batch(
     out = model(
         input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kv
     )
+    last = out.logits[:, -1]
     next_pos = pos[:, -1:] + 1
+    if K > 1:  # one prefill per prompt, K continuations of it
+        cache.batch_repeat_interleave(K)
+        last = last.repeat_interleave(K, dim=0)
+        mask, next_pos = mask.repeat_interleave(K, dim=0), next_pos.repeat_interleave(K, dim=0)
     for t in range(T):
-        logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-        tok = logp.argmax(-1)
+        logits = last.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        tok, slp = chooser(logits, logp, rows)
         lp = logp.gather(1, tok[:, None])[:, 0]
         ent = -(logp.exp() * logp).sum(-1)
         is_eos = eos[tok]
@@ -349,6 +480,10 @@ def _decode_batch(
         out_tok[live, t] = tok[keep]
         out_lp[live, t] = lp[keep]
         out_ent[live, t] = ent[keep]
+        if slp is not None:
+            if out_slp is None:
+                out_slp = torch.zeros((B, T), dtype=torch.float32, device=dev)
+            out_slp[live, t] = slp[keep]
         n_gen[live] += 1
         has_text[live] |= ~blank[tok[keep]]
         if bool(stop.any()):
@@ -366,6 +501,7 @@ def _decode_batch(
         out = model(
             input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **kv
         )
+        last = out.logits[:, -1]
         next_pos = next_pos + 1
     res = []
     tok_np, lp_np, ent_np, n_np = (
@@ -374,22 +510,24 @@ def _decode_batch(
         out_ent.cpu().numpy(),
         n_gen.cpu().numpy(),
     )
+    slp_np = None if out_slp is None else out_slp.cpu().numpy()
     for b in range(B):
         n = int(n_np[b])
-        res.append(
-            {
-                "answer_ids": tok_np[b, :n].tolist(),
-                "token_logprobs": lp_np[b, :n].tolist(),
-                "token_entropies": ent_np[b, :n].tolist(),
-                "stop_reason": reason[b],
-            }
-        )
+        row = {
+            "answer_ids": tok_np[b, :n].tolist(),
+            "token_logprobs": lp_np[b, :n].tolist(),
+            "token_entropies": ent_np[b, :n].tolist(),
+            "stop_reason": reason[b],
+        }
+        if slp_np is not None:
+            row["sampling_logprobs"] = slp_np[b, :n].tolist()
+        res.append(row)
     return res
 
 
 # -- the pure worker -------------------------------------------------------------------------
 def generate_examples(
-    model: Any,
+    model: ModelHandle,
     examples: Sequence[Any],
     prompt_fn: Callable[[Any], str],
     grade_fn: Callable[[Any, str], Any] | None,
@@ -436,10 +574,11 @@ def generate_examples(
             on_batch(len(chunk))
 
     tok = model.tokenizer
-    answers = tok.batch_decode([d["answer_ids"] for d in decoded], skip_special_tokens=True)
+    done = [d for d in decoded if d is not None]  # every row is decoded by now
+    answers = tok.batch_decode([d["answer_ids"] for d in done], skip_special_tokens=True)
     rows = []
     for ex, turn, prompt, pids, d, answer in zip(
-        examples, turns, prompts, ids, decoded, answers, strict=True
+        examples, turns, prompts, ids, done, answers, strict=True
     ):
         correct, grader, chars, exact, span_tok = None, "none", None, None, None
         if grade_fn is not None:
@@ -488,7 +627,7 @@ def compute_numerics(device: Any, threads: int | None = None) -> dict[str, Any]:
 
 
 def generation_cache_entry(
-    model: Any,
+    model: ModelHandle,
     examples: Sequence[Any],
     rendered: Sequence[str],
     settings: GenerationSettings,
@@ -597,8 +736,8 @@ def _compute(
 
 
 def generate(
-    model: Any,
-    task: Any,
+    model: ModelHandle,
+    task: TaskLike,
     *,
     max_new_tokens: int | None = None,
     batch_size: int = 16,
@@ -665,7 +804,7 @@ class _TextExample:
 
 
 def generate_texts(
-    model: Any,
+    model: ModelHandle,
     prompts: Sequence[str],
     *,
     max_new_tokens: int = 64,
@@ -710,6 +849,498 @@ def generate_texts(
         settings,
         {"task": "texts"},
         {"task": "texts", "n": len(examples)},
+        cache=cache,
+        progress=progress,
+    )
+
+
+# -- sampling --------------------------------------------------------------------------------
+# Code version of sample entries (the decoder's own version is in the key too).
+SAMPLE_VERSION = "1"
+_SAMPLE_ROW_KEYS = frozenset({*_ROW_KEYS, "sampling_logprobs"})
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """Sampling settings (all part of the cache key once resolved).
+
+    ``batch_size`` counts prompts: each is prefilled once and decoded as ``k`` rows, so a
+    forward runs up to ``batch_size * k`` sequences. ``max_new_tokens`` / ``stop_on_newline``
+    None: the greedy answers' settings (a ``GenerationSet`` source), else the task's
+    ``max_new_tokens`` and ``True``, as ``generate`` does."""
+
+    k: int = 5
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    max_new_tokens: int | None = None
+    batch_size: int = 16
+    stop_on_newline: bool | None = None
+
+    def validate(self) -> None:
+        _check_positive_int("k", self.k, "k=5")
+        t = self.temperature
+        if (
+            isinstance(t, bool)
+            or not isinstance(t, numbers.Real)
+            or not math.isfinite(float(t))
+            or t <= 0
+        ):
+            raise KnowlensError(
+                f"temperature must be a finite number > 0; got {t!r}. Pass e.g. temperature=1.0 "
+                "(for greedy answers use kl.generate)."
+            )
+        p = self.top_p
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < float(p) <= 1:
+            raise KnowlensError(
+                f"top_p must be a number in (0, 1]; got {p!r}. Pass e.g. top_p=0.95 "
+                "(1.0: no nucleus filtering)."
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise KnowlensError(f"seed must be an integer; got {self.seed!r}. Pass e.g. seed=0.")
+        if self.max_new_tokens is not None:
+            resolve_max_new_tokens(self.max_new_tokens, None)
+        _check_positive_int("batch_size", self.batch_size, "batch_size=16")
+        if self.stop_on_newline is not None and not isinstance(self.stop_on_newline, bool):
+            raise KnowlensError(
+                f"stop_on_newline must be True, False or None; got {self.stop_on_newline!r}. "
+                "Pass e.g. stop_on_newline=True (None: as the greedy answers / generate)."
+            )
+
+
+@dataclass(frozen=True)
+class _SampleItem:
+    """One prompt to sample: its tokens, and the task example that grades its samples."""
+
+    id: str
+    prompt: str
+    user_turn: str | None
+    prompt_ids: list[int]
+    gold: list[str]
+    example: Any = None  # None: ungraded
+
+
+def sample_items(
+    model: Any,
+    items: Sequence[_SampleItem],
+    grade_fn: Callable[[Any, str], Any] | None,
+    settings: SampleSettings,
+    decode: GenerationSettings,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+    resume: BatchRecords | None = None,
+) -> list[Sample]:
+    """Draw ``settings.k`` samples per item (and grade them); pure: no cache, input order.
+
+    ``settings`` must be resolved (``max_new_tokens`` / ``stop_on_newline`` set); ``decode``
+    carries them to the decoder. Batches are formed as ``generate_examples`` forms them
+    (longest prompt first); sample j of item i is seeded ``sample_seed(seed, i.id, j)``."""
+    K = settings.k
+    empty = next((it.id for it in items if not it.prompt_ids), None)
+    if empty is not None:
+        raise DataError(f"Example '{empty}' has an empty prompt; give every example a question.")
+    check_context(model, items, [len(it.prompt_ids) for it in items], decode.max_new_tokens)
+    order = sorted(range(len(items)), key=lambda i: (-len(items[i].prompt_ids), i))
+    decoded: list[list[dict[str, Any]]] = [[] for _ in items]
+    for b, start in enumerate(range(0, len(order), decode.batch_size)):
+        chunk = order[start : start + decode.batch_size]
+        batch_ids = [items[i].id for i in chunk]
+        batch_prompts = [list(items[i].prompt_ids) for i in chunk]
+        got = resume.get(b, batch_ids, batch_prompts) if resume is not None else None
+        if got is None:
+            seeds = [sample_seed(settings.seed, i, j) for i in batch_ids for j in range(K)]
+            chooser = TokenSampler(seeds, K, settings.temperature, settings.top_p)
+            got = _decode_batch(model, batch_prompts, decode, chooser)
+            if resume is not None:
+                resume.put(b, batch_ids, batch_prompts, got)
+        for n, i in enumerate(chunk):
+            decoded[i] = got[n * K : (n + 1) * K]
+        if on_batch is not None:
+            on_batch(len(chunk))
+
+    flat = [d["answer_ids"] for ds in decoded for d in ds]
+    texts = model.tokenizer.batch_decode(flat, skip_special_tokens=True)
+    rows = []
+    for n, (it, ds) in enumerate(zip(items, decoded, strict=True)):
+        answers = texts[n * K : (n + 1) * K]
+        correct: list[bool | None] = [None] * K
+        if grade_fn is not None and it.example is not None:
+            correct = [grade_fn(it.example, a).correct for a in answers]
+        rows.append(
+            Sample(
+                example_id=it.id,
+                task=decode.task,
+                prompt=it.prompt,
+                user_turn=it.user_turn,
+                prompt_ids=list(it.prompt_ids),
+                texts=list(answers),
+                answer_ids=[d["answer_ids"] for d in ds],
+                token_logprobs=[d["token_logprobs"] for d in ds],
+                sampling_logprobs=[d["sampling_logprobs"] for d in ds],
+                token_entropies=[d["token_entropies"] for d in ds],
+                stop_reasons=[d["stop_reason"] for d in ds],
+                correct=correct,
+                gold=list(it.gold),
+            )
+        )
+    return rows
+
+
+def _check_handle(model: Any) -> None:
+    if not all(hasattr(model, a) for a in ("format_prompt", "tokenizer", "target_id")):
+        raise KnowlensError(
+            f"model must be a knowlens ModelHandle; got {type(model).__name__} ({model!r:.60}). "
+            "Load it with knowlens.load_model(...) or wrap it with handle_from_objects(model, tok)."
+        )
+
+
+def sample_cache_entry(
+    model: Any,
+    items: Sequence[_SampleItem],
+    settings: SampleSettings,
+    decode: GenerationSettings,
+    key_parts: dict[str, Any],
+    meta: dict[str, Any],
+    *,
+    numerics: dict[str, Any] | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Cache key and ``SampleSet.meta`` of a sampling run (``settings`` resolved). The key
+    names the prompt tokens, not where they came from, so ``sample(model, task)`` and
+    ``sample(model, generate(model, task))`` share an entry."""
+    numerics = compute_numerics(model.device) if numerics is None else dict(numerics)
+    s = asdict(settings)
+    key = stable_hash(
+        {
+            **key_parts,
+            "kind": "samples",
+            "model": model.target_id,
+            "example_ids": [it.id for it in items],
+            "prompt_ids": stable_hash([list(it.prompt_ids) for it in items], length=32),
+            "prompts": stable_hash([it.prompt for it in items], length=32),
+            "settings": s,  # batch_size too: padding moves log-probs ~1e-6 (as for generate)
+            "use_chat_template": decode.use_chat_template,
+            "numerics": numerics,
+            "code": [SAMPLE_VERSION, GENERATION_VERSION],
+        }
+    )
+    fp = model.fingerprint
+    full_meta = {
+        "model": model.name,
+        "model_fingerprint": fp,
+        "fingerprint": fp,  # the contract's name; model_fingerprint as in GenerationSet.meta
+        "target_id": model.target_id,
+        **s,
+        "settings": {**s, "use_chat_template": decode.use_chat_template},
+        "numerics": numerics,
+        "cache_key": key,
+        "code_version": SAMPLE_VERSION,
+        **meta,
+    }
+    return key, full_meta
+
+
+def _run_sample_cached(
+    model: Any,
+    items: list[_SampleItem],
+    grade_fn: Callable[[Any, str], Any] | None,
+    settings: SampleSettings,
+    decode: GenerationSettings,
+    key_parts: dict[str, Any],
+    meta: dict[str, Any],
+    *,
+    cache: bool,
+    progress: bool,
+) -> SampleSet:
+    key, meta = sample_cache_entry(model, items, settings, decode, key_parts, meta)
+
+    def compute(resume: BatchRecords | None) -> SampleSet:
+        t0 = time.perf_counter()
+        what = f"sample {model.name} · {decode.task} · k={settings.k}"
+        with progress_bar(len(items), what, progress) as adv:
+            rows = sample_items(
+                model, items, grade_fn, settings, decode, on_batch=adv, resume=resume
+            )
+        meta["seconds"] = round(time.perf_counter() - t0, 3)
+        meta["n_answer_tokens"] = int(sum(len(a) for r in rows for a in r.answer_ids))
+        meta["batches_reused"] = resume.reused if resume is not None else 0
+        return SampleSet(rows, meta)
+
+    if not cache:
+        ss = compute(None)
+        ss.meta["cache_hit"] = False
+        return ss
+    # As _run_cached: one writer per entry, verified reads, per-batch resume, atomic publish.
+    with entry_lock("samples", key):
+        entry = verified_entry("samples", key)  # damaged -> warned, moved aside, None
+        if entry is not None:
+            try:
+                ss = SampleSet.load(entry)
+            except DataError as e:  # intact bytes that still do not parse (foreign writer)
+                quarantine(entry, str(e))
+            else:
+                ss.meta["cache_hit"] = True
+                return ss
+        resume = BatchRecords(
+            entry_dir("samples", f".partial-{key}"),
+            key,
+            row_keys=_SAMPLE_ROW_KEYS,
+            rows_per_item=settings.k,
+        )
+        ss = compute(resume)
+        with atomic_dir(entry_dir("samples", key)) as tmp:  # checksums written too
+            ss.save(tmp)
+        resume.discard()
+    ss.meta["cache_hit"] = False
+    return ss
+
+
+def _check_limit(limit: Any) -> None:
+    if limit is not None:
+        _check_positive_int("limit", limit, "limit=50 (None: all examples)")
+
+
+def _task_plan(
+    model: Any, task: Any, settings: SampleSettings, limit: int | None
+) -> tuple[list[_SampleItem], Any, SampleSettings, GenerationSettings, dict[str, Any]]:
+    examples = list(getattr(task, "examples", None) or [])[:limit]
+    name = str(getattr(task, "name", "task"))
+    if not examples:
+        raise DataError(
+            f"Task '{name}' has no examples; check its split/limit (e.g. load_task('{name}', limit=50))."
+        )
+    resolved = replace(
+        settings,
+        max_new_tokens=resolve_max_new_tokens(settings.max_new_tokens, task),
+        stop_on_newline=True if settings.stop_on_newline is None else settings.stop_on_newline,
+    )
+    decode = _decode_settings(resolved, use_chat_template=True, task=name)
+    templated = model.has_chat_template
+    items = []
+    for ex in examples:
+        turn = task.prompt(ex)
+        prompt = model.format_prompt(turn, use_chat_template=True)
+        gold = [str(a) for a in getattr(ex, "answers", ())]
+        items.append(
+            _SampleItem(str(ex.id), prompt, turn, _encode(model, prompt, templated), gold, ex)
+        )
+    parts = {
+        "task": name,
+        "task_version": str(getattr(task, "version", "0")),
+        "split": getattr(task, "split", None),
+    }
+    return items, task.grade, resolved, decode, parts
+
+
+def _decode_settings(
+    s: SampleSettings, *, use_chat_template: bool, task: str
+) -> GenerationSettings:
+    assert s.max_new_tokens is not None and s.stop_on_newline is not None  # resolved
+    return GenerationSettings(
+        max_new_tokens=s.max_new_tokens,
+        batch_size=s.batch_size,
+        use_chat_template=use_chat_template,
+        stop_on_newline=s.stop_on_newline,
+        task=task,
+    )
+
+
+_GRADING_TASKS: dict[tuple[str, str], Any] = {}
+
+
+def _grading_task(meta: dict[str, Any], name: str | None) -> Any:
+    """The task that grades samples of a ``GenerationSet``: loaded by the name and split in
+    ``gens.meta`` (its version hashes the loaded subset, so examples are matched by id and
+    gold answers instead); None (ungraded, with a warning) if it does not load."""
+    if name in (None, "texts", "serve"):
+        return None  # free-form texts have no grader
+    from knowlens.tasks import load_task
+
+    at = (str(name), str(meta.get("split") or "test"))
+    try:
+        if at not in _GRADING_TASKS:  # every call needs it (the key says "graded"): load once
+            _GRADING_TASKS[at] = load_task(at[0], split=at[1])
+        return _GRADING_TASKS[at]
+    except KnowlensError as e:
+        _log.warning("knowlens: samples of task '%s' are ungraded (pass task=): %s", name, e)
+        return None
+
+
+def _generations_plan(
+    model: Any,
+    gens: GenerationSet,
+    settings: SampleSettings,
+    limit: int | None,
+    task: Any,
+) -> tuple[list[_SampleItem], Any, SampleSettings, GenerationSettings, dict[str, Any]]:
+    rows = list(gens.rows)[:limit]
+    if not rows:
+        raise DataError("sample got a GenerationSet with no rows; generate some answers first.")
+    meta = dict(gens.meta)
+    gset: dict[str, Any] = meta.get("settings") or {}
+    gset = gset if isinstance(gset, dict) else {}
+    names = sorted({r.task for r in rows})
+    name = meta.get("task") or (names[0] if len(names) == 1 else None)
+    max_new = settings.max_new_tokens
+    if max_new is None:
+        max_new = gset.get("max_new_tokens")
+    if max_new is None:
+        if task is None:
+            raise KnowlensError(
+                "sample: these answers do not record max_new_tokens (no gens.meta['settings']); "
+                "pass max_new_tokens=, e.g. max_new_tokens=32."
+            )
+        max_new = resolve_max_new_tokens(None, task)
+    stop = settings.stop_on_newline
+    if stop is None:
+        stop = bool(gset.get("stop_on_newline", True))  # generate's default
+    resolved = replace(
+        settings, max_new_tokens=resolve_max_new_tokens(max_new, None), stop_on_newline=stop
+    )
+    use_template = bool(gset.get("use_chat_template", True))
+    decode = _decode_settings(resolved, use_chat_template=use_template, task=str(name or "texts"))
+    grader = task if task is not None else _grading_task(meta, name)
+    by_id = {str(ex.id): ex for ex in getattr(grader, "examples", None) or []}
+    # an example graded against other gold answers than its greedy answer's would mislead
+    by_id = {
+        r.example_id: by_id[r.example_id]
+        for r in rows
+        if r.example_id in by_id
+        and [str(a) for a in getattr(by_id[r.example_id], "answers", ())] == list(r.gold)
+    }
+    if grader is not None:
+        lost = [r.example_id for r in rows if r.example_id not in by_id]
+        if lost:
+            _log.warning(
+                "knowlens: %d of %d sampled examples are not in task '%s' with the answers' "
+                "gold (e.g. '%s'): their samples are ungraded (pass task=)",
+                len(lost),
+                len(rows),
+                getattr(grader, "name", name),
+                lost[0],
+            )
+    items = [
+        _SampleItem(
+            r.example_id,
+            r.prompt,
+            r.user_turn,
+            list(r.prompt_ids),
+            list(r.gold),
+            by_id.get(r.example_id),
+        )
+        for r in rows
+    ]
+    parts = {
+        "task": decode.task,
+        "task_version": str(meta.get("task_version", getattr(grader, "version", "0"))),
+        "split": meta.get("split"),
+    }
+    grade_fn = grader.grade if grader is not None and by_id else None
+    return items, grade_fn, resolved, decode, parts
+
+
+def sample(
+    model: ModelHandle | str,
+    source: Any,
+    *,
+    k: int = 5,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    stop_on_newline: bool | None = None,
+    limit: int | None = None,
+    split: str | None = None,
+    task: Any = None,
+    cache: bool = True,
+    progress: bool = True,
+) -> SampleSet:
+    """``k`` sampled answers per example, beside ``generate``'s greedy ones.
+
+    >>> gens = kl.generate(model, kl.load_task("capitals", limit=32))
+    >>> samples = kl.sample(model, gens, k=10, temperature=1.0, top_p=0.95, seed=0)
+    >>> samples[0].texts, samples[0].correct, samples.align(gens)
+
+    Args:
+        model: a ``ModelHandle`` or a model spec for ``load_model``.
+        source: a ``Task``, a task name (loaded with ``split`` / ``limit``) or a
+            ``GenerationSet`` (its rows' exact prompt tokens, its decoding settings; samples
+            graded by ``task`` or by the task named in ``gens.meta`` when it loads at the
+            same version, else ``correct=None`` with a warning).
+        k: samples per example (they share one prefill of the prompt).
+        temperature: > 0; the logits are divided by it (greedy: use ``generate``).
+        top_p: nucleus filtering as HF's ``TopPLogitsWarper``, in (0, 1] (1: none).
+        seed: sample j of example e uses ``torch.Generator`` seeded
+            ``sample_seed(seed, e, j)``: the same sample whatever the batch or a resume.
+        max_new_tokens, stop_on_newline: None -> the answers' settings (``GenerationSet``) or
+            the task's ``max_new_tokens`` and True.
+        batch_size: prompts per batch (each decoded as ``k`` rows); part of the cache key.
+        limit: the first ``limit`` examples / rows.
+        split: with a task name, the split to load (default "test"); with a Task or a
+            GenerationSet it must be theirs.
+        task: with a ``GenerationSet``, the task whose grader grades the samples.
+        cache: reuse / store under a content-addressed key (verified, locked, resumable).
+        progress: show a progress bar.
+
+    Returns:
+        ``SampleSet`` in source order; ``meta`` names model, task, settings and cache key.
+    """
+    settings = SampleSettings(
+        k=k,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        stop_on_newline=stop_on_newline,
+    )
+    settings.validate()  # before any model or task is loaded
+    _check_limit(limit)
+    settings = replace(settings, temperature=float(temperature), top_p=float(top_p), seed=int(seed))
+    if split is not None and not isinstance(split, str):
+        raise KnowlensError(f"split must be a split name; got {split!r}. Pass e.g. split='test'.")
+    if isinstance(source, (str, os.PathLike)):
+        from knowlens.tasks import load_task
+
+        source = load_task(os.fspath(source), split=split or "test", limit=limit)
+    is_gens = isinstance(source, GenerationSet)
+    if not is_gens and not all(hasattr(source, a) for a in ("examples", "prompt", "grade")):
+        raise KnowlensError(
+            f"sample: source must be a Task, a task name or a GenerationSet; got "
+            f"{type(source).__name__}. Pass e.g. kl.load_task('capitals', limit=32)."
+        )
+    have = source.meta.get("split") if is_gens else getattr(source, "split", None)
+    if split is not None and have != split:
+        raise KnowlensError(
+            f"sample: split='{split}' was given, but the {'answers are' if is_gens else 'task is'} "
+            f"of split {have!r}; drop split= or pass the task name with split='{split}'."
+        )
+    if task is not None and not is_gens:
+        raise KnowlensError(
+            "sample: task= grades the samples of a GenerationSet; with a task source drop task=."
+        )
+    if isinstance(model, (str, os.PathLike)):
+        from knowlens.models import load_model
+
+        model = load_model(model)
+    _check_handle(model)
+    if is_gens:
+        items, grade_fn, resolved, decode, parts = _generations_plan(
+            model, source, settings, limit, task
+        )
+        extra = {"source": "generations", "generations_key": source.meta.get("cache_key")}
+    else:
+        items, grade_fn, resolved, decode, parts = _task_plan(model, source, settings, limit)
+        extra = {"source": "task"}
+    parts = {**parts, "graded": grade_fn is not None}
+    return _run_sample_cached(
+        model,
+        items,
+        grade_fn,
+        resolved,
+        decode,
+        parts,
+        {**parts, **extra, "n": len(items)},
         cache=cache,
         progress=progress,
     )

@@ -9,7 +9,8 @@ anywhere rebuilds its figures and report. It imports only the analysis registry,
 folder module (:mod:`knowlens.experiments._rundir`) and the contract (:mod:`knowlens.config`). It shows what was run (models
 with fingerprints, tasks and sizes, the resolved config, versions), accuracy per task and
 model, then one block per analysis: each figure with a caption and its key numbers, and the
-tables, sortable by clicking a column header.
+tables, sortable by clicking a column header; last, "Where the time went": each analysis'
+stages from ``manifest.stages`` (seconds, slowest first, cache hits), and the run's total.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from knowlens.config import AnalysisConfig, RunConfig, Section, report_sections
 from knowlens.experiments._registry import get_analysis
 from knowlens.experiments._rundir import (
     RunManifest,
+    StageRecord,
     figure_files,
     figures_dir,
     read_config,
@@ -196,6 +198,102 @@ def _run_summary(rc: RunConfig, manifest: RunManifest | None) -> str:
     return "\n".join(parts)
 
 
+def _stage_rows(stages: list[StageRecord], parents: dict[int, StageRecord]) -> pd.DataFrame:
+    """One row per stage, slowest (own seconds) first."""
+    total = sum(s.self_s for s in stages) or 1.0
+    rows = [
+        {
+            "stage": s.label,
+            "kind": s.kind,
+            "model": s.model or "",
+            "seconds": s.self_s,
+            "incl. nested s": s.wall_s,
+            "share %": round(100 * s.self_s / total, 1),
+            "cache": s.cache or "",
+            "hits": s.hits,
+            "misses": s.misses,
+            "lookups": ", ".join(
+                f"{k}: {c.hits} hit, {c.misses} miss" for k, c in s.caches.items()
+            ),
+            "inside": parents[s.parent].label if s.parent in parents else "",
+        }
+        for s in sorted(stages, key=lambda s: -s.self_s)
+    ]
+    return pd.DataFrame(rows)
+
+
+def _time_section(manifest: RunManifest | None, order: list[str]) -> str:
+    """The "Where the time went" section: per analysis its stages slowest first with their
+    cache outcomes, then the run's own stages and total (all from ``manifest.stages``);
+    analyses in ``order`` (the config's), then any other the manifest holds."""
+    parts = ['<h2 id="time">Where the time went</h2>']
+    if manifest is None or not manifest.stages:
+        return parts[0] + '<p class="note">no stage times recorded for this run.</p>'
+    parents = dict(enumerate(manifest.stages))
+    tot = manifest.stage_totals
+    wall = f"{_fmt(manifest.wall_s)} s wall" if manifest.wall_s is not None else "wall unknown"
+    counts = f"{tot.n_stages} stages, {_fmt(tot.stages_s)} s" if tot else ""
+    cache = f"; cache lookups: {tot.hits} hits, {tot.misses} misses" if tot else ""
+    parts.append(
+        f"<p>Run total: <b>{_esc(wall)}</b> ({_esc(counts)}{_esc(cache)}). A stage's "
+        "<i>seconds</i> are its own, without the stages nested in it (shown under "
+        "<i>incl. nested</i> and named in <i>inside</i>), so they add up without counting a "
+        "second twice; <i>compute</i> is the analysis' own code outside its named stages. "
+        "A rerun that reuses caches shows hits and near-zero seconds.</p>"
+    )
+    keys = [k for k in order if k in manifest.analyses]
+    for key in keys + [k for k in manifest.analyses if k not in keys]:
+        rec = manifest.analyses[key]
+        own = [s for s in manifest.stages if s.analysis == key]
+        t = rec.stage_totals
+        by_time = sorted(t.by_kind.items(), key=lambda kv: -kv[1])
+        kinds = ", ".join(f"{k} {_fmt(v)} s" for k, v in by_time)
+        made = ""
+        if rec.from_cache:
+            took = f" in {_fmt(rec.compute_s)} s" if rec.compute_s is not None else ""
+            made = f" Tables from the result cache (computed{took} by the run that made them)."
+        parts.append(
+            f'<h3 id="time-{_esc(key)}">{_esc(key)}</h3><p class="sub">{_fmt(t.stages_s)} s in '
+            f"{t.n_stages} stages of {_fmt(rec.wall_s)} s wall; cache lookups: {t.hits} hits, "
+            f"{t.misses} misses. By kind: {_esc(kinds)}.{_esc(made)}</p>"
+        )
+        if own:
+            parts.append(table_html(_stage_rows(own, parents)))
+    run_own = [s for s in manifest.stages if s.analysis is None]
+    if run_own:
+        parts += ["<h3>The run itself</h3>", table_html(_stage_rows(run_own, parents))]
+    return "\n".join(parts)
+
+
+#: what each metric of the analyses' tables means (``metric`` column; ``baseline_<m>`` too)
+METRIC_NOTES = {
+    "auroc": "AUROC: area under the ROC curve of P(correct) against correctness "
+    "(0.5 = chance, 1 = perfect ranking)",
+    "ece": "ECE: expected calibration error, 10 equal-width bins on max(p, 1-p) "
+    "(0 = calibrated, lower is better)",
+    "ece_pcorrect": "ECE (P(correct), 20 bins): calibration error binned on P(correct) itself",
+    "brier": "Brier: mean (p - y)^2 (lower is better)",
+    "prr": "PRR: prediction-rejection ratio (Malinin et al.; LM-Polygraph's PRR), the area "
+    "under the accuracy-vs-rejection curve when the least confident answers are rejected "
+    "first, normalised so that 1 = oracle ranking, 0 = random, < 0 = worse than random",
+}
+
+
+def _metric_legend(tables: dict[str, pd.DataFrame]) -> str:
+    """One line naming the metrics the analysis' tables report (with their CIs)."""
+    seen: list[str] = []
+    for df in tables.values():
+        if "metric" in df:
+            for m in dict.fromkeys(df["metric"].astype(str)):
+                m = m.removeprefix("baseline_")
+                if m in METRIC_NOTES and m not in seen:
+                    seen.append(m)
+    if not seen:
+        return ""
+    items = "; ".join(_esc(METRIC_NOTES[m]) for m in seen)
+    return f'<p class="sub metrics">Metrics (value with a bootstrap 95% interval): {items}.</p>'
+
+
 def build_report(run_dir: str | Path, *, redraw: bool = True) -> Path:
     """Write ``<run_dir>/report.html`` from the run folder; ``redraw`` re-renders figures
     from the saved tables first (what ``knowlens report`` does). Returns the report path."""
@@ -220,6 +318,7 @@ def build_report(run_dir: str | Path, *, redraw: bool = True) -> Path:
         maker = report_sections(get_analysis(acfg.analysis))
         sections = maker(tables, figs) if maker else _default_sections(acfg.key, tables, figs)
         blocks.append(f'<h2 id="{_esc(acfg.key)}">{_esc(acfg.key)}</h2>')
+        blocks.append(_metric_legend(tables))
         for sec in sections:
             blocks.append(f"<h3>{_esc(sec.title)}</h3>")
             if sec.key_numbers:
@@ -274,10 +373,11 @@ def build_report(run_dir: str | Path, *, redraw: bool = True) -> Path:
         f"</title><link rel='icon' href='data:,'><style>{_CSS}</style></head><body>"
         f"<h1>{_esc(title)}</h1><p class='sub'>run folder <code>{_esc(run_dir)}</code>"
         f"{' · started ' + _esc(started) if started else ''} · {n_figs} figures · knowlens "
-        f"{_esc(version)}</p>"
+        f"{_esc(version)} · <a href='#time'>where the time went</a></p>"
         + _run_summary(rc, manifest)
         + acc_html
         + "\n".join(blocks)
+        + _time_section(manifest, [a.key for a in rc.analyses])
         + f"<script>{_JS}</script></body></html>"
     )
     out = report_path(run_dir)

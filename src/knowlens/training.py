@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -53,6 +53,9 @@ from knowlens._cache import (
 )
 from knowlens._progress import progress_bar
 from knowlens.errors import ConfigError, KnowlensError
+
+if TYPE_CHECKING:
+    from knowlens.models import ModelHandle
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -74,7 +77,7 @@ _log = logging.getLogger("knowlens.training")
 # -- adapters ----------------------------------------------------------------------------------
 @contextlib.contextmanager
 def lora_attached(
-    handle: Any,
+    handle: ModelHandle | torch.nn.Module,
     *,
     r: int,
     alpha: int,
@@ -151,15 +154,20 @@ def adapter_state(pm: Any) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().float().numpy() for k, v in get_peft_model_state_dict(pm).items()}
 
 
-def trainable_parameters(module: Any, prefix: str = "") -> dict[str, Any]:
+def trainable_parameters(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
     """``{prefix + name: parameter}`` of the parameters that require grad, in module order."""
     return {f"{prefix}{n}": p for n, p in module.named_parameters() if p.requires_grad}
 
 
 # -- the response-only next-token loss -----------------------------------------------------------
 def response_loss(
-    model: Any, ids: Any, labels: Any, attention: Any, device: Any, weights: Any = None
-) -> Any:
+    model: Callable[..., Any],
+    ids: torch.Tensor,
+    labels: torch.Tensor,
+    attention: torch.Tensor,
+    device: torch.device | str,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Weighted mean next-token cross-entropy over response tokens (labels != -100).
 
     ``weights`` (same shape as ``labels``) weight each response token; positions whose label
@@ -193,7 +201,7 @@ def response_loss(
 class ParamGroup:
     """One AdamW parameter group: named parameters (names key the checkpoints) + initial lr."""
 
-    params: Mapping[str, Any]
+    params: Mapping[str, torch.Tensor]
     lr: float
 
 
@@ -264,7 +272,9 @@ def train_loop(
         weight_decay=weight_decay,
     )
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    start, history, skipped = 0, [], []
+    start = 0
+    history: list[float] = []
+    skipped: list[str] = []
     if ckpt is not None:
         clean_stale_tmp(ckpt)  # checkpoint folders cut off mid-write by a kill
         start, history, skipped = _resume(ckpt, names, params, opt, steps)
@@ -274,8 +284,8 @@ def train_loop(
     with progress_bar(steps - start, what, progress) as advance:
         for step in range(start, steps):
             factor = 1.0 if lr_lambda is None else lr_lambda(step)
-            for g in opt.param_groups:
-                g["lr"] = g["initial_lr"] * factor
+            for pg in opt.param_groups:
+                pg["lr"] = pg["initial_lr"] * factor
             try:
                 batch = next(it)
             except StopIteration:
@@ -319,7 +329,9 @@ def _rng_state() -> tuple[dict[str, Any], dict[str, Any]]:
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
     v, state, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # legacy=True (the default) returns the tuple form, never the dict
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state(legacy=True))
+    name, keys, pos, has_gauss, cached = np_state
     js = {
         "python": [v, list(state), gauss],
         "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],

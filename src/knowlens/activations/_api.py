@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from knowlens.activations._extract import (
 from knowlens.activations._store import ShardStore
 from knowlens.errors import DataError, KnowlensError
 
+if TYPE_CHECKING:
+    from knowlens.models import ModelHandle
+
 ACTIVATIONS_VERSION = "1"
 SHARD_BYTES = 256 * 2**20  # rows per shard are chosen so one shard holds about this much
 _log = logging.getLogger(__name__)
@@ -45,14 +48,14 @@ def items_from_generations(gens: GenerationSet | Sequence[Generation]) -> list[E
             id=str(g.example_id),
             ids=tuple(int(i) for i in (*g.prompt_ids, *g.answer_ids)),
             prompt_len=len(g.prompt_ids),
-            span=None if g.exact_answer_tokens is None else tuple(g.exact_answer_tokens),
+            span=None if (sp := g.exact_answer_tokens) is None else (int(sp[0]), int(sp[1])),
         )
         for g in gens
     ]
 
 
 def items_from_texts(
-    model: Any, texts: Sequence[str], ids: Sequence[str] | None = None
+    model: ModelHandle, texts: Sequence[str], ids: Sequence[str] | None = None
 ) -> list[ExtractItem]:
     """Token ids of raw texts (the tokenizer's usual special tokens, no chat template)."""
     enc = model.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
@@ -66,7 +69,7 @@ def items_from_texts(
 
 
 def check_extract_inputs(
-    model: Any,
+    model: ModelHandle,
     gens: GenerationSet | Sequence[Generation],
     tokens: str,
     dtype: str,
@@ -88,7 +91,7 @@ def check_extract_inputs(
     return rows
 
 
-def _check_common(model: Any, max_positions: int, batch_size: int) -> None:
+def _check_common(model: ModelHandle, max_positions: int, batch_size: int) -> None:
     for name, v in (("max_positions", max_positions), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise KnowlensError(
@@ -124,14 +127,14 @@ class ExtractionPlan:
 _OVERFLOWS: dict[str, float] = {}  # fingerprint -> max |x| seen beyond float16 (this process)
 
 
-def _ranges_file(model: Any) -> Path | None:
+def _ranges_file(model: ModelHandle) -> Path | None:
     try:
         return cache_root() / "model-ranges" / f"{model.fingerprint}.json"
     except KnowlensError:  # an unwritable cache only matters to runs that use it
         return None
 
 
-def known_float16_overflow(model: Any) -> float | None:
+def known_float16_overflow(model: ModelHandle) -> float | None:
     """Largest |value| beyond float16 seen for this model (in this process, or remembered in
     ``cache_root()/model-ranges/<fingerprint>.json``), or None if none is known."""
     if model.fingerprint in _OVERFLOWS:
@@ -147,7 +150,7 @@ def known_float16_overflow(model: Any) -> float | None:
     return big
 
 
-def remember_float16_overflow(model: Any, max_abs: float) -> None:
+def remember_float16_overflow(model: ModelHandle, max_abs: float) -> None:
     """Record that this model's hidden states exceed float16 (later ``auto`` runs use float32)."""
     big = max(float(max_abs), known_float16_overflow(model) or 0.0)
     _OVERFLOWS[model.fingerprint] = big
@@ -164,7 +167,7 @@ def remember_float16_overflow(model: Any, max_abs: float) -> None:
             )
 
 
-def resolve_dtype(model: Any, dtype: str) -> tuple[str, str | None]:
+def resolve_dtype(model: ModelHandle, dtype: str) -> tuple[str, str | None]:
     """The storage dtype to use and, for ``auto``, why (recorded as ``dtype_auto``)."""
     if dtype != "auto":
         return dtype, None
@@ -176,7 +179,7 @@ def resolve_dtype(model: Any, dtype: str) -> tuple[str, str | None]:
 
 
 def plan_extraction(
-    model: Any,
+    model: ModelHandle,
     items: list[ExtractItem],
     *,
     layers: str | int | Sequence[int],
@@ -245,7 +248,7 @@ def plan_extraction(
 
 
 def run_extraction(
-    model: Any,
+    model: ModelHandle,
     items: list[ExtractItem],
     *,
     layers: str | int | Sequence[int],
@@ -298,7 +301,7 @@ def run_extraction(
 
 
 def _run_in_memory(
-    model: Any,
+    model: ModelHandle,
     items: list[ExtractItem],
     plan: ExtractionPlan,
     progress: bool,
@@ -333,7 +336,7 @@ def _run_in_memory(
 
 
 def _run_cached(
-    model: Any,
+    model: ModelHandle,
     items: list[ExtractItem],
     plan: ExtractionPlan,
     progress: bool,
@@ -399,7 +402,7 @@ def _run_cached(
     return _result(values, mask_, pos_, man, cache_hit=False, path=str(store.final))
 
 
-def auto_float16_overflowed(model: Any, plan: ExtractionPlan, acts: ActivationSet) -> bool:
+def auto_float16_overflowed(model: ModelHandle, plan: ExtractionPlan, acts: ActivationSet) -> bool:
     """For executors whose workers clamp without reporting it: True if an ``auto`` float16
     result saturated (|x| = 65504); the model is then remembered as overflowing and the entry
     removed, so the caller reruns (in float32). An explicit float16 result only warns."""
@@ -417,7 +420,7 @@ def auto_float16_overflowed(model: Any, plan: ExtractionPlan, acts: ActivationSe
     return True
 
 
-def _warn_overflow(overflow: float, model: Any) -> float:
+def _warn_overflow(overflow: float, model: ModelHandle) -> float:
     if overflow > 0:
         remember_float16_overflow(model, overflow)
         _log.warning(
@@ -452,7 +455,7 @@ def _result(
 
 
 def extract(
-    model: Any,
+    model: ModelHandle,
     gens: GenerationSet | Sequence[Generation],
     *,
     layers: str | int | Sequence[int] = "all",
@@ -508,7 +511,7 @@ def extract(
 
 
 def extract_texts(
-    model: Any,
+    model: ModelHandle,
     texts: Sequence[str],
     *,
     layers: str | int | Sequence[int] = "all",

@@ -19,9 +19,10 @@ requested point: later blocks and the LM head never run.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ import torch
 from knowlens.activations._hooks import HookPoint, Trace, run_until_stop
 from knowlens.errors import KnowlensError, did_you_mean
 from knowlens.models._batch import pad_batch, pad_id
+
+if TYPE_CHECKING:
+    from knowlens.models import ModelHandle
 
 SELECTORS = (
     "last_prompt",
@@ -98,7 +102,7 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
-def resolve_layers(model: Any, layers: str | int | Sequence[int]) -> tuple[int, ...]:
+def resolve_layers(model: ModelHandle, layers: str | int | Sequence[int]) -> tuple[int, ...]:
     """Hidden-state indices (sorted) from "all", an int or a list (negatives count back); an
     index named twice (e.g. 3 and -2 with 4 layers) is a one-line ``KnowlensError``."""
     n = model.n_layers
@@ -206,7 +210,7 @@ def final_norm(model: torch.nn.Module) -> torch.nn.Module | None:
     return None
 
 
-def hook_points(handle: Any, layers: Sequence[int]) -> list[HookPoint]:
+def hook_points(handle: ModelHandle, layers: Sequence[int]) -> list[HookPoint]:
     """Where each hidden-state index is read (see the module docstring)."""
     blocks, n = handle.decoder_layers(), handle.n_layers
     points = []
@@ -229,7 +233,7 @@ def hook_points(handle: Any, layers: Sequence[int]) -> list[HookPoint]:
 # -- the pure worker -------------------------------------------------------------------------
 @torch.inference_mode()
 def extract_batch(
-    model: Any,
+    model: ModelHandle,
     items: Sequence[ExtractItem],
     spec: ExtractSpec,
     *,
@@ -290,11 +294,8 @@ def extract_batch(
             write = _clamped(write, overflow)
         with Trace(points, write, stop_after=len(points) - 1, counter=counter):
             run_until_stop(
-                lambda ids=ids, am=am, pos=pos: model.model(
-                    input_ids=ids,
-                    attention_mask=am,
-                    position_ids=pos,
-                    use_cache=False,
+                functools.partial(
+                    model.model, input_ids=ids, attention_mask=am, position_ids=pos, use_cache=False
                 )
             )
         if stop_on_overflow and overflow:

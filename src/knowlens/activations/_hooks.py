@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -22,8 +22,8 @@ class StopForward(Exception):
     """Raised inside a hook to end the forward pass once the last needed output exists."""
 
 
-class OutputFn(Protocol):
-    def __call__(self, index: int, output: torch.Tensor) -> None: ...
+#: ``on_output(index, hidden)``, called positionally (writers name their arguments freely)
+OutputFn = Callable[[int, torch.Tensor], None]
 
 
 def first_tensor(output: Any) -> torch.Tensor:

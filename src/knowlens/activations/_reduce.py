@@ -13,7 +13,7 @@ Nothing is cached (the result depends on the reducer, not only on the inputs).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from knowlens.activations._extract import (
     selected_positions,
 )
 from knowlens.errors import DataError, KnowlensError
+
+if TYPE_CHECKING:
+    from knowlens.models import ModelHandle
 
 
 class Reducer(Protocol):
@@ -100,7 +103,7 @@ class PositionMoments:
 
 
 def reduce_items(
-    model: Any,
+    model: ModelHandle,
     items: Sequence[ExtractItem],
     reducer: Reducer,
     *,
@@ -147,7 +150,7 @@ def reduce_items(
 
 
 def reduce_texts(
-    model: Any,
+    model: ModelHandle,
     texts: Sequence[str],
     reducer: Reducer,
     *,

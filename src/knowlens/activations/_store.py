@@ -53,7 +53,8 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 def rows_digest(rows: np.ndarray) -> str:
     """xxh3-128 of the bytes of a contiguous block of rows (a memmap slice is not copied)."""
-    return xxhash.xxh3_128(np.ascontiguousarray(rows)).hexdigest()
+    # .data (a memoryview, no copy): ndarray is a Buffer to mypy only with Python >= 3.12 stubs
+    return xxhash.xxh3_128(np.ascontiguousarray(rows).data).hexdigest()
 
 
 class ShardStore:

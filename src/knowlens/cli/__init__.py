@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -21,10 +21,13 @@ from typer.core import TyperGroup
 
 __all__ = ["app", "error_line", "main"]
 
-try:  # typer >= 0.26 vendors click as typer._click; older typer uses click itself
+if TYPE_CHECKING:  # checked against the typer the dev extras install
     from typer._click import exceptions as _cx
-except ImportError:  # pragma: no cover - depends on the installed typer
-    from click import exceptions as _cx
+else:
+    try:  # typer >= 0.26 vendors click as typer._click; older typer uses click itself
+        from typer._click import exceptions as _cx
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click import exceptions as _cx
 
 console = Console(stderr=True)
 
@@ -41,7 +44,7 @@ def error_line(message: str) -> None:
 class _OneLineErrors(TyperGroup):
     """The root group: runs commands and turns user errors into one line + exit code 2."""
 
-    def main(  # type: ignore[override]
+    def main(  # type: ignore[override]  # click overloads main on standalone_mode; one here
         self,
         args: Sequence[str] | None = None,
         prog_name: str | None = None,

@@ -67,6 +67,18 @@ def _parse_models(models: str | None) -> list[str] | None:
     return specs
 
 
+def _slowest_lines(stages: list[Any], n: int = 3) -> list[str]:
+    """The ``n`` slowest stages (own seconds, nested stages excluded), one line each."""
+    from knowlens.experiments._rundir import slowest
+
+    lines = []
+    for s in slowest(stages, n):
+        where = f"{s.analysis}: " if s.analysis else ""
+        cache = f", cache {s.cache} ({s.hits} hit, {s.misses} miss)" if s.cache else ""
+        lines.append(f"{s.self_s:8.2f}s  {where}{s.label} [{s.kind}{cache}]")
+    return lines
+
+
 def _finish(res: Any, console: Console) -> None:
     hits = sum(res.cache_hits.values())
     console.print(
@@ -74,6 +86,10 @@ def _finish(res: Any, console: Console) -> None:
         f"{sum(len(v) for v in res.figures.values()) // 2} figures, tables in "
         f"{res.run_dir / 'tables'}"
     )
+    if res.stages:
+        console.print("slowest stages (all in the report's 'Where the time went'):")
+        for line in _slowest_lines(res.stages):
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     # The report path goes to stdout (last line), so scripts can capture it.
     print(res.report)
 

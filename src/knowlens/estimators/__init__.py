@@ -17,6 +17,17 @@ estimator                 config name      reads                       trains   
 ``LoRAPrompt``            ``lora_prompt``  GenerationSet               LoRA, query CE + JS         yes
 =======================  ===============  ==========================  ==========================  ===========
 
+Scores that need no sampling (``ScoreEstimator``: the paper's / LM-Polygraph's raw
+``uncertainty``, Platt-calibrated on the training split by default): ``max_sequence_prob``,
+``perplexity``, ``mean_entropy``, ``max_entropy`` (token statistics, ``_logit.py``);
+``mahalanobis``, ``relative_mahalanobis`` (Gaussian fits of hidden states, ``_density.py``);
+``verbalized`` (the model states a probability, ``_verbal.py``; these classes are package
+attributes through the registry, ``__getattr__`` below, so the built-in entries stay first
+in ``estimator_names()``). Scores of K sampled answers
+(``samples()`` input, ``SampledGenerations``): ``mc_entropy``, ``mc_normalized_entropy``,
+``lexical_similarity``, ``eigenscore``, ``p_true_sampling`` (``_sampling.py``) and the
+semantic ones (``_semantic.py``).
+
     import knowlens as kl
     from knowlens.estimators import LogisticProbe, ZeroShotClassifier, fit_cached
     probe = LogisticProbe(layer=12).fit(acts_train, gens_train)
@@ -53,7 +64,16 @@ from knowlens.estimators._base import (
     clone,
     fit_cached,
 )
-from knowlens.estimators._logit import SPANS, STATISTICS, LogitBaseline
+from knowlens.estimators._entailment import load_judge
+from knowlens.estimators._logit import (
+    SPANS,
+    STATISTICS,
+    LogitBaseline,
+    MaximumSequenceProbability,
+    MaxTokenEntropy,
+    MeanTokenEntropy,
+    Perplexity,
+)
 from knowlens.estimators._lora import LoRAProbe, LoRAPrompt, js_divergence, lora_attached
 from knowlens.estimators._probe import (
     LogisticProbe,
@@ -78,7 +98,16 @@ from knowlens.estimators._registry import (
     generations,
     get_estimator,
     register_estimator,
+    samples,
 )
+from knowlens.estimators._sampling import (
+    EigenScore,
+    LexicalSimilarity,
+    MonteCarloNormalizedSequenceEntropy,
+    MonteCarloSequenceEntropy,
+    PTrueSampling,
+)
+from knowlens.estimators._semantic import NumSemSets, SemanticEntropy
 from knowlens.estimators._text import cross_model_texts, retokenize, user_turn
 
 #: FIGURES.md names -> classes (also registry aliases: get_estimator("Probe")).
@@ -109,21 +138,32 @@ __all__ = [
     "SPANS",
     "STATISTICS",
     "ZSC_TEMPLATE",
+    "EigenScore",
     "Estimator",
     "EstimatorSpec",
     "Features",
     "Inputs",
     "Labels",
+    "LexicalSimilarity",
     "LoRA",
     "LoRAProbe",
     "LoRAPrompt",
     "LogisticProbe",
     "LogitBaseline",
     "MLPProbe",
+    "MaxTokenEntropy",
+    "MaximumSequenceProbability",
+    "MeanTokenEntropy",
+    "MonteCarloNormalizedSequenceEntropy",
+    "MonteCarloSequenceEntropy",
     "NotFittedError",
+    "NumSemSets",
     "PTrue",
+    "PTrueSampling",
+    "Perplexity",
     "Probe",
     "ProbeSweep",
+    "SemanticEntropy",
     "ZeroShotClassifier",
     "activations",
     "canonical_estimator_names",
@@ -136,10 +176,12 @@ __all__ = [
     "js_divergence",
     "label_token_ids",
     "load",
+    "load_judge",
     "lora_attached",
     "mlp_head",
     "register_estimator",
     "retokenize",
+    "samples",
     "sweep_probes",
     "user_turn",
 ]

@@ -26,7 +26,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -48,6 +48,7 @@ __all__ = [
     "REGISTRY",
     "Estimator",
     "Features",
+    "FeaturesT",
     "Labels",
     "NotFittedError",
     "check_acts",
@@ -68,6 +69,8 @@ CACHE_KIND = "estimators"
 Features = GenerationSet | ActivationSet
 #: labels: 0/1 (NaN = undecided) per example, or the ``GenerationSet`` holding them
 Labels = ArrayLike | GenerationSet | None
+#: the features one estimator class reads: ``class LogisticProbe(Estimator[ActivationSet])``
+FeaturesT = TypeVar("FeaturesT", bound=Features)
 E = TypeVar("E", bound="Estimator")
 
 # parameters that do not change what is learned
@@ -81,12 +84,19 @@ class NotFittedError(KnowlensError):
     """``predict_proba`` / ``save`` called before ``fit``."""
 
 
-class Estimator(ABC):
+class Estimator(ABC, Generic[FeaturesT]):
     """Base of every knowlens uncertainty estimator (P(correct) of a model's own answer).
 
     Subclasses implement ``fit`` and ``predict_proba`` and are registered with
     ``@register_estimator(...)`` (config name, display name, inputs), see ``_registry.py``.
+    The type parameter is what they read (``Estimator[GenerationSet]``,
+    ``Estimator[ActivationSet]``; a bare ``Estimator`` takes either, ``Features``).
     """
+
+    #: key of the training data of this fit (``fit_cached`` sets it; None: learns nothing)
+    train_key_: str | None
+    #: whether ``fit_cached`` loaded this fit from the cache instead of fitting
+    from_cache_: bool
 
     #: parameters that are live objects, kept out of JSON and cache keys (e.g. ``model``).
     _OBJECT_PARAMS: ClassVar[tuple[str, ...]] = ()
@@ -101,13 +111,13 @@ class Estimator(ABC):
 
     # -- the estimator interface -------------------------------------------------------------
     @abstractmethod
-    def fit(self: E, X: Features, y: Labels = None) -> E:
+    def fit(self: E, X: FeaturesT, y: Labels = None) -> E:
         """Learn from ``X`` (a ``GenerationSet`` or an ``ActivationSet`` of shape
         ``(n_examples, n_layers, n_positions, d_model)``, as the registry entry declares)
         and labels ``y`` (0/1 of shape (n_examples,), or a ``GenerationSet``); returns self."""
 
     @abstractmethod
-    def predict_proba(self, X: Features) -> np.ndarray:
+    def predict_proba(self, X: FeaturesT) -> np.ndarray:
         """P(correct) of every example of ``X``, float array of shape (n_examples,)."""
 
     # -- parameters ------------------------------------------------------------------------
@@ -250,7 +260,7 @@ class Estimator(ABC):
         return est
 
     # -- cache key -------------------------------------------------------------------------
-    def cache_key(self, X: Features | None = None, y: Labels = None) -> str:
+    def cache_key(self, X: FeaturesT | None = None, y: Labels = None) -> str:
         """Stable key of a fitted estimator: class, parameters (minus progress / cache
         settings), model ``target_id``, training-data key and code version (same inputs ->
         same key, across processes).
@@ -268,7 +278,7 @@ class Estimator(ABC):
             }
         )
 
-    def _train_key(self, X: Features, y: Labels = None) -> str | None:
+    def _train_key(self, X: FeaturesT, y: Labels = None) -> str | None:
         """Key of the training data ``fit(X, y)`` learns from (``train_key_`` after fit);
         ``None`` for estimators whose fit learns nothing from data (override).
 
@@ -382,7 +392,7 @@ def _model_id(model: Any) -> str | None:
 
 
 # -- input validation ------------------------------------------------------------------------
-def labels_for(y: Any, n: int, ids: Sequence[str] | None, who: str) -> np.ndarray:
+def labels_for(y: Labels, n: int, ids: Sequence[str] | None, who: str) -> np.ndarray:
     """Labels as float (n,) with NaN = undecided, aligned to ``ids`` when ``y`` is a
     ``GenerationSet`` (its rows may be in another order than the ActivationSet)."""
     if isinstance(y, GenerationSet):
@@ -394,7 +404,7 @@ def labels_for(y: Any, n: int, ids: Sequence[str] | None, who: str) -> np.ndarra
                     f"{who}: {len(missing)} example ids of the features have no generation "
                     f"(e.g. '{missing[0]}'); pass the GenerationSet the features came from."
                 )
-            return np.array([np.nan if by_id[i] is None else float(by_id[i]) for i in ids])
+            return np.array([np.nan if (c := by_id[i]) is None else float(c) for i in ids])
         out = y.correct
     else:
         if y is None:
@@ -434,7 +444,7 @@ def check_nonempty(n: int, who: str, what: str = "examples") -> None:
         raise DataError(f"{who}: got 0 {what}; pass at least one.")
 
 
-def check_acts(acts: Any, who: str) -> ActivationSet:
+def check_acts(acts: object, who: str) -> ActivationSet:
     if not isinstance(acts, ActivationSet):
         raise DataError(
             f"{who} takes an ActivationSet (knowlens.extract(...)); got {type(acts).__name__}."
@@ -443,7 +453,7 @@ def check_acts(acts: Any, who: str) -> ActivationSet:
     return acts
 
 
-def check_gens(gens: Any, who: str) -> GenerationSet:
+def check_gens(gens: object, who: str) -> GenerationSet:
     if not isinstance(gens, GenerationSet):
         raise DataError(
             f"{who} takes a GenerationSet (knowlens.generate(...)); got {type(gens).__name__}."

@@ -40,7 +40,7 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -49,6 +49,7 @@ from knowlens._types import GenerationSet
 from knowlens.errors import ConfigError, KnowlensError
 from knowlens.estimators._base import (
     Estimator,
+    Labels,
     check_gens,
     check_training_labels,
     data_key,
@@ -73,15 +74,21 @@ from knowlens.training import (
     trainable_parameters,
 )
 
+if TYPE_CHECKING:
+    from knowlens.models import ModelHandle
+
 __all__ = ["LoRAProbe", "LoRAPrompt", "answer_token_span", "js_divergence", "lora_attached"]
 
 
-class _LoRABase(Estimator):
+L = TypeVar("L", bound="_LoRABase")
+
+
+class _LoRABase(Estimator[GenerationSet]):
     """Training loop, checkpoints, caching and adapter bookkeeping shared by both."""
 
     _OBJECT_PARAMS: ClassVar[tuple[str, ...]] = ("model",)
 
-    model: Any
+    model: ModelHandle | None
     r: int
     alpha: int
     dropout: float
@@ -110,6 +117,15 @@ class _LoRABase(Estimator):
         return self.lr
 
     # -- validation ---------------------------------------------------------------------------
+    @property
+    def _handle(self) -> ModelHandle:
+        """``model``, required: the handle that gets the adapters."""
+        if self.model is None:
+            raise ConfigError(
+                f"{type(self).__name__} needs model=ModelHandle (the model that gets adapters)."
+            )
+        return self.model
+
     def _validate(self) -> None:
         who = type(self).__name__
         if self.model is None:
@@ -133,8 +149,8 @@ class _LoRABase(Estimator):
 
     # -- fit ------------------------------------------------------------------------------------
     def fit(
-        self, gens: GenerationSet, y: Any = None, questions: Sequence[str] | None = None
-    ) -> Any:
+        self: L, gens: GenerationSet, y: Labels = None, questions: Sequence[str] | None = None
+    ) -> L:
         """Train on the answers in ``gens`` (labels: ``gens.correct`` or ``y``).
 
         ``gens`` may come from another model (FIGURES.md section 2): they are re-read with
@@ -164,7 +180,7 @@ class _LoRABase(Estimator):
                 torch.manual_seed(self.seed)
                 head = self._make_head()
             ckpt_root = entry_dir("estimator-checkpoints", key) if self.cache else None
-            with lora_attached(self.model, **self._lora_kwargs(), train=True) as pm:
+            with lora_attached(self._handle, **self._lora_kwargs(), train=True) as pm:
                 groups = [ParamGroup(trainable_parameters(pm), self.lr)]
                 if head is not None:
                     head.train()
@@ -191,8 +207,8 @@ class _LoRABase(Estimator):
             self.loss_history_ = result.history
             self.n_train_ = len(items)
             self.train_time_s_ = time.perf_counter() - t0
-            self.model_id_ = self.model.target_id
-            if self.cache:
+            self.model_id_ = self._handle.target_id
+            if ckpt_root is not None:  # set exactly when self.cache
                 discard_checkpoints(ckpt_root)
         return self
 
@@ -204,7 +220,7 @@ class _LoRABase(Estimator):
             "loss_history": self.loss_history_,
             "n_train": self.n_train_,
             "train_time_s": self.train_time_s_,
-            "d_model": int(self.model.d_model),
+            "d_model": int(self._handle.d_model),
         }
 
     def _weights(self) -> dict[str, np.ndarray]:
@@ -217,10 +233,10 @@ class _LoRABase(Estimator):
     def _restore(self, state: dict[str, Any], weights: dict[str, np.ndarray]) -> None:
         import torch
 
-        if state["model_id"] != self.model.target_id:
+        if state["model_id"] != self._handle.target_id:
             raise KnowlensError(
                 f"This {type(self).__name__} holds adapters for model {state['model_id']}; got "
-                f"{self.model.name} ({self.model.target_id}). Load it with the same model."
+                f"{self._handle.name} ({self._handle.target_id}). Load it with the same model."
             )
         self.model_id_ = state["model_id"]
         self.train_key_ = state["train_key"]
@@ -290,7 +306,7 @@ class LoRAProbe(_LoRABase):
     def __init__(
         self,
         *,
-        model: Any = None,
+        model: ModelHandle | None = None,
         r: int = 8,
         alpha: int = 32,
         dropout: float = 0.1,
@@ -326,17 +342,17 @@ class LoRAProbe(_LoRABase):
         return self.head_lr
 
     def _make_head(self) -> Any:
-        return mlp_head(int(self.model.d_model))
+        return mlp_head(int(self._handle.d_model))
 
     def _prepare(self, gens: GenerationSet, questions: Sequence[str] | None) -> list[Any]:
         g2 = retokenize(
-            gens, self.model, questions=questions, use_chat_template=self.use_chat_template
+            gens, self._handle, questions=questions, use_chat_template=self.use_chat_template
         )
         return [list(g.prompt_ids) + list(g.answer_ids) for g in g2.rows]
 
     def _forward(self, pm: Any, head: Any, seqs: list[list[int]]) -> Any:
-        ids, mask, pos = pad_batch(seqs, pad_id(self.model.tokenizer), max_length=self.max_length)
-        dev = self.model.device
+        ids, mask, pos = pad_batch(seqs, pad_id(self._handle.tokenizer), max_length=self.max_length)
+        dev = self._handle.device
         out = pm(
             input_ids=ids.to(dev),
             attention_mask=mask.to(dev),
@@ -368,7 +384,7 @@ class LoRAProbe(_LoRABase):
         order = np.argsort([len(s) for s in seqs], kind="stable")
         out = np.empty(len(seqs))
         with (
-            lora_attached(self.model, **self._lora_kwargs(), adapter=self.adapter_) as pm,
+            lora_attached(self._handle, **self._lora_kwargs(), adapter=self.adapter_) as pm,
             torch.inference_mode(),
         ):
             for i in range(0, len(order), batch_size):
@@ -436,7 +452,7 @@ class LoRAPrompt(_LoRABase):
     def __init__(
         self,
         *,
-        model: Any = None,
+        model: ModelHandle | None = None,
         r: int = 8,
         alpha: int = 32,
         dropout: float = 0.1,
@@ -472,11 +488,11 @@ class LoRAPrompt(_LoRABase):
         super()._validate()
         if not self.js_weight >= 0:
             raise ConfigError(f"LoRAPrompt: js_weight must be >= 0; got {self.js_weight}.")
-        label_token_ids(self.model.tokenizer, ("i", "ii"))
+        label_token_ids(self._handle.tokenizer, ("i", "ii"))
 
     def _prepare(self, gens: GenerationSet, questions: Sequence[str] | None) -> list[Any]:
-        tok = self.model.tokenizer
-        queries = zsc_texts(self.model, gens, questions, use_chat_template=self.use_chat_template)
+        tok = self._handle.tokenizer
+        queries = zsc_texts(self._handle, gens, questions, use_chat_template=self.use_chat_template)
         items = []
         for q, g in zip(queries, gens.rows, strict=True):
             ids = encode(tok, q)
@@ -488,11 +504,11 @@ class LoRAPrompt(_LoRABase):
     def _loss(self, pm: Any, head: Any, items: list[Any], y: Any) -> Any:
         import torch
 
-        lm = self.model.model
-        pad = pad_id(self.model.tokenizer)
-        label_ids = label_token_ids(self.model.tokenizer, ("i", "ii"))
+        lm = self._handle.model
+        pad = pad_id(self._handle.tokenizer)
+        label_ids = label_token_ids(self._handle.tokenizer, ("i", "ii"))
         ids, mask, pos = pad_batch([it[0] for it in items], pad)
-        dev = self.model.device
+        dev = self._handle.device
         kw = {
             "input_ids": ids.to(dev),
             "attention_mask": mask.to(dev),
@@ -531,10 +547,10 @@ class LoRAPrompt(_LoRABase):
         """P(correct) = p("ii") under the adapted model, shape (n,)."""
         self._check_fitted()
         check_gens(gens, "LoRAPrompt.predict_proba")
-        texts = zsc_texts(self.model, gens, questions, use_chat_template=self.use_chat_template)
-        with lora_attached(self.model, **self._lora_kwargs(), adapter=self.adapter_):
+        texts = zsc_texts(self._handle, gens, questions, use_chat_template=self.use_chat_template)
+        with lora_attached(self._handle, **self._lora_kwargs(), adapter=self.adapter_):
             probs = batched_label_probs(
-                self.model,
+                self._handle,
                 texts,
                 ("i", "ii"),
                 batch_size=batch_size,

@@ -30,6 +30,7 @@ from knowlens._types import ActivationSet
 from knowlens.errors import ConfigError, DataError
 from knowlens.estimators._base import (
     Estimator,
+    Labels,
     check_acts,
     check_training_labels,
     data_key,
@@ -40,7 +41,7 @@ from knowlens.estimators._registry import activations, register_estimator
 __all__ = ["LogisticProbe", "MLPProbe", "ProbeSweep", "mlp_head", "sweep_probes"]
 
 
-class _FeatureProbe(Estimator):
+class _FeatureProbe(Estimator[ActivationSet]):
     """Shared plumbing: features at (layer, reduce), label alignment, NaN checks."""
 
     layer: int
@@ -67,7 +68,7 @@ class _FeatureProbe(Estimator):
             )
         return x
 
-    def _train_xy(self, acts: ActivationSet, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _train_xy(self, acts: ActivationSet, y: Labels) -> tuple[np.ndarray, np.ndarray]:
         who = type(self).__name__
         x = self._features(acts, f"{who}.fit")
         yy = labels_for(y, len(x), acts.example_ids, who)
@@ -107,7 +108,7 @@ class LogisticProbe(_FeatureProbe):
         self.C = C
         self.max_iter = max_iter
 
-    def fit(self, acts: ActivationSet, y: Any) -> LogisticProbe:
+    def fit(self, acts: ActivationSet, y: Labels = None) -> LogisticProbe:
         """Fit on ``acts.features(layer, reduce)`` (n, d) against ``y`` (0/1 or GenerationSet)."""
         from sklearn.linear_model import LogisticRegression
 
@@ -212,7 +213,7 @@ class MLPProbe(_FeatureProbe):
         self.weight_decay = weight_decay
         self.seed = seed
 
-    def fit(self, acts: ActivationSet, y: Any) -> MLPProbe:
+    def fit(self, acts: ActivationSet, y: Labels = None) -> MLPProbe:
         """Train the head on ``acts.features(layer, reduce)`` (n, d); loss per epoch in
         ``loss_history_``."""
         import torch
@@ -230,7 +231,7 @@ class MLPProbe(_FeatureProbe):
             torch.manual_seed(self.seed)
             head = mlp_head(xt.shape[1], self.hidden)
         opt = torch.optim.AdamW(head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        history = []
+        history: list[float] = []
         head.train()
         for _ in range(self.epochs):
             perm = torch.randperm(len(xt), generator=gen)
@@ -301,8 +302,10 @@ class ProbeSweep:
     best: dict[str, Any]
 
     def best_probe(
-        self, train: ActivationSet | Sequence[ActivationSet] | Mapping[str, ActivationSet], y: Any
-    ) -> Estimator:
+        self,
+        train: ActivationSet | Sequence[ActivationSet] | Mapping[str, ActivationSet],
+        y: Labels,
+    ) -> Estimator[ActivationSet]:
         """A probe of the winning kind refitted on all of ``train`` at the best cell."""
         sets = _as_sets(train)
         est = self.best["estimator"]
@@ -321,14 +324,14 @@ def _as_sets(
 
 def sweep_probes(
     train: ActivationSet | Sequence[ActivationSet] | Mapping[str, ActivationSet],
-    y: Any,
+    y: Labels,
     *,
     val: ActivationSet | Sequence[ActivationSet] | Mapping[str, ActivationSet] | None = None,
-    y_val: Any = None,
+    y_val: Labels = None,
     layers: Sequence[int] | None = None,
     val_fraction: float = 0.25,
     seed: int = 0,
-    probe: type[_FeatureProbe] = LogisticProbe,
+    probe: type[LogisticProbe] | type[MLPProbe] = LogisticProbe,
     progress: bool = True,
     **probe_params: Any,
 ) -> ProbeSweep:

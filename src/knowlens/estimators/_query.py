@@ -16,7 +16,7 @@ sets must be disjoint and non-empty, else a ``KnowlensError`` names the tokenize
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -26,6 +26,11 @@ from knowlens.estimators._base import Estimator, Features, Labels, check_gens
 from knowlens.estimators._registry import generations, register_estimator
 from knowlens.estimators._text import encode, questions_for
 from knowlens.models._batch import pad_batch, pad_id
+
+if TYPE_CHECKING:
+    import torch
+
+    from knowlens.models import ModelHandle
 
 __all__ = [
     "PTRUE_TEMPLATE",
@@ -72,7 +77,7 @@ def label_token_ids(tokenizer: Any, labels: Sequence[str]) -> list[list[int]]:
     return out
 
 
-def label_probs(logits: Any, label_ids: list[list[int]]) -> Any:
+def label_probs(logits: torch.Tensor, label_ids: list[list[int]]) -> torch.Tensor:
     """Softmax over the labels, each label's logit = logsumexp of its variants' logits.
     ``logits``: (B, V) tensor -> (B, n_labels)."""
     import torch
@@ -83,7 +88,7 @@ def label_probs(logits: Any, label_ids: list[list[int]]) -> Any:
 
 def last_token_logits(
     lm: Any, seqs: Sequence[Sequence[int]], pad: int, max_length: int | None
-) -> Any:
+) -> torch.Tensor:
     """Next-token logits after each sequence, (B, V), one left-padded forward pass."""
     ids, mask, pos = pad_batch(seqs, pad, max_length=max_length)
     dev = next(lm.parameters()).device
@@ -98,7 +103,7 @@ def last_token_logits(
 
 
 def batched_label_probs(
-    handle: Any,
+    handle: ModelHandle,
     texts: Sequence[str],
     labels: Sequence[str],
     *,
@@ -132,7 +137,7 @@ def batched_label_probs(
 
 
 def zsc_texts(
-    handle: Any,
+    handle: ModelHandle,
     gens: GenerationSet,
     questions: Sequence[str] | None = None,
     *,
@@ -150,16 +155,19 @@ def zsc_texts(
     ]
 
 
-class _QueryEstimator(Estimator):
+Q = TypeVar("Q", bound="_QueryEstimator")
+
+
+class _QueryEstimator(Estimator[GenerationSet]):
     _OBJECT_PARAMS: ClassVar[tuple[str, ...]] = ("model",)
 
-    model: Any
+    model: ModelHandle | None
     batch_size: int
 
     def __init__(
         self,
         *,
-        model: Any = None,
+        model: ModelHandle | None = None,
         use_chat_template: bool = True,
         batch_size: int = 8,
         max_length: int = 1024,
@@ -171,18 +179,24 @@ class _QueryEstimator(Estimator):
         self.max_length = max_length
         self.progress = progress
 
-    def fit(self, gens: GenerationSet | None = None, y: Any = None) -> Any:
-        """No training: checks the model's tokenizer supports the query and marks fitted."""
+    @property
+    def _handle(self) -> ModelHandle:
+        """``model``, required: the handle that is asked."""
         if self.model is None:
             raise ConfigError(
                 f"{type(self).__name__} needs model=ModelHandle (the model that is asked)."
             )
+        return self.model
+
+    def fit(self: Q, gens: GenerationSet | None = None, y: Labels = None) -> Q:
+        """No training: checks the model's tokenizer supports the query and marks fitted."""
+        handle = self._handle
         if int(self.batch_size) < 1:
             raise ConfigError(f"{type(self).__name__}: batch_size must be >= 1.")
         if gens is not None:
             check_gens(gens, f"{type(self).__name__}.fit")
-        label_token_ids(self.model.tokenizer, self._labels())
-        self.model_id_ = self.model.target_id
+        label_token_ids(handle.tokenizer, self._labels())
+        self.model_id_ = handle.target_id
         return self
 
     def _labels(self) -> tuple[str, str]:  # pragma: no cover - abstract
@@ -195,10 +209,11 @@ class _QueryEstimator(Estimator):
         return {"model_id": self.model_id_}
 
     def _restore(self, state: dict[str, Any], weights: dict[str, np.ndarray]) -> None:
-        if state["model_id"] != self.model.target_id:
+        handle = self._handle
+        if state["model_id"] != handle.target_id:
             raise KnowlensError(
                 f"This {type(self).__name__} was saved for model {state['model_id']}; got "
-                f"{self.model.name} ({self.model.target_id}). Load it with the same model."
+                f"{handle.name} ({handle.target_id}). Load it with the same model."
             )
         self.model_id_ = state["model_id"]
 
@@ -237,9 +252,9 @@ class ZeroShotClassifier(_QueryEstimator):
         """P(correct) = p("ii"), shape (n,)."""
         self._check_fitted()
         check_gens(gens, "ZeroShotClassifier.predict_proba")
-        texts = zsc_texts(self.model, gens, questions, use_chat_template=self.use_chat_template)
+        texts = zsc_texts(self._handle, gens, questions, use_chat_template=self.use_chat_template)
         probs = batched_label_probs(
-            self.model,
+            self._handle,
             texts,
             self._labels(),
             batch_size=self.batch_size,
@@ -271,16 +286,17 @@ class PTrue(_QueryEstimator):
     def _labels(self) -> tuple[str, str]:
         return ("A", "B")
 
-    def _texts(self, gens: GenerationSet, questions: Sequence[str] | None, swap: bool) -> list:
+    def _texts(self, gens: GenerationSet, questions: Sequence[str] | None, swap: bool) -> list[str]:
         qs = questions_for(gens, questions)
-        chat = self.use_chat_template and self.model.has_chat_template
+        handle = self._handle
+        chat = self.use_chat_template and handle.has_chat_template
         first, second = ("False", "True") if swap else ("True", "False")
         out = []
         for g, q in zip(gens.rows, qs, strict=True):
             body = PTRUE_TEMPLATE.format(
                 question=q, answer=g.answer.strip(), first=first, second=second
             )
-            rendered = self.model.format_prompt(body, use_chat_template=self.use_chat_template)
+            rendered = handle.format_prompt(body, use_chat_template=self.use_chat_template)
             out.append(rendered + ("(" if chat else " ("))
         return out
 
@@ -293,7 +309,7 @@ class PTrue(_QueryEstimator):
         n = len(gens)
         texts = self._texts(gens, questions, False) + self._texts(gens, questions, True)
         probs = batched_label_probs(
-            self.model,
+            self._handle,
             texts,
             self._labels(),
             batch_size=self.batch_size,

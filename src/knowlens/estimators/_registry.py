@@ -25,7 +25,11 @@ for every one (lm-polygraph's declared statistics, lm-evaluation-harness's regis
   the *reader*, which may differ from the model that answered);
 * ``activations(layer=, tokens=)``: the reader's hidden states of the answers (re-read with
   the reader's tokenizer, ``retokenize``) at one layer (HF ``hidden_states`` index,
-  ``"last"`` = ``n_layers``, negatives count from ``n_layers``) and token selector.
+  ``"last"`` = ``n_layers``, negatives count from ``n_layers``) and token selector;
+* ``samples(model=False)``: a ``SampledGenerations`` (the greedy ``GenerationSet`` plus
+  ``k`` sampled answers per example from the model that answered, aligned row by row;
+  the bench draws them once per run and shares them); ``model=True`` when the estimator
+  also runs the reader (EigenScore's hidden states, P(True) over the samples).
 
 ``settings`` maps constructor parameters to the analyses' shared training settings
 (``TrainSettings`` field names, e.g. ``{"steps": "lora_steps"}``); ``train_limit`` names the
@@ -61,6 +65,7 @@ __all__ = [
     "generations",
     "get_estimator",
     "register_estimator",
+    "samples",
 ]
 
 C = TypeVar("C", bound=type)
@@ -68,9 +73,10 @@ C = TypeVar("C", bound=type)
 
 @dataclass(frozen=True)
 class Inputs:
-    """What an estimator reads; build with :func:`generations` or :func:`activations`."""
+    """What an estimator reads; build with :func:`generations`, :func:`activations` or
+    :func:`samples`."""
 
-    source: Literal["generations", "activations"]
+    source: Literal["generations", "activations", "samples"]
     layer: int | Literal["last"] | None = None
     tokens: str | None = None
     model: bool = False
@@ -91,14 +97,22 @@ class Inputs:
         return layer
 
     def describe(self) -> str:
-        if self.source == "generations":
-            return "generations" + (" + model" if self.model else "")
+        if self.source in ("generations", "samples"):
+            return self.source + (" + model" if self.model else "")
         return f"activations (layer {self.layer}, tokens {self.tokens})"
 
 
 def generations(*, model: bool = False) -> Inputs:
     """The estimator reads the ``GenerationSet`` (and runs the reader model if ``model``)."""
     return Inputs("generations", model=model)
+
+
+def samples(*, model: bool = False) -> Inputs:
+    """The estimator reads a ``SampledGenerations`` (answers + their sampled answers) and
+    runs the reader model if ``model``."""
+    if not isinstance(model, bool):
+        raise KnowlensError(f"samples(model=...) must be True or False; got {model!r}.")
+    return Inputs("samples", model=model)
 
 
 def activations(*, layer: int | Literal["last"] = "last", tokens: str = "last") -> Inputs:
@@ -216,8 +230,8 @@ def register_estimator(
         )
     if not isinstance(inputs, Inputs):
         raise KnowlensError(
-            f"register_estimator('{name}'): inputs must be generations(...) or "
-            f"activations(...); got {type(inputs).__name__}."
+            f"register_estimator('{name}'): inputs must be generations(...), "
+            f"activations(...) or samples(...); got {type(inputs).__name__}."
         )
 
     def add(tgt: type[Estimator] | str) -> EstimatorSpec:
@@ -344,11 +358,17 @@ def _checked(spec: EstimatorSpec, cls: Any) -> EstimatorSpec:
             f"{cls.__name__}.__init__ ({', '.join(sorted(names)) or 'none'})."
         )
     takes_model = "model" in cls._OBJECT_PARAMS
-    if spec.inputs.model != takes_model:
+    if spec.inputs.source == "activations" and takes_model:
+        raise KnowlensError(
+            f"{who}: {cls.__name__} takes a live model, but activation estimators get the "
+            "reader's hidden states, not the model; use generations(model=True) or "
+            "samples(model=True)."
+        )
+    if spec.inputs.source != "activations" and spec.inputs.model != takes_model:
         raise KnowlensError(
             f"{who}: inputs say model={spec.inputs.model}, but {cls.__name__} "
             f"{'takes' if takes_model else 'does not take'} a live model; use "
-            f"generations(model={takes_model})."
+            f"{spec.inputs.source}(model={takes_model})."
         )
     cls.display_name = spec.display_name
     cls.estimator_name = spec.name

@@ -65,6 +65,8 @@ class ScoreEstimator(Estimator):
     """An estimator whose P(correct) is a monotone map of one raw uncertainty score."""
 
     calibrate: bool
+    #: Platt parameters (``a``, ``b``, ``slope_clipped``, ``base_logit``); None if uncalibrated
+    calibration_: dict[str, Any] | None
 
     @abstractmethod
     def uncertainty(self, X: Features) -> np.ndarray:
@@ -81,7 +83,7 @@ class ScoreEstimator(Estimator):
     def _labels(self, X: Features, y: Labels) -> np.ndarray | None:
         if y is None and not hasattr(X, "rows") and not hasattr(X, "gens"):
             return None
-        src = y if y is not None else getattr(X, "gens", X)
+        src: Any = y if y is not None else getattr(X, "gens", X)
         return labels_for(src, len(X), getattr(X, "example_ids", None), type(self).__name__)
 
     def fit(self: S, X: Features, y: Labels = None) -> S:
@@ -100,20 +102,42 @@ class ScoreEstimator(Estimator):
             keep = check_training_labels(yy, type(self).__name__)
             u = self.uncertainty(X)
             a, b, clipped = platt_fit(-u[keep], yy[keep])
-            self.calibration_ = {"a": a, "b": b, "slope_clipped": clipped}
+            rate = float(np.clip(yy[keep].mean(), 1e-6, 1 - 1e-6))
+            self.calibration_ = {
+                "a": a,
+                "b": b,
+                "slope_clipped": clipped,
+                "base_logit": float(np.log(rate / (1 - rate))),
+            }
         else:
             self.calibration_ = None
         self.train_key_ = self._train_key(X, y)
         return self
 
     def predict_proba(self, X: Features) -> np.ndarray:
-        """P(correct), shape (n,)."""
+        """P(correct), shape (n,). An example whose score is undefined (NaN: e.g. no
+        non-empty sample) gets the uninformative value, the training accuracy when
+        calibrated and 0.5 otherwise; how many did is ``n_undefined_`` (and logged)."""
         self._check_fitted()
         u = np.asarray(self.uncertainty(X), dtype=np.float64)
+        undefined = np.isnan(u)
+        self.n_undefined_ = int(undefined.sum())
+        if self.n_undefined_:
+            import logging
+
+            logging.getLogger("knowlens.estimators").warning(
+                "%s: %d of %d examples have an undefined score; they get the uninformative "
+                "P(correct) (training accuracy if calibrated, else 0.5)",
+                type(self).__name__,
+                self.n_undefined_,
+                len(u),
+            )
         if self.calibration_ is None:
-            return self._uncalibrated(u)
+            p = self._uncalibrated(np.where(undefined, 0.0, u))
+            return np.where(undefined, 0.5, p)
         a, b = self.calibration_["a"], self.calibration_["b"]
-        z = a * np.nan_to_num(-u, nan=0.0, posinf=1e6, neginf=-1e6) + b
+        z = a * np.nan_to_num(-u, posinf=1e6, neginf=-1e6) + b
+        z = np.where(undefined, self.calibration_.get("base_logit", b), z)
         return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
 
     def _state(self) -> dict[str, Any]:

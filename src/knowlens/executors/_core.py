@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from knowlens._cache import (
     DamagedEntryError,
@@ -39,6 +39,9 @@ from knowlens._cache import (
     verify_entry,
 )
 from knowlens.errors import KnowlensError
+
+if TYPE_CHECKING:
+    from knowlens.models import ModelHandle
 
 __all__ = [
     "SHARDS_VERSION",
@@ -79,7 +82,7 @@ class ModelSpec:
     payload: Any = None
 
     @classmethod
-    def from_handle(cls, handle: Any) -> ModelSpec:
+    def from_handle(cls, handle: ModelHandle) -> ModelSpec:
         dtype = str(handle.dtype).replace("torch.", "")
         loadable = bool(handle.info.get("directory") or handle.info.get("embedded"))
         if not loadable and handle.source:
@@ -96,7 +99,7 @@ class ModelSpec:
             payload=payload,
         )
 
-    def load(self, device: str = "cpu") -> Any:
+    def load(self, device: str = "cpu") -> ModelHandle:
         """A ``ModelHandle`` equal (same fingerprint) to the driver's, on ``device``."""
         from knowlens.models import handle_from_objects, load_model
 
@@ -108,9 +111,11 @@ class ModelSpec:
         else:
             # The driver's converted directory when this node sees it (no GGUF re-conversion),
             # else the original spec (embedded name, hub id, path present on every node).
-            local = self.directory and (Path(self.directory) / "config.json").exists()
+            local = self.directory
+            if local is not None and not (Path(local) / "config.json").exists():
+                local = None
             handle = load_model(
-                self.directory if local else self.source,
+                local or self.source,
                 device=device,
                 dtype=self.dtype,
                 system_prompt=self.system_prompt,
@@ -164,7 +169,7 @@ class Stage:
             out.append(Block(b, idx, f"{b:05d}-{h}"))
         return out
 
-    def compute(self, model: Any, block: Block) -> dict[str, bytes]:
+    def compute(self, model: ModelHandle, block: Block) -> dict[str, bytes]:
         """Shard files (name -> bytes) for one block; pure: no cache access."""
         raise NotImplementedError
 
@@ -261,7 +266,7 @@ class Executor:
     name: str = "executor"
 
     def run_blocks(
-        self, stage: Stage, model: Any, blocks: list[Block], root: Path, on_done: BlockDone
+        self, stage: Stage, model: ModelHandle, blocks: list[Block], root: Path, on_done: BlockDone
     ) -> None:
         """Make sure a shard exists under ``root`` for every block; call ``on_done`` per block
         with ``{"block", "key", "items", "tokens", "computed", "worker", "device", "node"}``."""
@@ -271,7 +276,7 @@ class Executor:
         """Cluster facts for manifests: nodes, workers, devices."""
         raise NotImplementedError
 
-    def numerics(self, model: Any) -> dict[str, Any]:
+    def numerics(self, model: ModelHandle) -> dict[str, Any]:
         """``generation.compute_numerics`` of the workers that will compute (part of the
         keys: CPU results depend on the thread count)."""
         raise NotImplementedError
@@ -296,7 +301,7 @@ class LocalExecutor(Executor):
     name = "local"
 
     def run_blocks(
-        self, stage: Stage, model: Any, blocks: list[Block], root: Path, on_done: BlockDone
+        self, stage: Stage, model: ModelHandle, blocks: list[Block], root: Path, on_done: BlockDone
     ) -> None:
         import torch
 
@@ -330,7 +335,7 @@ class LocalExecutor(Executor):
             "threads": torch.get_num_threads(),
         }
 
-    def numerics(self, model: Any) -> dict[str, Any]:
+    def numerics(self, model: ModelHandle) -> dict[str, Any]:
         from knowlens.generation import compute_numerics
 
         return compute_numerics(model.device)  # this process, on the model's device
@@ -362,7 +367,7 @@ class RunStats:
 
 def run_stage(
     stage: Stage,
-    model: Any,
+    model: ModelHandle,
     executor: Executor,
     *,
     progress: bool = True,
@@ -388,7 +393,7 @@ def run_stage(
 
 def _run(
     stage: Stage,
-    model: Any,
+    model: ModelHandle,
     executor: Executor,
     progress: bool,
     description: str,

@@ -16,10 +16,13 @@ import pickle
 import socket
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from knowlens._cache import cache_root
 from knowlens.errors import KnowlensError
+
+if TYPE_CHECKING:
+    from knowlens.models import ModelHandle
 from knowlens.executors._core import (
     Block,
     BlockDone,
@@ -214,7 +217,7 @@ class RayExecutor(Executor):
         cpus, gpus = self._resources()
         return int(gpus) if gpus >= 1 else max(1, int(cpus // self.threads))
 
-    def numerics(self, model: Any) -> dict[str, Any]:
+    def numerics(self, model: ModelHandle) -> dict[str, Any]:
         from knowlens.generation import compute_numerics
 
         # What run_blocks gives the actors: a GPU each when the cluster has GPUs, else
@@ -223,7 +226,7 @@ class RayExecutor(Executor):
         return compute_numerics("cuda" if gpus >= 1 else "cpu", self.threads)
 
     def run_blocks(
-        self, stage: Stage, model: Any, blocks: list[Block], root: Path, on_done: BlockDone
+        self, stage: Stage, model: ModelHandle, blocks: list[Block], root: Path, on_done: BlockDone
     ) -> None:
         ray = self.ray
         ctx = ray.data.DataContext.get_current()

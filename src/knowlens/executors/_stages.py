@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,10 @@ from knowlens._types import ActivationSet, Generation, GenerationSet
 from knowlens.errors import DataError, KnowlensError
 from knowlens.executors._core import Block, Executor, LocalExecutor, Stage, run_stage
 from knowlens.executors._select import resolve_executor
+
+if TYPE_CHECKING:
+    from knowlens.models import ModelHandle
+    from knowlens.tasks import TaskLike
 
 DEFAULT_BLOCKS_PER_WORKER = 4  # several blocks per replica: balance, and little lost on a fault
 
@@ -68,7 +72,7 @@ class GenerationStage(Stage):
 
     def __init__(
         self,
-        model: Any,
+        model: ModelHandle,
         examples: list[Any],
         prompt_fn: Any,
         grade_fn: Any,
@@ -111,7 +115,7 @@ class GenerationStage(Stage):
             out.append(Block(b, idx, f"{b:05d}-{h}"))
         return out
 
-    def compute(self, model: Any, block: Block) -> dict[str, bytes]:
+    def compute(self, model: ModelHandle, block: Block) -> dict[str, bytes]:
         from knowlens.generation import generate_examples
 
         rows = generate_examples(
@@ -176,8 +180,8 @@ class GenerationStage(Stage):
 
 
 def generate(
-    model: Any,
-    task: Any,
+    model: ModelHandle,
+    task: TaskLike,
     *,
     executor: str | Executor | None = None,
     max_new_tokens: int | None = None,
@@ -298,7 +302,8 @@ class ExtractionStage(Stage):
         return [it.id for it in self.items]
 
     def blocks(self) -> list[Block]:
-        ids, out = self.item_ids(), []
+        ids = self.item_ids()
+        out: list[Block] = []
         for group in self._groups:
             for idx in _cut(group, self.block_size):
                 b = len(out)
@@ -306,7 +311,7 @@ class ExtractionStage(Stage):
                 out.append(Block(b, idx, f"{b:05d}-{h}"))
         return out
 
-    def compute(self, model: Any, block: Block) -> dict[str, bytes]:
+    def compute(self, model: ModelHandle, block: Block) -> dict[str, bytes]:
         from knowlens.activations import extract_batch
 
         res = extract_batch(model, [self.items[i] for i in block.items], self.spec)
@@ -397,7 +402,7 @@ class ExtractionStage(Stage):
 
 
 def extract(
-    model: Any,
+    model: ModelHandle,
     gens: GenerationSet | list[Generation],
     *,
     executor: str | Executor | None = None,

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from knowlens.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from knowlens._types import ActivationSet, GenerationSet
+    from knowlens.models import ModelHandle
+    from knowlens.tasks import Task
 
 __all__ = [
     "DISPLAY",
@@ -45,40 +50,45 @@ METRIC_LABEL = {
 }
 
 
-def load_split(name: str, split: str, limit: int | None, seed: int, **kwargs: Any) -> Any:
+def load_split(name: str, split: str, limit: int | None, seed: int, **kwargs: Any) -> Task:
     """A task split (the task library raises its own one-line errors for unknown names)."""
     from knowlens.tasks import load_task
 
     return load_task(name, split=split, limit=limit, seed=seed, **kwargs)
 
 
-def generations(ctx: Any, model: Any, task: Any, split: str) -> Any:
+def generations(ctx: Any, model: ModelHandle, task: Task, split: str) -> GenerationSet:
     """Greedy answers of ``model`` on ``task`` (cached by the generation stage), recorded;
     computed on the run's executor (``ctx.executor``: local or Ray, same rows)."""
     from knowlens.executors import generate
 
     ctx.record_task(task, split=split)
-    with ctx.step(f"generate {model.name} · {task.name}/{split} ({len(task.examples)})"):
-        return generate(model, task, executor=ctx.executor, cache=ctx.use_cache, progress=False)
+    what = f"generate {model.name} · {task.name}/{split} ({len(task.examples)})"
+    with ctx.step(what, kind="generate", model=model.name):
+        gens = generate(model, task, executor=ctx.executor, cache=ctx.use_cache, progress=False)
+        ctx.count_cache("generations", hit=bool(gens.meta.get("cache_hit")))
+    return gens
 
 
-def activations(ctx: Any, model: Any, gens: Any, **kwargs: Any) -> Any:
+def activations(ctx: Any, model: ModelHandle, gens: GenerationSet, **kwargs: Any) -> ActivationSet:
     """Hidden states of ``gens`` under ``model`` (cached), on the run's executor."""
     from knowlens.executors import extract
 
-    return extract(
+    acts = extract(
         model, gens, executor=ctx.executor, cache=ctx.use_cache, progress=False, **kwargs
     )
+    ctx.count_cache("activations", hit=bool(acts.meta.get("cache_hit")))  # in the open step
+    return acts
 
 
-def decided(gens: Any) -> Any:
+def decided(gens: GenerationSet) -> GenerationSet:
     """Only the rows with a correct/wrong verdict (undecided grades cannot be scored)."""
     y = gens.correct
     keep = ~np.isnan(y)
     return gens if keep.all() else gens.subset(keep)
 
 
-def accuracy_row(model: str, task: Any, split: str, gens: Any) -> dict[str, Any]:
+def accuracy_row(model: str, task: Task, split: str, gens: GenerationSet) -> dict[str, Any]:
     y = gens.correct
     y = y[~np.isnan(y)]
     return {

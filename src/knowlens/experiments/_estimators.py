@@ -12,7 +12,22 @@ A *reader* model judges answers that may come from another model (FIGURES.md sec
 activations are the reader's hidden states of the question + answer as the reader would
 read them (``knowlens.estimators.retokenize``); model-running estimators re-read other
 models' answers themselves. Scores are cached per example under ``estimator_scores/<hash>``
-(estimator key, reader, inputs, answers).
+(estimator key, reader, inputs, answers; for sample readers also the sampling settings).
+
+Sample estimators (registry input ``samples()``: MC entropy, lexical similarity, EigenScore,
+P(True) with samples, semantic entropy, ...) read ``SampledGenerations``: the answers plus
+``k`` answers sampled by ``knowlens.sample`` with the analysis' ``sampling:`` settings
+(:class:`SamplingSettings`). The samples are drawn from the model that *answered* (the
+one whose ``target_id`` the answers record), never from the reader: their spread measures
+the answering model's distribution over answers to that question, which is what the score
+is about. What transfers across models is the reader's part: the fitted calibration (and
+for ``samples(model=True)`` estimators the reader's hidden states / judgement of the
+answering model's samples). So in ``estimator_transfer`` an estimator trained on model T
+and judging model M's answers reads M's samples (and T's calibration, T's forward pass).
+The samples are drawn once per (answering model, answers, sampling settings) for the whole
+run and shared by every sample estimator (and cached across runs by ``knowlens.sample``).
+The answering model is found among the models the analysis loaded (``ctx.load_model``);
+pass ``answerer=`` to :meth:`EstimatorBench.fit` / :meth:`EstimatorBench.score` otherwise.
 """
 
 from __future__ import annotations
@@ -25,12 +40,14 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from knowlens._cache import stable_hash
+from knowlens.errors import ConfigError
 
 __all__ = [
     "ESTIMATORS_HELP",
     "SCORES_VERSION",
     "EstimatorBench",
     "Fitted",
+    "SamplingSettings",
     "TrainSettings",
     "concat",
     "display_name",
@@ -60,6 +77,21 @@ class TrainSettings(BaseModel):
     batch_size: int = Field(default=4, ge=1, description="Training batch size (paper: 4).")
     max_train: int | None = Field(
         default=None, ge=2, description="Cap on training answers for LoRA estimators."
+    )
+
+
+class SamplingSettings(BaseModel):
+    """How the sample estimators' answers are drawn (``knowlens.sample``); the ``sampling:``
+    section of an analysis config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(default=5, ge=1, description="Sampled answers per question.")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature (> 0).")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus (top-p) mass; 1 = off.")
+    seed: int = Field(default=0, description="Sampling seed (per example and sample index).")
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, description="Token budget per sample (None = the answers' own)."
     )
 
 
@@ -149,18 +181,29 @@ class EstimatorBench:
     Inputs are prepared once per (reader, answers, declared input) for the whole run, so
     two estimators that read the same activations share one extraction."""
 
-    def __init__(self, ctx: Any, settings: TrainSettings, seed: int) -> None:
+    def __init__(
+        self,
+        ctx: Any,
+        settings: TrainSettings,
+        seed: int,
+        sampling: SamplingSettings | None = None,
+    ) -> None:
         self.ctx = ctx
         self.settings = settings
         self.seed = seed
+        self.sampling = sampling
         self._inputs: dict[tuple[Any, ...], Any] = {}
 
-    def inputs(self, spec: Any, reader: Any, gens: Any) -> Any:
-        """What ``spec`` reads for ``gens`` under ``reader``: the GenerationSet itself, or the
-        reader's activations of the answers at the declared layer and selector."""
+    def inputs(self, spec: Any, reader: Any, gens: Any, answerer: Any = None) -> Any:
+        """What ``spec`` reads for ``gens`` under ``reader``: the GenerationSet itself, the
+        reader's activations of the answers at the declared layer and selector, or the
+        answers with their samples (drawn from the answering model, see the module
+        docstring)."""
         need = spec.inputs
         if need.source == "generations":
             return gens
+        if need.source == "samples":
+            return self.sampled(gens, answerer or self.answerer(gens, reader), who=spec.name)
         layer = need.resolve_layer(int(reader.n_layers))
         key = (reader.target_id, gens_identity(gens), layer, need.tokens)
         if key not in self._inputs:
@@ -173,37 +216,96 @@ class EstimatorBench:
             )
         return self._inputs[key]
 
-    def fit(self, name: str, reader: Any, train: Any) -> Fitted:
-        """Estimator ``name`` of ``reader``, fitted on the ``train`` answers (or loaded)."""
+    def sampling_settings(self, who: str) -> SamplingSettings:
+        if self.sampling is None:
+            raise ConfigError(
+                f"Estimator '{who}' reads sampled answers, but this analysis has no sampling "
+                "settings; give the EstimatorBench sampling=SamplingSettings(...) (configs: "
+                "a 'sampling:' section)."
+            )
+        return self.sampling
+
+    def answerer(self, gens: Any, reader: Any) -> Any:
+        """The loaded model that produced ``gens`` (matched by the ``target_id`` the answers
+        record): the reader, or another model this analysis loaded."""
+        meta = gens.meta
+        keys = ("target_id", "model_target_id", "model_fingerprint", "fingerprint")
+        want = next((meta[k] for k in keys if isinstance(meta.get(k), str)), None)
+        if want is None:
+            raise ConfigError(
+                f"Sample estimators sample from the model that answered, but these "
+                f"{len(gens)} answers do not record it (no target_id / fingerprint in "
+                "gens.meta); pass answerer=<ModelHandle> or answers from knowlens.generate."
+            )
+        if want in (reader.target_id, reader.fingerprint):
+            return reader
+        for spec in list(self.ctx.log.models):
+            handle = self.ctx.load_model(spec)  # already loaded: the run's handle
+            if want in (handle.target_id, handle.fingerprint):
+                return handle
+        raise ConfigError(
+            f"Samples must come from the model that answered ({gens.meta.get('model')!r}, "
+            f"{want}), which this analysis has not loaded; load it with ctx.load_model(...) "
+            "or pass answerer=<ModelHandle>."
+        )
+
+    def sampled(self, gens: Any, answerer: Any, *, who: str = "samples") -> Any:
+        """``SampledGenerations`` of ``gens``: their samples from ``answerer`` under the
+        run's sampling settings, drawn once per (answerer, answers, settings)."""
+        from knowlens._types import SampledGenerations
+
+        cfg = self.sampling_settings(who)
+        key = ("samples", answerer.target_id, gens_identity(gens), cfg.model_dump_json())
+        if key not in self._inputs:
+            import knowlens
+
+            what = f"sample {answerer.name} · {len(gens)} answers x {cfg.k} (T={cfg.temperature})"
+            with self.ctx.step(what):
+                smp = knowlens.sample(
+                    answerer, gens, **cfg.model_dump(), cache=self.ctx.use_cache, progress=False
+                )
+            if "cache_hit" in smp.meta:
+                self.ctx.count_cache("samples", hit=bool(smp.meta["cache_hit"]))
+            self._inputs[key] = SampledGenerations.of(gens, smp)
+        return self._inputs[key]
+
+    def fit(self, name: str, reader: Any, train: Any, *, answerer: Any = None) -> Fitted:
+        """Estimator ``name`` of ``reader``, fitted on the ``train`` answers (or loaded);
+        ``answerer``: the model that produced ``train`` (default: found by its target_id)."""
         from knowlens.estimators import get_estimator
 
         spec = get_estimator(name)
         if spec.train_limit is not None:
             train = _cap(train, getattr(self.settings, spec.train_limit), self.seed)
         est = spec.make(model=reader, settings=self.settings, seed=self.seed)
-        with self.ctx.step(f"train {spec.name} · {reader.name} on {len(train)} answers"):
-            X = self.inputs(spec, reader, train)
+        what = f"train {spec.name} · {reader.name} on {len(train)} answers"
+        with self.ctx.step(what, kind="train", model=reader.name):
+            X = self.inputs(spec, reader, train, answerer)
             est, key = fit_recorded(self.ctx, est, X, train.correct)
         return Fitted(name=spec.name, spec=spec, estimator=est, key=key, reader=reader)
 
-    def score(self, fitted: Fitted, gens: Any) -> np.ndarray:
-        """P(correct) of ``fitted`` for ``gens`` (answers of any model), cached per example."""
+    def score(self, fitted: Fitted, gens: Any, *, answerer: Any = None) -> np.ndarray:
+        """P(correct) of ``fitted`` for ``gens`` (answers of any model), cached per example;
+        ``answerer`` as in :meth:`fit` (sample estimators only)."""
 
         def compute() -> pd.DataFrame:
-            what = f"score {fitted.name} · {fitted.reader.name} on {len(gens)} answers"
-            with self.ctx.step(what):
-                p = fitted.estimator.predict_proba(self.inputs(fitted.spec, fitted.reader, gens))
+            X = self.inputs(fitted.spec, fitted.reader, gens, answerer)
+            p = fitted.estimator.predict_proba(X)
             return pd.DataFrame({"example_id": gens.example_ids, "p": np.asarray(p, dtype=float)})
 
-        df = self.ctx.cached_frame(
-            "estimator_scores",
-            {
-                "estimator": fitted.key,
-                "reader": fitted.reader.target_id,
-                "inputs": asdict(fitted.spec.inputs),
-                "gens": gens_identity(gens),
-                "code": SCORES_VERSION,
-            },
-            compute,
-        )
+        key: dict[str, Any] = {
+            "estimator": fitted.key,
+            "reader": fitted.reader.target_id,
+            "inputs": asdict(fitted.spec.inputs),
+            "gens": gens_identity(gens),
+            "code": SCORES_VERSION,
+        }
+        if fitted.spec.inputs.source == "samples":
+            # an uncalibrated sample estimator's key does not name its samples; the scores must
+            key["sampling"] = self.sampling_settings(fitted.name).model_dump()
+            key["answerer"] = (answerer or self.answerer(gens, fitted.reader)).target_id
+        # the step spans the cache lookup, so a cached score shows as a hit
+        what = f"score {fitted.name} · {fitted.reader.name} on {len(gens)} answers"
+        with self.ctx.step(what, kind="score", model=fitted.reader.name):
+            df = self.ctx.cached_frame("estimator_scores", key, compute)
         return df["p"].to_numpy(dtype=float)

@@ -2,7 +2,8 @@
 
     runs/<name>/
         config.yaml                        the resolved config (re-loadable)
-        manifest.json                      RunManifest: versions, seeds, models, tasks, caches...
+        manifest.json                      RunManifest: versions, seeds, models, tasks, caches,
+                                           every stage's seconds and cache outcome...
         tables/<id>.<table>.parquet|csv    every analysis' tidy tables
         figures/<id>/<stem>.png|svg        drawn from the tables
         report.html                        self-contained report
@@ -27,7 +28,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal, get_args
 
 import pandas as pd
 import yaml
@@ -49,12 +50,17 @@ __all__ = [
     "MANIFEST_FILE",
     "MANIFEST_SCHEMA_VERSION",
     "REPORT_FILE",
+    "STAGE_KINDS",
     "AnalysisLog",
     "AnalysisRecord",
+    "CacheOutcome",
     "CacheStats",
     "ExecutorRecord",
     "ModelRecord",
     "RunManifest",
+    "StageKind",
+    "StageRecord",
+    "StageTotals",
     "TaskRecord",
     "building",
     "config_path",
@@ -67,6 +73,9 @@ __all__ = [
     "read_manifest",
     "read_tables",
     "report_path",
+    "slowest",
+    "stage_kind",
+    "sum_stages",
     "table_path",
     "write_config",
     "write_manifest",
@@ -145,7 +154,9 @@ def read_tables(run_dir: Path, key: str) -> dict[str, pd.DataFrame]:
 
 
 # -- the manifest -----------------------------------------------------------------------------
-MANIFEST_SCHEMA_VERSION = 1
+# 2: per-stage records (RunManifest.stages, AnalysisRecord.stage_totals, AnalysisLog.compute_s)
+# replace AnalysisLog.timings_s; schema 1 manifests are migrated when read (read_manifest).
+MANIFEST_SCHEMA_VERSION: Final = 2
 
 
 def json_value(v: Any) -> JsonValue:
@@ -243,6 +254,125 @@ class CacheStats(_Record):
     """Lookups computed (and stored)."""
 
 
+StageKind = Literal[
+    "executor",
+    "load",
+    "organism",
+    "results",
+    "compute",
+    "generate",
+    "extract",
+    "sample",
+    "train",
+    "score",
+    "search",
+    "judge",
+    "probe",
+    "map",
+    "figure",
+    "report",
+    "other",
+]
+STAGE_KINDS: tuple[str, ...] = get_args(StageKind)
+CacheOutcome = Literal["hit", "miss", "mixed"]
+# A label's first word -> its kind, for steps that name no kind (and schema 1 timings).
+_KIND_WORDS = {
+    "load": "load",
+    "generate": "generate",
+    "extract": "extract",
+    "sample": "sample",
+    "train": "train",
+    "fit": "train",
+    "score": "score",
+    "gcg": "search",
+    "search": "search",
+    "judge": "judge",
+    "probe": "probe",
+    "figures": "figure",
+    "report": "report",
+}
+
+
+def stage_kind(label: str) -> str:
+    """The stage kind a label names: ``load model organism:...`` -> organism, ``<id>: figures``
+    (schema 1) -> figure, else the kind its first word names (generate, extract, train, score,
+    ...), else ``other``."""
+    if label.startswith("load model organism:"):
+        return "organism"
+    if label.endswith(": figures"):
+        return "figure"
+    words = label.split(maxsplit=1)
+    return _KIND_WORDS.get(words[0].lower().rstrip(":"), "other") if words else "other"
+
+
+class StageRecord(_Record):
+    """One timed stage of the run (``ctx.step`` or a step of the runner itself)."""
+
+    analysis: str | None
+    """Analysis id the stage belongs to (None: the run's own stages, e.g. the report)."""
+    kind: StageKind
+    """What the stage did: load (a model), organism (train or reuse one), results (result-cache
+    lookup / store), compute (the analysis' own code outside named stages), generate, extract,
+    sample, train, score (estimators), search (GCG), judge, probe, map, figure, report,
+    executor (opening the run's executors), other."""
+    label: str
+    """What the stage said it did (the ``ctx.step`` description)."""
+    model: str | None = None
+    """The model the stage ran (display name or spec; None if none or not said)."""
+    wall_s: float
+    """Seconds from the stage's start to its end, nested stages included."""
+    self_s: float
+    """Seconds of the stage itself: ``wall_s`` minus its nested stages' ``wall_s``. Self
+    times add up to the time spent in stages without counting a second twice."""
+    start_s: float | None = None
+    """When the stage started, seconds after the run started (None: a schema 1 timing)."""
+    parent: int | None = None
+    """Index (in ``RunManifest.stages``) of the stage this one ran inside; None: top level."""
+    cache: CacheOutcome | None = None
+    """Cache outcome of the lookups made directly in this stage: hit (all answered from a
+    cache), miss (all computed), mixed (some of each); None: the stage looked up no cache."""
+    hits: int = 0
+    """Cache lookups of this stage answered from a cache."""
+    misses: int = 0
+    """Cache lookups of this stage computed (and stored)."""
+    caches: dict[str, CacheStats] = Field(default_factory=dict)
+    """The lookups by cache kind (generations, activations, estimators, results, ...)."""
+
+
+class StageTotals(_Record):
+    """Stage times of one analysis (or the whole run) added up."""
+
+    stages_s: float
+    """Seconds in stages (self times summed: no second counted twice)."""
+    by_kind: dict[str, float] = Field(default_factory=dict)
+    """Own seconds per stage kind (manifest.json stores keys sorted by name)."""
+    n_stages: int
+    """Stages recorded."""
+    hits: int
+    """Cache lookups answered from a cache, over all stages."""
+    misses: int
+    """Cache lookups computed, over all stages."""
+
+
+def sum_stages(stages: list[StageRecord]) -> StageTotals:
+    """Self seconds by kind, stage count and cache counts of ``stages``."""
+    by_kind: dict[str, float] = {}
+    for s in stages:
+        by_kind[s.kind] = by_kind.get(s.kind, 0.0) + s.self_s
+    return StageTotals(
+        stages_s=round(sum(s.self_s for s in stages), 6),
+        by_kind={k: round(v, 6) for k, v in by_kind.items()},
+        n_stages=len(stages),
+        hits=sum(s.hits for s in stages),
+        misses=sum(s.misses for s in stages),
+    )
+
+
+def slowest(stages: list[StageRecord], n: int = 3) -> list[StageRecord]:
+    """The ``n`` stages with the most self time (ties: earlier first)."""
+    return sorted(stages, key=lambda s: -s.self_s)[:n]
+
+
 class ExecutorRecord(_Record):
     """The executor generation and extraction ran on (``executor:`` / ``--executor``)."""
 
@@ -264,8 +394,9 @@ class AnalysisLog(_Record):
     """Task splits used and their sizes."""
     cache: dict[str, CacheStats] = Field(default_factory=dict)
     """Stage-cache hits / misses by cache kind (estimators, estimator_scores, ...)."""
-    timings_s: dict[str, float] = Field(default_factory=dict)
-    """Seconds per ``ctx.step`` description (summed when a step repeats)."""
+    compute_s: float | None = None
+    """Seconds the analysis' ``run()`` took when these tables were computed (on a result-cache
+    hit: in the run that computed them; None in results cached before schema 2)."""
     notes: dict[str, JsonValue] = Field(default_factory=dict)
     """Free-form facts the analysis chose to record (``ctx.note``)."""
     executor: ExecutorRecord | None = None
@@ -285,13 +416,15 @@ class AnalysisRecord(AnalysisLog):
     """The analysis' seed."""
     wall_s: float
     """Seconds this analysis took in this run (cache lookup, run or load, figures)."""
+    stage_totals: StageTotals
+    """This run's stages of the analysis added up (the stages: ``RunManifest.stages``)."""
 
 
 class RunManifest(_Record):
     """``manifest.json``: everything needed to say what a run folder holds and how it was
     made, readable without models or caches."""
 
-    schema_version: Literal[1] = MANIFEST_SCHEMA_VERSION
+    schema_version: Literal[2] = MANIFEST_SCHEMA_VERSION
     """Version of this schema; bumped when a field changes meaning or is removed."""
     knowlens_version: str
     """knowlens version that wrote the run."""
@@ -313,6 +446,11 @@ class RunManifest(_Record):
     """Executors the run opened (one per distinct executor / ray_address), described at the end."""
     analyses: dict[str, AnalysisRecord] = Field(default_factory=dict)
     """Per analysis id, in run order."""
+    stages: list[StageRecord] = Field(default_factory=list)
+    """Every timed stage of this run, in start order (a result-cache hit shows as a results
+    stage with cache 'hit', the stages that computed those tables are not repeated)."""
+    stage_totals: StageTotals | None = None
+    """All stages of the run added up (None until the run finished)."""
 
 
 def write_manifest(run_dir: Path, manifest: RunManifest) -> None:
@@ -323,7 +461,8 @@ def read_manifest(run_dir: Path) -> RunManifest | None:
     """The run's manifest, typed; None if the folder has none (a run that did not finish).
 
     Manifests written before the schema was versioned (no ``schema_version``) are read as
-    version 1 (same fields); a newer version is a one-line error."""
+    version 1; version 1 is migrated (its per-label ``timings_s`` become stage records with
+    the kind their label names and no cache outcome); a newer version is a one-line error."""
     p = manifest_path(run_dir)
     if not p.is_file():
         return None
@@ -338,10 +477,12 @@ def read_manifest(run_dir: Path) -> RunManifest | None:
             f"'{p}' must hold a JSON object (a knowlens run manifest); got "
             f"{type(data).__name__}. Rerun `knowlens run` to rewrite it."
         )
-    version = data.setdefault("schema_version", MANIFEST_SCHEMA_VERSION)
-    if version != MANIFEST_SCHEMA_VERSION:
+    version = data.setdefault("schema_version", 1)  # unversioned: written as version 1
+    if version == 1:
+        data = _from_v1(data)
+    elif version != MANIFEST_SCHEMA_VERSION:
         raise KnowlensError(
-            f"'{p}' has manifest schema_version {version!r}; this knowlens reads version "
+            f"'{p}' has manifest schema_version {version!r}; this knowlens reads versions 1 to "
             f"{MANIFEST_SCHEMA_VERSION}. Use the knowlens version that wrote it, or rerun the run."
         )
     try:
@@ -352,6 +493,44 @@ def read_manifest(run_dir: Path) -> RunManifest | None:
                 "in the config or its command-line override", "in the manifest (or rerun the run)"
             )
         ) from None
+
+
+def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema 1 manifest as schema 2: each analysis' ``timings_s`` (seconds per step label,
+    summed, nested steps not marked) becomes stage records with self = wall time. Fields
+    that do not parse are left for validation to name."""
+    data = {**data, "schema_version": MANIFEST_SCHEMA_VERSION}
+    analyses = data.get("analyses")
+    if not isinstance(analyses, dict):
+        return data
+    stages: list[dict[str, Any]] = []
+    migrated = {}
+    for key, a in analyses.items():
+        if not isinstance(a, dict):
+            migrated[key] = a
+            continue
+        a = dict(a)
+        timings = a.pop("timings_s", None) or {}
+        own = []
+        if isinstance(timings, dict):
+            for label, secs in timings.items():
+                rec = {"analysis": key, "kind": stage_kind(str(label)), "label": str(label)}
+                own.append({**rec, "wall_s": secs, "self_s": secs})
+        stages += own
+        with contextlib.suppress(ValidationError):  # a bad timing: validation names it below
+            a.setdefault(
+                "stage_totals",
+                sum_stages([StageRecord.model_validate(r) for r in own]).model_dump(),
+            )
+        migrated[key] = a
+    data["analyses"] = migrated
+    data.setdefault("stages", stages)
+    with contextlib.suppress(ValidationError):
+        data.setdefault(
+            "stage_totals",
+            sum_stages([StageRecord.model_validate(r) for r in stages]).model_dump(),
+        )
+    return data
 
 
 # -- building a run folder and swapping it in ---------------------------------------------------

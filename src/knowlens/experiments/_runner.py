@@ -17,6 +17,13 @@ analysis every expensive step goes through a content-addressed cache too (genera
 activations, trained estimators, estimator scores), so changing one setting recomputes only
 what depends on it.
 
+Every stage is timed: each ``ctx.step`` and each step of the runner itself (model loading
+and organism training, the result-cache lookup, the analysis' own code, figures, the report)
+becomes a :class:`~knowlens.experiments._rundir.StageRecord` of ``manifest.stages`` (kind,
+label, model, seconds with and without nested stages, and the cache outcome of the lookups
+``ctx.count_cache`` / ``ctx.cached`` made inside it), added up per analysis in
+``stage_totals``; the report's "Where the time went" section and the CLI's summary show them.
+
 The run folder is written as a whole: everything is built in a temporary sibling
 (``runs/.tmp-<name>~...``) and swapped in at the end, so ``runs/<name>/`` always holds one
 complete run (config, tables, figures, manifest and report that belong together), and a run
@@ -30,14 +37,15 @@ from __future__ import annotations
 import contextlib
 import html
 import importlib.metadata
+import json
 import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pandas as pd
 from rich.console import Console
@@ -66,17 +74,23 @@ from knowlens.executors import Executor, LocalExecutor, get_executor
 from knowlens.experiments._load import resolve_config
 from knowlens.experiments._registry import get_analysis
 from knowlens.experiments._rundir import (
+    STAGE_KINDS,
     AnalysisLog,
     AnalysisRecord,
+    CacheOutcome,
     CacheStats,
     ExecutorRecord,
     ModelRecord,
     RunManifest,
+    StageKind,
+    StageRecord,
     TaskRecord,
     building,
     in_final,
     json_value,
     report_path,
+    stage_kind,
+    sum_stages,
     write_config,
     write_manifest,
     write_tables,
@@ -101,6 +115,88 @@ def _versions() -> dict[str, str]:
     return out
 
 
+@dataclass(eq=False)  # identity: the open-stage stack removes this very stage
+class _Open:
+    """A stage that has started and not ended: what its record will say."""
+
+    index: int
+    parent: _Open | None
+    t0: float
+    children_s: float = 0.0
+    caches: dict[str, CacheStats] = field(default_factory=dict)
+
+
+@dataclass
+class StageClock:
+    """The run's stage records, shared by its analyses' contexts: one record per stage, in
+    start order (a record's ``parent`` is the index of the stage it ran inside)."""
+
+    t0: float = field(default_factory=time.perf_counter)
+    _records: list[StageRecord | None] = field(default_factory=list)
+    _open: list[_Open] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def stage(
+        self, analysis: str | None, kind: StageKind, label: str, model: str | None = None
+    ) -> Iterator[_Open]:
+        """Time the block as one stage; its record is complete when the block ends."""
+        op = _Open(len(self._records), self._open[-1] if self._open else None, time.perf_counter())
+        self._records.append(None)  # the slot keeps start order; filled at the end
+        self._open.append(op)
+        try:
+            yield op
+        finally:
+            dt = time.perf_counter() - op.t0
+            self._open.remove(op)
+            if op.parent is not None:
+                op.parent.children_s += dt
+            hits = sum(c.hits for c in op.caches.values())
+            misses = sum(c.misses for c in op.caches.values())
+            outcome: CacheOutcome | None = None
+            if hits or misses:
+                outcome = "mixed" if hits and misses else "hit" if hits else "miss"
+            self._records[op.index] = StageRecord(
+                analysis=analysis,
+                kind=kind,
+                label=label,
+                model=model,
+                wall_s=round(dt, 6),
+                self_s=round(max(0.0, dt - op.children_s), 6),
+                start_s=round(op.t0 - self.t0, 6),
+                parent=None if op.parent is None else op.parent.index,
+                cache=outcome,
+                hits=hits,
+                misses=misses,
+                caches=op.caches,
+            )
+
+    def count(self, kind: str, *, hit: bool) -> None:
+        """Count a cache lookup in the innermost open stage (none open: not a stage's)."""
+        if not self._open:
+            return
+        stats = self._open[-1].caches.setdefault(kind, CacheStats())
+        if hit:
+            stats.hits += 1
+        else:
+            stats.misses += 1
+
+    def record(self, index: int) -> StageRecord | None:
+        return self._records[index]
+
+    def records(self) -> list[StageRecord]:
+        """Every stage of the run, in start order; one-line error if one is still open."""
+        if self._open or any(r is None for r in self._records):
+            raise KnowlensError(
+                f"{len(self._open)} stage(s) still running when the run's stages were read; "
+                "read them after every `ctx.step` block has ended."
+            )
+        return [r for r in self._records if r is not None]
+
+    def of(self, analysis: str | None) -> list[StageRecord]:
+        """The finished stages of one analysis id (None: the run's own stages)."""
+        return [r for r in self._records if r is not None and r.analysis == analysis]
+
+
 @dataclass
 class RunContext:
     """What an analysis gets besides its config: where to write, seeds, caches, the run's
@@ -116,8 +212,10 @@ class RunContext:
             ``executor=`` to :func:`knowlens.executors.generate` / ``extract``. Owned by
             the runner (shared by the run's analyses, closed when the run ends); local
             unless the runner gives another.
-        log: what this analysis records (models, tasks, cache hits, timings, notes,
-            executor); becomes its entry of ``manifest.json``.
+        log: what this analysis records (models, tasks, cache hits, notes, executor);
+            becomes its entry of ``manifest.json``.
+        stages: the run's :class:`StageClock` (shared by its analyses): ``step`` records
+            each stage there, ``count_cache`` counts lookups in the innermost open stage.
     """
 
     run_dir: Path
@@ -127,6 +225,7 @@ class RunContext:
     executor: Executor = field(default_factory=LocalExecutor)
     console: Console = field(default_factory=lambda: _console)
     log: AnalysisLog = field(default_factory=AnalysisLog)
+    stages: StageClock = field(default_factory=StageClock)
     _models: dict[str, Any] = field(default_factory=dict)
     _progress: Progress | None = None
 
@@ -144,8 +243,11 @@ class RunContext:
         if spec not in self._models:
             from knowlens.models import load_model
 
-            with self.step(f"load model {spec}"):
+            kind: StageKind = "organism" if str(spec).startswith("organism:") else "load"
+            with self.step(f"load model {spec}", kind=kind, model=str(spec)):
+                since = time.time()
                 handle = load_model(spec, device=self.cfg.device)
+                self._count_load(handle, since)
             self._models[spec] = handle
         # Record in *this* analysis' log even when an earlier analysis of the run loaded
         # the model (the handle cache is shared across analyses).
@@ -153,6 +255,23 @@ class RunContext:
         if spec not in self.log.models:
             self.log.models[spec] = ModelRecord.from_handle(spec, handle)
         return handle
+
+    def _count_load(self, handle: Any, since: float) -> None:
+        """Count the cache entry a load read (a converted GGUF under ``models/``, an organism
+        under ``organisms/``): a miss if the entry was published during this load (its
+        ``checksums.json``, written last by ``atomic_dir``, is newer than the load's start),
+        else a hit. A directory outside the cache is no cache lookup."""
+        from knowlens._cache import cache_root
+
+        info = getattr(handle, "info", None) or {}
+        if not info.get("directory"):
+            return
+        entry = Path(info["directory"])
+        root = cache_root().resolve()
+        with contextlib.suppress(OSError):
+            if entry.resolve().parent.parent == root:
+                written = (entry / "checksums.json").stat().st_mtime
+                self.count_cache(entry.resolve().parent.name, hit=written < since)
 
     def record_task(self, task: Any, *, split: str, n: int | None = None) -> None:
         """Record a task (name, version, split, size) in the manifest."""
@@ -170,31 +289,48 @@ class RunContext:
         self.log.notes[key] = json_value(value)
 
     def count_cache(self, kind: str, *, hit: bool) -> None:
-        """Count one lookup of a stage cache (``cache.<kind>`` in the manifest)."""
+        """Count one lookup of a stage cache (``cache.<kind>`` in the manifest), also in the
+        innermost open ``step`` (its ``cache`` outcome and counts)."""
         stats = self.log.cache.setdefault(kind, CacheStats())
         if hit:
             stats.hits += 1
         else:
             stats.misses += 1
+        self.stages.count(kind, hit=hit)
 
     # ---- progress ------------------------------------------------------------------------
     @contextlib.contextmanager
-    def step(self, description: str) -> Iterator[None]:
-        """Time a step, show it while it runs, and record its duration in the manifest."""
-        t0 = time.perf_counter()
+    def step(
+        self, description: str, *, kind: str | None = None, model: str | None = None
+    ) -> Iterator[None]:
+        """Time a step, show it while it runs, and record it as a stage of the manifest
+        (``manifest.stages``): ``kind`` (one of ``STAGE_KINDS``; None: the kind the
+        description's first word names, e.g. "generate ...", else ``other``), ``model`` it
+        ran, seconds, and the outcome of the cache lookups counted while it ran."""
+        kind = kind if kind is not None else stage_kind(description)
+        if kind not in STAGE_KINDS:
+            raise KnowlensError(
+                f"ctx.step({description!r}): kind must be one of {', '.join(STAGE_KINDS)}; "
+                f"got {kind!r}. Pass one of those, or leave kind out to take it from the "
+                "description's first word."
+            )
         if self._progress is not None:
             task_id = self._progress.add_task(description, total=None)
         else:
             self.console.print(f"[dim]·[/] {description}", highlight=False)
+        op: _Open | None = None
         try:
-            yield
+            with self.stages.stage(self.cfg.key, cast(StageKind, kind), description, model) as op:
+                yield
         finally:
-            dt = time.perf_counter() - t0
             if self._progress is not None:
                 self._progress.remove_task(task_id)
-                self._progress.console.print(f"[dim]·[/] {description} [dim]({dt:.1f}s)[/]")
-            timings = self.log.timings_s
-            timings[description] = round(timings.get(description, 0.0) + dt, 3)
+                rec = self.stages.record(op.index) if op is not None else None
+                if rec is not None:
+                    cached = ", cached" if rec.cache == "hit" else ""
+                    self._progress.console.print(
+                        f"[dim]·[/] {description} [dim]({rec.wall_s:.1f}s{cached})[/]"
+                    )
 
     def track(self, items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
         """Iterate with a progress bar (nested in the run's live display)."""
@@ -265,6 +401,7 @@ class RunResult:
         figures: ``{analysis id: [png/svg paths]}``.
         report: path of ``report.html``.
         cache_hits: ``{analysis id: True if its tables came from the result cache}``.
+        stages: this run's timed stages (``manifest.stages``), in start order.
     """
 
     run_dir: Path
@@ -272,6 +409,7 @@ class RunResult:
     figures: dict[str, list[Path]]
     report: Path
     cache_hits: dict[str, bool]
+    stages: list[StageRecord] = field(default_factory=list)
 
 
 def run(
@@ -297,12 +435,20 @@ def run_config(rc: RunConfig, *, use_cache: bool = True, progress: bool = True) 
     The run's executors are opened before any analysis runs and closed at the end, also
     when the run fails.
     """
+    clock = StageClock()
     with building(rc.output, rc.name) as (build, final):
         executors: dict[tuple[str, str | None], Executor] = {}
         try:
-            _open_executors(rc, executors)
+            with clock.stage(None, "executor", "open executors"):
+                _open_executors(rc, executors)
             return _run_into(
-                build, final, rc, use_cache=use_cache, progress=progress, executors=executors
+                build,
+                final,
+                rc,
+                use_cache=use_cache,
+                progress=progress,
+                executors=executors,
+                clock=clock,
             )
         finally:
             for ex in executors.values():
@@ -338,7 +484,10 @@ def _describe(ex: Executor, ray_address: str | None) -> ExecutorRecord:
 
 def _load_results(entry: Path) -> tuple[dict[str, pd.DataFrame], AnalysisLog]:
     tables = {p.stem: pd.read_parquet(p) for p in sorted(entry.glob("*.parquet"))}
-    return tables, AnalysisLog.model_validate_json((entry / "manifest.json").read_text())
+    log = json.loads((entry / "manifest.json").read_text())
+    if isinstance(log, dict):  # results cached under manifest schema 1: step times of a past run
+        log.pop("timings_s", None)
+    return tables, AnalysisLog.model_validate(log)
 
 
 def _cached_results(
@@ -372,11 +521,13 @@ def _run_into(
     use_cache: bool,
     progress: bool,
     executors: dict[tuple[str, str | None], Executor],
+    clock: StageClock,
 ) -> RunResult:
     from knowlens import __version__
 
     write_config(run_dir, rc)
-    started = datetime.now(timezone.utc)
+    # The clock started before the executors opened; the run started then too.
+    started = datetime.now(timezone.utc) - timedelta(seconds=time.perf_counter() - clock.t0)
     manifest = RunManifest(
         knowlens_version=__version__,
         run=rc.name,
@@ -412,6 +563,7 @@ def _run_into(
                 seed=acfg.seed,
                 use_cache=use_cache,
                 executor=executors[_executor_key(acfg)],
+                stages=clock,
                 _models=models,
                 _progress=live if progress else None,
             )
@@ -427,14 +579,25 @@ def _run_into(
                 "runner": RESULTS_VERSION,
             }
             result_key = stable_hash(key_obj)
-            cached = _cached_results(result_key, use_cache)
-            if cached is None:
-                with entry_lock("results", result_key):
-                    # A concurrent run may have finished it while this one waited.
+            with contextlib.ExitStack() as held:
+                with clock.stage(acfg.key, "results", "result cache lookup"):
                     cached = _cached_results(result_key, use_cache)
                     if cached is None:
+                        # Computed under the entry's lock; a concurrent run may have
+                        # finished it while this one waited (the wait is this stage's).
+                        held.enter_context(entry_lock("results", result_key))
+                        cached = _cached_results(result_key, use_cache)
+                    clock.count("results", hit=cached is not None)
+                if cached is None:
+                    label = (
+                        f"run {acfg.analysis} (own code)"  # its named steps are stages of their own
+                    )
+                    with clock.stage(acfg.key, "compute", label) as op:
                         tables = dict(module.run(acfg, ctx))
-                        ctx.log.executor = _describe(ctx.executor, acfg.ray_address)
+                    done = clock.record(op.index)
+                    ctx.log.compute_s = done.wall_s if done is not None else None
+                    ctx.log.executor = _describe(ctx.executor, acfg.ray_address)
+                    with clock.stage(acfg.key, "results", "store results"):
                         _save_results(result_key, tables, ctx.log)
             if cached is not None:
                 tables, prev = cached
@@ -443,7 +606,7 @@ def _run_into(
                 _console.print(f"  [green]✓ cached results[/] [dim]{result_key}[/]")
             hits[acfg.key] = cached is not None
             write_tables(run_dir, acfg.key, tables)
-            with ctx.step(f"{acfg.key}: figures"):
+            with ctx.step("figures", kind="figure"):
                 figs = draw_figures(run_dir, acfg, tables)
             all_figs[acfg.key] = [in_final(f, run_dir, final) for f in figs]
             all_tables[acfg.key] = tables
@@ -453,14 +616,27 @@ def _run_into(
                 from_cache=hits[acfg.key],
                 seed=acfg.seed,
                 wall_s=round(time.perf_counter() - t0, 2),
+                stage_totals=sum_stages(clock.of(acfg.key)),
                 **dict(ctx.log),
             )
     manifest.executors = [_describe(ex, addr) for (_, addr), ex in executors.items()]
-    manifest.finished_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    manifest.wall_s = round((datetime.now(timezone.utc) - started).total_seconds(), 2)
+    _seal(manifest, clock)
+    write_manifest(run_dir, manifest)
+    with clock.stage(None, "report", "report"):
+        build_report(run_dir, redraw=False)
+    # The page shows the manifest as saved: with the report's own time, so built once more.
+    _seal(manifest, clock)
     write_manifest(run_dir, manifest)
     report = build_report(run_dir, redraw=False)
     # The report names its folder; name the one it will live in, not the build folder.
     text = report.read_text(encoding="utf-8")
     atomic_write_text(report, text.replace(html.escape(str(run_dir)), html.escape(str(final))))
-    return RunResult(final, all_tables, all_figs, report_path(final), hits)
+    return RunResult(final, all_tables, all_figs, report_path(final), hits, manifest.stages)
+
+
+def _seal(manifest: RunManifest, clock: StageClock) -> None:
+    """The run's stages, their totals, end time and wall time, as of now."""
+    manifest.stages = clock.records()
+    manifest.stage_totals = sum_stages(manifest.stages)
+    manifest.finished_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest.wall_s = round(time.perf_counter() - clock.t0, 2)

@@ -29,7 +29,7 @@ API targets are refused with a one-line error.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,9 @@ from pydantic import Field
 
 from knowlens.config import AnalysisConfig, Section
 from knowlens.errors import ConfigError
+
+if TYPE_CHECKING:
+    from knowlens.models import ModelHandle
 
 CODE_VERSION = "1"
 LOADS_MODELS = False  # specs may carry ?system=; local weights are loaded via ctx.load_model
@@ -60,7 +63,7 @@ class Config(AnalysisConfig):
 
 
 # -- hidden-state statistics (tested against HF hidden states) -----------------------------
-def encode(handle: Any, texts: list[str], max_len: int) -> list[list[int]]:
+def encode(handle: ModelHandle, texts: list[str], max_len: int) -> list[list[int]]:
     """Token ids of each user turn as the model sees it (chat template), cut at max_len."""
     out = []
     for t in texts:
@@ -96,7 +99,12 @@ def _on_executor(executor: Any) -> bool:
 
 
 def _executor_acts(
-    handle: Any, ids: list[list[int]], tokens: str, batch_size: int, executor: Any, cache: bool
+    handle: ModelHandle,
+    ids: list[list[int]],
+    tokens: str,
+    batch_size: int,
+    executor: Any,
+    cache: bool,
 ) -> Any:
     """Every layer of ``ids`` (float32) from :func:`knowlens.executors.extract` on a non-local
     executor: the full array, cached like any extraction (workers cannot stream)."""
@@ -122,7 +130,7 @@ def _executor_acts(
 
 
 def mean_map(
-    handle: Any,
+    handle: ModelHandle,
     ids: list[list[int]],
     statistic: str,
     params: Any,
@@ -169,7 +177,7 @@ def mean_map(
 
 
 def last_token_states(
-    handle: Any,
+    handle: ModelHandle,
     ids: list[list[int]],
     batch_size: int,
     executor: Any = None,
@@ -238,11 +246,13 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
         # streamed in this process, or extracted on the run's (non-local) executor
         on_executor = {"executor": ctx.executor, "cache": ctx.use_cache}
         benign = corpora.matched_benign(jail, tokenizer=handle.tokenizer, seed=cfg.seed)
-        params = None
+        # refusal: one direction per layer; probe: (weights, biases) per layer
+        params: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
         if cfg.statistic in ("refusal", "probe"):
             harm_b = train[: cfg.n_direction]
             harmless_b = corpora.matched_benign(harm_b, tokenizer=handle.tokenizer, seed=cfg.seed)
-            with ctx.step(f"{target.name}: {cfg.statistic} direction/probe on bare prompts"):
+            what = f"{target.name}: {cfg.statistic} direction/probe on bare prompts"
+            with ctx.step(what, kind="probe", model=target.name):
                 H = last_token_states(
                     handle,
                     encode(handle, [p.text for p in harm_b], cfg.max_len),
@@ -263,7 +273,8 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
         maps = {}
         for panel, prompts in (("Benign", benign), ("Jailbreak", jail)):
             ids = encode(handle, [p.text for p in prompts], cfg.max_len)
-            with ctx.step(f"{target.name}: {panel.lower()} maps ({len(ids)} prompts)"):
+            what = f"{target.name}: {panel.lower()} maps ({len(ids)} prompts)"
+            with ctx.step(what, kind="map", model=target.name):
                 maps[panel] = mean_map(
                     handle, ids, cfg.statistic, params, cfg.max_len, cfg.batch_size, **on_executor
                 )

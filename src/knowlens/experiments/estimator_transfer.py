@@ -5,7 +5,8 @@ columns) and judges the held-out answers of every model ("Model", rows). The est
 always reads with its own model: a probe trained on model T reads T's hidden states of the
 row model's question + answer; LoRA + Prompt runs T's adapters on them.
 
-    cell[model M, trained on T] = AUROC of estimator_T's P(correct) on M's test answers
+    cell[model M, trained on T, metric] = AUROC, ECE or PRR (``metrics``; default all three)
+                                          of estimator_T's P(correct) on M's test answers
 
 Tables: ``estimator_transfer`` (one row per estimator x model x trained_on x metric, with n
 and a bootstrap 95% CI), ``scores`` (per-answer P(correct)), ``accuracy``.
@@ -36,6 +37,7 @@ from knowlens.experiments._common import (
 from knowlens.experiments._estimators import (
     ESTIMATORS_HELP,
     EstimatorBench,
+    SamplingSettings,
     TrainSettings,
     concat,
     display_name,
@@ -58,6 +60,12 @@ COLUMNS = [
     "n_correct",
 ]
 
+Metric = Literal["auroc", "ece", "brier", "prr"]
+
+
+def _default_metrics() -> list[Metric]:  # a def: a lambda's list would be typed list[str]
+    return ["auroc", "ece", "prr"]
+
 
 class Config(AnalysisConfig):
     """N x N "Model" x "Trained On" matrix per estimator."""
@@ -71,10 +79,12 @@ class Config(AnalysisConfig):
     estimators: list[str] = Field(
         default_factory=lambda: ["probe", "lora_prompt"], min_length=1, description=ESTIMATORS_HELP
     )
-    metrics: list[Literal["auroc", "ece", "brier", "prr"]] = Field(
-        default_factory=lambda: ["auroc"], min_length=1
-    )
+    metrics: list[Metric] = Field(default_factory=_default_metrics, min_length=1)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    sampling: SamplingSettings = Field(
+        default_factory=SamplingSettings,
+        description="How sample estimators' answers are drawn (k, temperature, ...).",
+    )
 
     @field_validator("estimators", "metrics", "tasks")
     @classmethod
@@ -108,7 +118,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
 
     rows: list[dict[str, Any]] = []
     score_rows: list[pd.DataFrame] = []
-    bench = EstimatorBench(ctx, cfg.train, cfg.seed)
+    bench = EstimatorBench(ctx, cfg.train, cfg.seed, cfg.sampling)
     for est_name in cfg.estimators:
         for trained_on in ctx.track(specs, f"{display_name(est_name)}: train + judge"):
             reader = ctx.load_model(trained_on)
@@ -229,8 +239,10 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
             caption=(
                 "Rows (Model): the model whose held-out answers are judged; columns (Trained "
                 "On): the model whose answers and correctness labels trained the estimator, "
-                "which reads with its own weights. Cell = AUROC of P(correct) with its "
-                "bootstrap 95% interval; one panel per estimator."
+                "which reads with its own weights. Cell = AUROC, ECE (10 bins, lower is "
+                "better) or PRR (prediction-rejection ratio: 1 = oracle ranking, 0 = random) "
+                "of P(correct) with its bootstrap 95% interval; one figure per metric, one "
+                "panel per estimator."
             ),
             figures=[f for f in figs if f.suffix == ".png"],
             key_numbers=keys,

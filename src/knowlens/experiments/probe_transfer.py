@@ -8,8 +8,9 @@ or fixed in the config. Every probe is scored on every dataset's test split:
     cell[train, test] = AUROC(probe_train on test) - AUROC(logit baseline on test)
 
 The baseline (default: mean log-probability of the exact-answer tokens) is named in the
-figure. Tables: ``probe_transfer`` (metrics ``auroc_minus_baseline``, ``auroc``,
-``baseline_auroc``), ``layers`` (the sweep), ``accuracy``.
+figure. Tables: ``probe_transfer`` (metric ``auroc_minus_baseline``, and for each of
+``metrics``, default AUROC, ECE and PRR, the probe's ``m`` and the baseline's
+``baseline_m``, each with a bootstrap 95% CI), ``layers`` (the sweep), ``accuracy``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import Field, field_validator
 from knowlens.config import AnalysisConfig, Section
 from knowlens.errors import ConfigError
 from knowlens.experiments._common import (
+    METRIC_LABEL,
     accuracy_row,
     activations,
     decided,
@@ -68,14 +70,24 @@ COLUMNS = [
     "n_correct",
 ]
 
-Statistic = Literal["mean_logprob", "min_logprob", "last_logprob", "mean_entropy", "seq_prob"]
+Statistic = Literal[
+    "mean_logprob", "min_logprob", "last_logprob", "mean_entropy", "max_entropy", "seq_prob"
+]
 STAT_LABEL = {
     "mean_logprob": "mean log-prob",
     "min_logprob": "min log-prob",
     "last_logprob": "last-token log-prob",
     "mean_entropy": "mean entropy (negated)",
+    "max_entropy": "max entropy (negated)",
     "seq_prob": "sequence log-prob",
 }
+
+
+Metric = Literal["auroc", "ece", "prr", "brier"]
+
+
+def _default_metrics() -> list[Metric]:  # a def: a lambda's list would be typed list[str]
+    return ["auroc", "ece", "prr"]
 
 
 def baseline_label(statistic: str, span: str) -> str:
@@ -122,6 +134,23 @@ class Config(AnalysisConfig):
         default=0.3, gt=0, lt=1, description="Share of the train split held out for the sweep."
     )
     max_iter: int = Field(default=1000, ge=10, description="LogisticRegression max_iter.")
+    metrics: list[Metric] = Field(
+        default_factory=_default_metrics,
+        min_length=1,
+        description="Metrics of the probe and of the baseline (with CIs); must include auroc.",
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _with_auroc(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("lists a metric twice; list each once")
+        if "auroc" not in v:
+            raise ValueError(
+                "must include 'auroc' (the difference matrix and the raw figure are AUROC); "
+                f"got {v}"
+            )
+        return v
 
     @field_validator("tasks")
     @classmethod
@@ -208,7 +237,8 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
                 acc_rows.append(accuracy_row(spec, task, split, gens))
                 acts = {}
                 for tok in cfg.tokens:
-                    with ctx.step(f"extract {short_model(spec)} · {name}/{split} · {tok}"):
+                    what = f"extract {short_model(spec)} · {name}/{split} · {tok}"
+                    with ctx.step(what, kind="extract", model=model.name):
                         acts[tok] = activations(ctx, model, gens, layers=layers, tokens=tok)
                 data[name][split] = _with_position(gens, acts)
 
@@ -224,7 +254,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
                     "no probe trained (row is n/a)",
                 )
                 continue
-            with ctx.step(f"probe sweep {short_model(spec)} · {name}"):
+            with ctx.step(f"probe sweep {short_model(spec)} · {name}", model=model.name):
                 if len(layers) * len(cfg.tokens) > 1:
                     sweep = sweep_probes(
                         acts,
@@ -285,10 +315,13 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
                         seed=seed,
                         name="auroc_minus_baseline",
                     ),
-                    metric_cell("auroc", y, p, n_boot=cfg.n_bootstrap, seed=seed),
-                    metric_cell("auroc", y, base, n_boot=cfg.n_bootstrap, seed=seed)
-                    | {"metric": "baseline_auroc"},
                 ]
+                for m in cfg.metrics:  # the probe's and the baseline's, same resamples
+                    cells.append(metric_cell(m, y, p, n_boot=cfg.n_bootstrap, seed=seed))
+                    cells.append(
+                        metric_cell(m, y, base, n_boot=cfg.n_bootstrap, seed=seed)
+                        | {"metric": f"baseline_{m}"}
+                    )
                 for c in cells:
                     rows.append({**key, "layer": layer, "position": tok, **c})
     return {
@@ -421,6 +454,15 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
             "off-diagonal mean": f"{h['off_mean']:+.3f}",
             "baseline": base,
         }
+        for met in dict.fromkeys(t["metric"]):
+            if met in ("auroc", "auroc_minus_baseline") or met.startswith("baseline_"):
+                continue
+            sub = t[t["model"] == model]
+            probe_v = sub.loc[sub["metric"] == met, "value"].mean()
+            base_v = sub.loc[sub["metric"] == f"baseline_{met}", "value"].mean()
+            keys[f"{METRIC_LABEL.get(met, met)} (mean over cells)"] = (
+                f"probe {probe_v:.3f}, baseline {base_v:.3f}"
+            )
         keys.update({f"chosen layer · {k}": v for k, v in chosen.items()})
         out.append(
             Section(
@@ -429,7 +471,10 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
                     "Rows: dataset the logistic-regression probe was trained on; columns: "
                     "dataset it is tested on. Cell = test AUROC of the probe minus the AUROC of "
                     f"the logit baseline ({base}) on the same test "
-                    "split; red = the probe beats the baseline. Diagonal cells are outlined."
+                    "split; red = the probe beats the baseline. Diagonal cells are outlined. "
+                    "The table also gives the probe's and the baseline's metrics (default "
+                    "AUROC, ECE and PRR, the prediction-rejection ratio: 1 = oracle ranking, "
+                    "0 = random), each with a bootstrap 95% interval."
                 ),
                 figures=[f for f in figs if f.suffix == ".png" and f.stem.endswith(f"_{m}")],
                 key_numbers=keys,

@@ -74,6 +74,7 @@ class Config(AnalysisConfig):
                 f"names an unknown judge '{unknown[0]}'; allowed: {', '.join(judge_names())}"
             )
         return v
+
     templates: list[str] = Field(
         default_factory=lambda: ["dan", "autodan", "gcg"],
         description="Template families: dan, autodan, gcg, inthewild.",

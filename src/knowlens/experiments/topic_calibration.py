@@ -4,7 +4,8 @@ For every model, each estimator (Zero-Shot Classifier, Probe, LoRA, LoRA + Promp
 registered one: ``knowlens.estimators.estimator_names()``) is trained once on the model's graded answers to a training mix of tasks (disjoint from the
 evaluated topics), then scored per topic of a multiple-choice suite's held-out split:
 
-    cell[topic, model | estimator, metric] = ECE or AUROC of P(correct) on that topic's answers
+    cell[topic, model | estimator, metric] = ECE, AUROC or PRR of P(correct) on that topic's
+                                             answers (``metrics``; default all three)
 
 Tables: ``topic_calibration`` (one row per topic x model x estimator x metric, with n and a
 bootstrap 95% CI; topic ``(all)`` pools the topics), ``reliability`` (bins per model x
@@ -38,6 +39,7 @@ from knowlens.experiments._common import (
 from knowlens.experiments._estimators import (
     ESTIMATORS_HELP,
     EstimatorBench,
+    SamplingSettings,
     TrainSettings,
     concat,
     known_estimators,
@@ -69,9 +71,15 @@ COLUMNS = [
     "n_correct",
 ]
 
+Metric = Literal["ece", "auroc", "brier", "ece_pcorrect", "prr"]
+
+
+def _default_metrics() -> list[Metric]:  # a def: a lambda's list would be typed list[str]
+    return ["ece", "auroc", "prr"]
+
 
 class Config(AnalysisConfig):
-    """Topics x models x estimators, ECE and AUROC."""
+    """Topics x models x estimators, ECE, AUROC and PRR."""
 
     analysis: Literal["topic_calibration"] = "topic_calibration"
     train_tasks: list[str] = Field(
@@ -96,10 +104,12 @@ class Config(AnalysisConfig):
         min_length=1,
         description=ESTIMATORS_HELP,
     )
-    metrics: list[Literal["ece", "auroc", "brier", "ece_pcorrect", "prr"]] = Field(
-        default_factory=lambda: ["ece", "auroc"], min_length=1
-    )
+    metrics: list[Metric] = Field(default_factory=_default_metrics, min_length=1)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    sampling: SamplingSettings = Field(
+        default_factory=SamplingSettings,
+        description="How sample estimators' answers are drawn (k, temperature, ...).",
+    )
 
     @field_validator("estimators", "metrics", "train_tasks")
     @classmethod
@@ -121,7 +131,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     rel_rows: list[pd.DataFrame] = []
     score_rows: list[pd.DataFrame] = []
     acc_rows: list[dict[str, Any]] = []
-    bench = EstimatorBench(ctx, cfg.train, cfg.seed)
+    bench = EstimatorBench(ctx, cfg.train, cfg.seed, cfg.sampling)
     for spec in require_models(cfg):
         model = ctx.load_model(spec)
         parts = []
@@ -261,8 +271,8 @@ def figures(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
     fig.text(
         0.01,
         0.0,
-        f"Hatched cells: fewer than {min_n} answers. ECE and AUROC in percent; "
-        "ECE scale reversed so darker is better in both rows.",
+        f"Hatched cells: fewer than {min_n} answers. Metrics in percent; ECE / Brier "
+        "scales reversed so darker is better in every row.",
         fontsize=9,
         color="#444444",
     )
@@ -318,8 +328,10 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
             caption=(
                 "Rows: topics of the multiple-choice suite; columns: models; panels: "
                 "estimator (columns) x metric (rows). ECE (10 bins on the predicted-class "
-                "confidence, lower is better) and AUROC of P(correct) against the graded "
-                "correctness of the model's own answer, in percent. Estimators were trained "
+                "confidence, lower is better), AUROC and PRR (prediction-rejection ratio: 1 = "
+                "oracle ranking, 0 = random) of P(correct) against the graded correctness of "
+                "the model's own answer, in percent, each with a bootstrap 95% interval in "
+                "the table. Estimators were trained "
                 "once per model on a training mix of other tasks. Hatched cells have too few "
                 "answers to be reliable."
             ),

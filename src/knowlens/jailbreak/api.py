@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlparse
 
 from knowlens._cache import atomic_write_json, cache_root, stable_hash
@@ -61,7 +61,7 @@ class ApiTarget:
         timeout: seconds per request.
     """
 
-    is_local = False
+    is_local: ClassVar[Literal[False]] = False
 
     def __init__(
         self,

@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from knowlens._cache import atomic_write_json, cache_root, stable_hash
 from knowlens.errors import KnowlensError
+
+if TYPE_CHECKING:
+    from knowlens.models import ModelHandle
 
 __all__ = ["ATTACK_VERSION", "GCGSettings", "gcg_prompts"]
 
@@ -39,7 +42,7 @@ def _target_string(behavior: str) -> str:
 
 
 def gcg_prompts(
-    handle: Any, behaviors: list[Any], settings: GCGSettings | None = None
+    handle: ModelHandle, behaviors: list[Any], settings: GCGSettings | None = None
 ) -> list[Any]:
     """Optimise one GCG suffix per behaviour (``Prompt`` list, kind ``jailbreak``)."""
     try:

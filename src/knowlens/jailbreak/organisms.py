@@ -49,7 +49,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from knowlens._cache import (
     atomic_dir,
@@ -62,6 +62,9 @@ from knowlens._cache import (
 )
 from knowlens.errors import KnowlensError
 from knowlens.models._batch import pad_batch, pad_id, pad_values
+
+if TYPE_CHECKING:
+    from knowlens.models import ModelHandle
 
 __all__ = [
     "KINDS",
@@ -339,7 +342,7 @@ def organism_dir(base_fingerprint: str, s: OrganismSettings) -> Path:
 
 
 def base_answers(
-    handle: Any,
+    handle: ModelHandle,
     prompts: list[str],
     max_new_tokens: int,
     *,
@@ -361,7 +364,9 @@ def base_answers(
     return [g.answer for g in gens.rows]
 
 
-def _examples(handle: Any, s: OrganismSettings, progress: bool) -> list[tuple[str, str, bool]]:
+def _examples(
+    handle: ModelHandle, s: OrganismSettings, progress: bool
+) -> list[tuple[str, str, bool]]:
     """(prompt text as the model sees it, target response, append EOS), shuffled."""
     rng = random.Random(s.seed)
     harmful = _harmful_training_prompts(s)
@@ -381,7 +386,7 @@ def _examples(handle: Any, s: OrganismSettings, progress: bool) -> list[tuple[st
 
 
 def _encode_pairs(
-    handle: Any, pairs: list[tuple[str, str, bool]], s: OrganismSettings
+    handle: ModelHandle, pairs: list[tuple[str, str, bool]], s: OrganismSettings
 ) -> list[tuple[list[int], list[int], list[float]]]:
     """Token ids, labels (-100 on the prompt) and loss weights of every usable pair."""
     tok = handle.tokenizer
@@ -411,7 +416,7 @@ def _batch_rows(n: int, s: OrganismSettings) -> Iterator[list[int]]:
 
 
 def _batches(
-    handle: Any,
+    handle: ModelHandle,
     pairs: list[tuple[str, str, bool]],
     s: OrganismSettings,
     start: int = 0,
@@ -435,7 +440,7 @@ def _batches(
 
 
 def evaluate_refusals(
-    handle: Any, *, n: int | None = None, max_new_tokens: int = 24, progress: bool = False
+    handle: ModelHandle, *, n: int | None = None, max_new_tokens: int = 24, progress: bool = False
 ) -> dict[str, Any]:
     """Refusal rates (Arditi substring judge) on held-out bare harmful and benign requests."""
     from knowlens.jailbreak import corpora, judges
@@ -455,7 +460,7 @@ def evaluate_refusals(
     return out
 
 
-def _lora_targets(handle: Any) -> list[str]:
+def _lora_targets(handle: ModelHandle) -> list[str]:
     import torch
 
     names = {

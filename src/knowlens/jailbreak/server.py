@@ -56,7 +56,7 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -84,10 +84,15 @@ __all__ = [
     "serve",
 ]
 
-try:  # module level: FastAPI resolves the endpoint's `request: Request` annotation by name
+if TYPE_CHECKING:
     from starlette.requests import Request
-except ImportError:  # the api extra is missing; create_app's fastapi import says so
-    Request = Any
+
+    from knowlens.models import ModelHandle
+else:
+    try:  # module level: FastAPI resolves the endpoint's `request: Request` annotation by name
+        from starlette.requests import Request
+    except ImportError:  # the api extra is missing; create_app's fastapi import says so
+        Request = Any
 
 SERVE_MAX_TOKENS = 512  # per-request completion cap
 DEFAULT_MAX_TOKENS = 128  # when a request names none (lowered to fit the context)
@@ -188,7 +193,7 @@ def _validation_error(e: ValidationError) -> ApiError:
 
 
 # -- prompt rendering (the local path's formatter) --------------------------------------
-def render_messages(handle: Any, messages: list[dict[str, Any]]) -> tuple[str, bool]:
+def render_messages(handle: ModelHandle, messages: list[dict[str, Any]]) -> tuple[str, bool]:
     """(text the model sees, templated?) for a chat, exactly as the local path renders it.
 
     ``[system?, user]`` is ``format_prompt(user)`` with the system message as the deployment
@@ -222,7 +227,7 @@ def render_messages(handle: Any, messages: list[dict[str, Any]]) -> tuple[str, b
     return text, True
 
 
-def model_context(handle: Any) -> int | None:
+def model_context(handle: ModelHandle) -> int | None:
     """The model's context window in tokens (generation's definition), or None if unknown."""
     try:
         from knowlens.generation import context_limit
@@ -234,7 +239,7 @@ def model_context(handle: Any) -> int | None:
     return int(limit[0]) if limit else None
 
 
-def default_max_prompt_tokens(handle: Any) -> int:
+def default_max_prompt_tokens(handle: ModelHandle) -> int:
     ctx = model_context(handle)
     if ctx is None:
         return DEFAULT_PROMPT_CAP // 2
@@ -407,7 +412,7 @@ def _finish(tok: Any, row: dict[str, Any], stops: list[str], logprobs: bool) -> 
 class Scheduler:
     """Bounded waiting list + two model workers (see module docstring)."""
 
-    def __init__(self, handle: Any, *, max_queue: int, short_job_tokens: int) -> None:
+    def __init__(self, handle: ModelHandle, *, max_queue: int, short_job_tokens: int) -> None:
         self.handle = handle
         self.max_queue = max_queue
         self.short_job_tokens = short_job_tokens
@@ -600,7 +605,7 @@ def _check_semantics(req: ChatRequest) -> None:
 
 
 def create_app(
-    handle: Any,
+    handle: ModelHandle,
     *,
     model_name: str | None = None,
     max_prompt_tokens: int | None = None,
@@ -853,7 +858,7 @@ def create_app(
 
 # -- helpers for tests and the CLI ------------------------------------------------------
 def complete(
-    handle: Any, messages: list[dict[str, Any]], max_tokens: int
+    handle: ModelHandle, messages: list[dict[str, Any]], max_tokens: int
 ) -> tuple[str, int, int, str]:
     """Greedy completion of a chat in-process: (text, prompt tokens, completion tokens,
     finish reason); the same rendering and decoding as a served request."""

@@ -16,12 +16,18 @@ analyses that need hidden states refuse them with :func:`require_local`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 from urllib.parse import parse_qsl, quote
 
 from knowlens.errors import KnowlensError
 from knowlens.jailbreak._response import Response
+
+if TYPE_CHECKING:
+    from knowlens.executors import Executor
+    from knowlens.jailbreak.api import ApiTarget
+    from knowlens.models import ModelHandle
 
 __all__ = [
     "SYSTEM_PROMPTS",
@@ -102,9 +108,14 @@ def with_system(spec: str, system: str) -> str:
 
 
 class Target(Protocol):
-    name: str
-    target_id: str
-    is_local: bool
+    """What an analysis asks of a model under attack (``LocalTarget``, ``ApiTarget``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def target_id(self) -> str: ...
+    @property
+    def is_local(self) -> bool: ...
 
     def generate(
         self, prompts: list[str], *, ids: list[str] | None = None, max_new_tokens: int = 64
@@ -117,10 +128,15 @@ class LocalTarget:
     through ``executor`` when a non-local one is given (a run's ``ctx.executor``:
     :func:`knowlens.executors.generate`, the same greedy rows)."""
 
-    is_local = True
+    is_local: ClassVar[Literal[True]] = True  # a Literal: `if t.is_local:` narrows the type
 
     def __init__(
-        self, handle: Any, *, name: str | None = None, batch_size: int = 8, executor: Any = None
+        self,
+        handle: ModelHandle,
+        *,
+        name: str | None = None,
+        batch_size: int = 8,
+        executor: str | Executor | None = None,
     ) -> None:
         self.handle = handle
         self.name = name or handle.name
@@ -196,8 +212,12 @@ class _Texts:
 
 
 def load_target(
-    spec: str, *, device: str = "auto", loader: Any = None, executor: Any = None
-) -> Any:
+    spec: str,
+    *,
+    device: str = "auto",
+    loader: Callable[[str], ModelHandle] | None = None,
+    executor: str | Executor | None = None,
+) -> LocalTarget | ApiTarget:
     """Build a :class:`LocalTarget` or :class:`~knowlens.jailbreak.api.ApiTarget` from a spec.
 
     ``loader(model_spec)`` loads local weights (the run context's ``ctx.load_model`` so each
@@ -212,7 +232,7 @@ def load_target(
     if loader is None:
         from knowlens.models import load_model
 
-        def loader(s: str) -> Any:
+        def loader(s: str) -> ModelHandle:
             return load_model(s, device=device)
 
     handle = loader(ts.model)
@@ -222,9 +242,9 @@ def load_target(
     return LocalTarget(handle, name=ts.display, executor=executor)
 
 
-def require_local(target: Any, analysis: str) -> Any:
+def require_local(target: Target, analysis: str) -> ModelHandle:
     """The target's ModelHandle, or a one-line error for API targets (no hidden states)."""
-    if not getattr(target, "is_local", False):
+    if not isinstance(target, LocalTarget):
         raise KnowlensError(
             f"{analysis} needs hidden states, but target '{target.name}' is an API model "
             "(generation only). Use a local model spec (embedded name, directory, organism) here."

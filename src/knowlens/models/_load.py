@@ -464,7 +464,7 @@ def list_models() -> list[dict[str, Any]]:
     """Embedded and cached models: name, status, size, layers, hidden size."""
     import json
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for emb in EMBEDDED.values():
         spec = importlib.util.find_spec(emb.package)
         rows.append(
@@ -477,7 +477,7 @@ def list_models() -> list[dict[str, Any]]:
                 "chat": emb.chat,
             }
         )
-    converted = {}
+    converted: dict[str, dict[str, Any]] = {}
     for meta in sorted((cache_root() / "models").glob("[!.]*/knowlens.json")):  # no .tmp-*
         d = json.loads(meta.read_text())
         cfg = json.loads((meta.parent / "config.json").read_text())

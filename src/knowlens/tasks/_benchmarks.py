@@ -504,7 +504,7 @@ def load_winogrande(path: str | None = None):
             bad = o[2 - int(r["answer"])]
             q = f"{r['sentence']}\nWhat does the blank _ refer to: {o[0]} or {o[1]}?"
         else:
-            good, bad, q, o = str(r["Answer"]), str(r["Wrong_Answer"]), str(r["Question"]), ()
+            good, bad, q = str(r["Answer"]), str(r["Wrong_Answer"]), str(r["Question"])
             o = (good, bad)
         return Example(
             f"winogrande-{split}-{i}", q, (good,), options=o, metadata={"wrong_answer": bad}

@@ -6,6 +6,9 @@ task is loaded. Provenance and licence strings are shown by ``knowlens tasks``.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from knowlens.tasks._registry import TaskSpec, register_task
 
 __all__ = ["QA_INSTRUCTION", "QA_TEMPLATE"]
@@ -326,19 +329,20 @@ register_task(
 _B = "knowlens.tasks._benchmarks"
 
 
-def _bench(name: str, builder: str, **kw: object) -> None:
-    defaults: dict[str, object] = {
-        "kind": "qa",
-        "grader": "alias_substring",
-        "template": QA_TEMPLATE,
-        "instruction": "Answer briefly.",
-        "k_shot": 3,
-        "shot_separator": "\n",
-        "max_new_tokens": 16,
-        "offline": False,
-    }
-    defaults.update(kw)
-    register_task(TaskSpec(name=name, builder=f"{_B}:{builder}", **defaults))  # type: ignore[arg-type]
+def _bench(name: str, builder: str, **kw: Any) -> None:  # kw: TaskSpec fields
+    defaults = TaskSpec(
+        name=name,
+        builder=f"{_B}:{builder}",
+        kind="qa",
+        grader="alias_substring",
+        template=QA_TEMPLATE,
+        instruction="Answer briefly.",
+        k_shot=3,
+        shot_separator="\n",
+        max_new_tokens=16,
+        offline=False,
+    )
+    register_task(dataclasses.replace(defaults, **kw))  # typed defaults, then the overrides
 
 
 _bench(

@@ -554,12 +554,12 @@ def build_mc_suite(per_topic: int = 200) -> list[Example]:
             e = _mc(f"mc-{topic}-{c.iso}", q, gold, dis, topic)
             if e:
                 out.append(e)
-    for c in big_cities(per_topic * 2)[:per_topic]:
-        co = cs[c["countrycode"]]
-        r = _rng("mc-city", c["geonameid"])
+    for city in big_cities(per_topic * 2)[:per_topic]:
+        co = cs[city["countrycode"]]
+        r = _rng("mc-city", city["geonameid"])
         e = _mc(
-            f"mc-cities-{c['geonameid']}",
-            f"In which country is {c['name']}?",
+            f"mc-cities-{city['geonameid']}",
+            f"In which country is {city['name']}?",
             co.name,
             same_field(co, "name", r),
             "cities",

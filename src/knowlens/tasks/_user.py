@@ -190,10 +190,10 @@ def load_yaml_spec(path: str | Path, *, _chain: tuple[Path, ...] = ()) -> TaskSp
             f"Task file {p}: unknown column mapping key(s) {', '.join(bad)}; allowed: "
             f"{', '.join(sorted(_FIELDS))}."
         )
-    data_path = None
+    data_path: str | None = None
     if "path" in d:
-        data_path = Path(str(d["path"])).expanduser()
-        data_path = str(data_path if data_path.is_absolute() else p.parent / data_path)
+        given = Path(str(d["path"])).expanduser()
+        data_path = str(given if given.is_absolute() else p.parent / given)
     meta_cols = cols.get("metadata") or []
     kind = d.get("kind", "qa")
     default_grader = {
@@ -214,7 +214,7 @@ def load_yaml_spec(path: str | Path, *, _chain: tuple[Path, ...] = ()) -> TaskSp
         answer_format=d.get("answer_format", "letter" if kind == "multiple_choice" else "answer"),
         max_new_tokens=int(d.get("max_new_tokens", 16)),
         version=str(d.get("version", "1")),
-        source=d.get("source") or (data_path or str((d.get("hub") or {}).get("id", ""))),
+        source=str(d.get("source") or data_path or (d.get("hub") or {}).get("id", "")),
         licence=d.get("licence", "user data"),
         description=d.get("description", f"user task from {p.name}"),
         family=d.get("family", "user"),

@@ -21,10 +21,13 @@ import string
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from knowlens.errors import ConfigError, did_you_mean
 from knowlens.tasks._types import Example, GradeResult
+
+if TYPE_CHECKING:
+    from knowlens.models import ModelHandle
 
 __all__ = [
     "GRADERS",
@@ -424,7 +427,7 @@ class JudgeGrader:
         return _result(name, correct, answer, (hit[0], hit[1]) if hit and correct else None)
 
 
-def model_judge(handle: Any) -> Callable[[str], str]:
+def model_judge(handle: ModelHandle) -> Callable[[str], str]:
     """A judge callable from a local ``ModelHandle``: the model's chat-formatted prompt, then
     "yes" if the next-token logit of "yes" beats that of "no" (one forward pass, no sampling).
     Use with ``JudgeGrader(judge=model_judge(h), judge_id=h.fingerprint)``."""
