@@ -230,6 +230,11 @@ def test_config_names_are_checked_and_aliases_resolved(tiny_model_dir):
     assert rc.analyses[0].estimators == ["logit"]
 
 
+# On 8 answers of a random tiny model these data warnings are the expected outcome (tested
+# where they are raised: tests/test_estimators_density.py); any other warning still fails.
+@pytest.mark.filterwarnings("ignore:.*covariance is singular:UserWarning")
+@pytest.mark.filterwarnings("ignore:.*states a probability:UserWarning")
+@pytest.mark.filterwarnings("ignore:.*give no probability:UserWarning")
 def test_every_registered_estimator_fits_uniformly(tiny_model):
     """The registry contract for every entry: built by make(), inputs as declared, the key
     known before fitting equals the fitted key, fit_cached stores it once, clone unfits."""
