@@ -260,12 +260,12 @@ class EstimatorBench:
             import knowlens
 
             what = f"sample {answerer.name} · {len(gens)} answers x {cfg.k} (T={cfg.temperature})"
-            with self.ctx.step(what):
+            with self.ctx.step(what, kind="sample", model=answerer.name):
                 smp = knowlens.sample(
                     answerer, gens, **cfg.model_dump(), cache=self.ctx.use_cache, progress=False
                 )
-            if "cache_hit" in smp.meta:
-                self.ctx.count_cache("samples", hit=bool(smp.meta["cache_hit"]))
+                if "cache_hit" in smp.meta:  # counted on this step, not the enclosing one
+                    self.ctx.count_cache("samples", hit=bool(smp.meta["cache_hit"]))
             self._inputs[key] = SampledGenerations.of(gens, smp)
         return self._inputs[key]
 
