@@ -45,6 +45,7 @@ from knowlens.errors import ConfigError, DataError, KnowlensError, did_you_mean
 __all__ = [
     "CACHE_KIND",
     "ESTIMATORS_VERSION",
+    "REDUCE",
     "REGISTRY",
     "Estimator",
     "Features",
@@ -59,6 +60,7 @@ __all__ = [
     "data_key",
     "fit_cached",
     "labels_for",
+    "layer_features",
 ]
 
 ESTIMATORS_VERSION = "1"
@@ -451,6 +453,35 @@ def check_acts(acts: object, who: str) -> ActivationSet:
         )
     check_nonempty(len(acts), who)
     return acts
+
+
+#: how an activation estimator reduces the position axis (``ActivationSet.features``)
+REDUCE = ("last", "first", "mean")
+
+
+def layer_features(
+    acts: object, layer: int, reduce: str, who: str, n_features: int | None = None
+) -> np.ndarray:
+    """``(n, d_model)`` features of ``acts`` at ``layer`` reduced over positions, checked: an
+    ActivationSet, a known ``reduce``, no example without an extracted position, and (when
+    ``n_features`` is given, i.e. after a fit) the fitted width."""
+    acts = check_acts(acts, who)
+    if reduce not in REDUCE:
+        raise ConfigError(f"{who}: reduce must be one of {', '.join(REDUCE)}; got '{reduce}'.")
+    x = acts.features(layer, reduce)
+    bad = np.isnan(x).any(1)
+    if bad.any():
+        raise DataError(
+            f"{who}: {int(bad.sum())} examples have no extracted position (e.g. "
+            f"'{acts.example_ids[int(np.flatnonzero(bad)[0])]}': no exact-answer span?); "
+            "drop them or extract with tokens='last'."
+        )
+    if n_features is not None and x.shape[1] != n_features:
+        raise DataError(
+            f"{who}: features have d_model={x.shape[1]} but the fit has {n_features}; use "
+            "activations of the model (reader) it was fitted with."
+        )
+    return x
 
 
 def check_gens(gens: object, who: str) -> GenerationSet:

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from knowlens.errors import ConfigError, DataError
-from knowlens.estimators._base import Features, check_acts
+from knowlens.estimators._base import Features, layer_features
 from knowlens.estimators._registry import activations, register_estimator
 from knowlens.estimators._score import ScoreEstimator
 
@@ -64,7 +64,6 @@ __all__ = [
 #: LM-Polygraph's jitter ladder (``mahalanobis_distance.JITTERS``)
 JITTERS = tuple(10.0**e for e in range(-15, 0))
 FIT_ON = ("all", "correct")
-REDUCE = ("last", "first", "mean")
 
 
 class GaussianFit:
@@ -108,25 +107,8 @@ class _DensityEstimator(ScoreEstimator):
     _FITS: tuple[str, ...] = ()
 
     def _features(self, acts: Any, who: str) -> np.ndarray:
-        check_acts(acts, who)
-        if self.reduce not in REDUCE:
-            raise ConfigError(
-                f"{who}: reduce must be one of {', '.join(REDUCE)}; got '{self.reduce}'."
-            )
-        x = acts.features(self.layer, self.reduce).astype(np.float64)
-        bad = np.isnan(x).any(1)
-        if bad.any():
-            raise DataError(
-                f"{who}: {int(bad.sum())} examples have no extracted position (e.g. "
-                f"'{acts.example_ids[int(np.flatnonzero(bad)[0])]}': no exact-answer span?); "
-                "drop them or extract with tokens='last'."
-            )
-        if hasattr(self, "n_features_in_") and x.shape[1] != self.n_features_in_:
-            raise DataError(
-                f"{who}: features have d_model={x.shape[1]} but the fit has "
-                f"{self.n_features_in_}; use activations of the reader it was fitted with."
-            )
-        return x
+        n = getattr(self, "n_features_in_", None)
+        return layer_features(acts, self.layer, self.reduce, who, n).astype(np.float64)
 
     def _rows(self, x: np.ndarray, y: np.ndarray | None, which: str, who: str) -> np.ndarray:
         """Training rows of one fit: all answers, or those graded correct."""

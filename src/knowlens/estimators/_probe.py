@@ -31,10 +31,10 @@ from knowlens.errors import ConfigError, DataError
 from knowlens.estimators._base import (
     Estimator,
     Labels,
-    check_acts,
     check_training_labels,
     data_key,
     labels_for,
+    layer_features,
 )
 from knowlens.estimators._registry import activations, register_estimator
 
@@ -48,25 +48,8 @@ class _FeatureProbe(Estimator[ActivationSet]):
     reduce: str
 
     def _features(self, acts: ActivationSet, who: str) -> np.ndarray:
-        check_acts(acts, who)
-        if self.reduce not in {"last", "first", "mean"}:
-            raise ConfigError(
-                f"{who}: reduce must be 'last', 'first' or 'mean'; got '{self.reduce}'."
-            )
-        x = acts.features(self.layer, self.reduce)
-        bad = np.isnan(x).any(1)
-        if bad.any():
-            raise DataError(
-                f"{who}: {int(bad.sum())} examples have no extracted position (e.g. "
-                f"'{acts.example_ids[int(np.flatnonzero(bad)[0])]}': no exact-answer span?); "
-                "drop them or extract with tokens='last'."
-            )
-        if hasattr(self, "n_features_in_") and x.shape[1] != self.n_features_in_:
-            raise DataError(
-                f"{who}: features have d_model={x.shape[1]} but the probe was fitted on "
-                f"{self.n_features_in_}; use activations of the same model."
-            )
-        return x
+        n = getattr(self, "n_features_in_", None)
+        return layer_features(acts, self.layer, self.reduce, who, n)
 
     def _train_xy(self, acts: ActivationSet, y: Labels) -> tuple[np.ndarray, np.ndarray]:
         who = type(self).__name__
