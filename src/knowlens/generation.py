@@ -688,28 +688,52 @@ def _run_cached(
         for ex in examples
     ]
     key, meta = generation_cache_entry(model, examples, rendered, settings, key_parts, meta)
+    return _cached(
+        "generations",
+        key,
+        GenerationSet.load,
+        lambda resume: _compute(
+            model, examples, prompt_fn, grade_fn, settings, meta, resume, progress
+        ),
+        lambda: BatchRecords(entry_dir("generations", f".partial-{key}"), key),
+        cache=cache,
+    )
+
+
+def _cached(
+    kind: str,
+    key: str,
+    load: Callable[[Path], Any],
+    compute: Callable[[BatchRecords | None], Any],
+    records: Callable[[], BatchRecords],
+    *,
+    cache: bool,
+) -> Any:
+    """The cache protocol of generations and samples: one writer per entry across processes
+    (an identical concurrent run waits, then reads), verified reads (a damaged entry is
+    warned about, moved aside and recomputed), per-batch resume, atomic checksummed publish.
+    ``meta["cache_hit"]`` of the result says whether it was read."""
     if not cache:
-        gs = _compute(model, examples, prompt_fn, grade_fn, settings, meta, None, progress)
-        gs.meta["cache_hit"] = False
-        return gs
-    # One writer per entry across processes: an identical concurrent run waits, then reads.
-    with entry_lock("generations", key):
-        entry = verified_entry("generations", key)  # damaged -> warned, moved aside, None
+        out = compute(None)
+        out.meta["cache_hit"] = False
+        return out
+    with entry_lock(kind, key):
+        entry = verified_entry(kind, key)  # damaged -> warned, moved aside, None
         if entry is not None:
             try:
-                gs = GenerationSet.load(entry)
+                out = load(entry)
             except DataError as e:  # intact bytes that still do not parse (foreign writer)
                 quarantine(entry, str(e))
             else:
-                gs.meta["cache_hit"] = True
-                return gs
-        resume = BatchRecords(entry_dir("generations", f".partial-{key}"), key)
-        gs = _compute(model, examples, prompt_fn, grade_fn, settings, meta, resume, progress)
-        with atomic_dir(entry_dir("generations", key)) as tmp:  # checksums written too
-            gs.save(tmp)
+                out.meta["cache_hit"] = True
+                return out
+        resume = records()
+        out = compute(resume)
+        with atomic_dir(entry_dir(kind, key)) as tmp:  # checksums written too
+            out.save(tmp)
         resume.discard()
-    gs.meta["cache_hit"] = False
-    return gs
+    out.meta["cache_hit"] = False
+    return out
 
 
 def _compute(
@@ -1065,32 +1089,14 @@ def _run_sample_cached(
         meta["batches_reused"] = resume.reused if resume is not None else 0
         return SampleSet(rows, meta)
 
-    if not cache:
-        ss = compute(None)
-        ss.meta["cache_hit"] = False
-        return ss
-    # As _run_cached: one writer per entry, verified reads, per-batch resume, atomic publish.
-    with entry_lock("samples", key):
-        entry = verified_entry("samples", key)  # damaged -> warned, moved aside, None
-        if entry is not None:
-            try:
-                ss = SampleSet.load(entry)
-            except DataError as e:  # intact bytes that still do not parse (foreign writer)
-                quarantine(entry, str(e))
-            else:
-                ss.meta["cache_hit"] = True
-                return ss
-        resume = BatchRecords(
-            entry_dir("samples", f".partial-{key}"),
-            key,
-            row_keys=_SAMPLE_ROW_KEYS,
-            rows_per_item=settings.k,
-        )
-        ss = compute(resume)
-        with atomic_dir(entry_dir("samples", key)) as tmp:  # checksums written too
-            ss.save(tmp)
-        resume.discard()
-    ss.meta["cache_hit"] = False
+    records = functools.partial(
+        BatchRecords,
+        entry_dir("samples", f".partial-{key}"),
+        key,
+        row_keys=_SAMPLE_ROW_KEYS,
+        rows_per_item=settings.k,
+    )
+    ss: SampleSet = _cached("samples", key, SampleSet.load, compute, records, cache=cache)
     return ss
 
 
