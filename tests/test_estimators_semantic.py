@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from knowlens._types import Generation, GenerationSet, Sample, SampledGenerations, SampleSet
 from knowlens.errors import ConfigError, DataError, KnowlensError
 from knowlens.estimators import _entailment as ent
 from knowlens.estimators import get_estimator
@@ -35,51 +34,13 @@ from knowlens.estimators._semantic import (
     semantic_entropy,
 )
 from knowlens.estimators._text import encode
+from test_estimators_sampling import sampled as _sampled
 
 
 def sampled(rows, *, correct=None, questions=None):
-    """SampledGenerations from ``rows``: per example a list of (text, token_logprobs); token
-    ids are placeholders 1..L (the estimators read texts and log-probs only)."""
-    gens, smps = [], []
-    for i, samp in enumerate(rows):
-        q = questions[i] if questions else f"Question {i}?"
-        prompt = f"Q: {q}\nA:"
-        ids = [list(range(1, 1 + len(lp))) for _, lp in samp]
-        lps = [list(lp) for _, lp in samp]
-        y = None if correct is None else bool(correct[i])
-        gens.append(
-            Generation(
-                example_id=f"e{i}",
-                task="hand",
-                prompt=prompt,
-                answer=samp[0][0],
-                prompt_ids=[5, 6, 7],
-                answer_ids=ids[0],
-                token_logprobs=lps[0],
-                token_entropies=[0.0] * len(ids[0]),
-                correct=y,
-                grader="test",
-                user_turn=q,
-            )
-        )
-        smps.append(
-            Sample(
-                example_id=f"e{i}",
-                task="hand",
-                prompt=prompt,
-                user_turn=q,
-                prompt_ids=[5, 6, 7],
-                texts=[t for t, _ in samp],
-                answer_ids=ids,
-                token_logprobs=lps,
-                sampling_logprobs=lps,
-                token_entropies=[[0.0] * len(x) for x in ids],
-                stop_reasons=["eos"] * len(samp),
-                correct=[None] * len(samp),
-            )
-        )
-    meta = {"k": max(len(r) for r in rows), "temperature": 1.0}
-    return SampledGenerations(GenerationSet(gens, dict(meta)), SampleSet(smps, dict(meta)))
+    """SampledGenerations from ``rows`` (per example a list of (text, token_logprobs)), built
+    by the sampling tests' helper; token ids are placeholders 1..L."""
+    return _sampled(rows, correct=correct, prompts=questions)
 
 
 class CountingJudge(EntailmentJudge):
