@@ -396,6 +396,29 @@ class TokenSampler:
 _GREEDY = Greedy()
 
 
+class DecodeObserver(Protocol):
+    """Sees every model forward of a greedy decode, so hidden states can be captured while
+    generating (the activations stage installs its hooks and reads them in these calls).
+
+    Every prompt and answer token of a row is consumed by exactly one forward: the prompt by a
+    prefill, answer token ``t`` by the decode step after it was chosen. The stop token (EOS /
+    newline) is never consumed; with an observer the decoder makes one extra forward for rows
+    that stop by length, so their last answer token is seen too. Row indices are positions in
+    the prompt list handed to ``_decode_batch`` (continuous batching may prefill rows mid-way)."""
+
+    def forward_done(self, rows: Sequence[int], mask: torch.Tensor) -> None:
+        """Called right after a forward. Entry ``i`` of that forward continued row ``rows[i]``;
+        ``mask`` ``[len(rows), n]`` marks the forward's ``n`` new positions per entry (left
+        padding 0 at a prefill; all ones, ``n = 1``, at a decode step)."""
+        ...
+
+    def rows_done(self, rows: Sequence[int], gens: Sequence[Generation]) -> None:
+        """Called by ``generate_examples`` once rows are decoded and graded (``gens[i]`` is row
+        ``rows[i]``): their exact-answer positions are known and their states can be reduced
+        to the requested positions and released."""
+        ...
+
+
 # -- the decoding loop -----------------------------------------------------------------------
 def _encode(handle: Any, text: str, templated: bool) -> list[int]:
     # A chat template already writes its own BOS / special tokens; plain text gets the
@@ -423,8 +446,11 @@ def _decode_batch(
     prompts: list[list[int]],
     settings: GenerationSettings,
     chooser: TokenChooser | None = None,
+    observer: DecodeObserver | None = None,
 ) -> list[dict[str, Any]]:
     """Decode one batch of token id lists; returns per-row ids, log-probs, entropies.
+
+    ``observer`` (greedy only) is told about every forward (``DecodeObserver``).
 
     ``chooser`` picks the tokens (default: greedy). With ``chooser.per_prompt = K > 1`` the
     prompts are prefilled once and their KV cache, last logits, mask and positions repeated K
@@ -432,6 +458,8 @@ def _decode_batch(
     log-probs adds ``sampling_logprobs`` to each row."""
     chooser = _GREEDY if chooser is None else chooser
     K = chooser.per_prompt
+    if observer is not None and K != 1:
+        raise ValueError("a DecodeObserver needs one row per prompt (greedy decoding)")
     model, dev = handle.model, handle.device
     B, T = len(prompts) * K, settings.max_new_tokens
     ids, mask, pos = pad_batch(prompts, pad_id(handle.tokenizer), side="left")
@@ -458,6 +486,8 @@ def _decode_batch(
     out = model(
         input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kv
     )
+    if observer is not None:
+        observer.forward_done(range(len(prompts)), mask)
     last = out.logits[:, -1]
     next_pos = pos[:, -1:] + 1
     if K > 1:  # one prefill per prompt, K continuations of it
@@ -495,12 +525,16 @@ def _decode_batch(
             sel = torch.nonzero(keep).flatten()
             cache.batch_select_indices(sel)
             rows, tok, mask, next_pos = rows[sel], tok[sel], mask[sel], next_pos[sel]
-        if t == T - 1:
-            break
+        if t == T - 1 and observer is None:
+            break  # (an observer also needs the states of the last token: one more forward)
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         out = model(
             input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **kv
         )
+        if observer is not None:
+            observer.forward_done(rows.tolist(), mask.new_ones((len(rows), 1)))
+            if t == T - 1:
+                break
         last = out.logits[:, -1]
         next_pos = next_pos + 1
     res = []
@@ -535,6 +569,7 @@ def generate_examples(
     *,
     on_batch: Callable[[int], None] | None = None,
     resume: BatchRecords | None = None,
+    observer: DecodeObserver | None = None,
 ) -> list[Generation]:
     """Generate (and grade) answers for ``examples``; pure: no cache, rows in input order.
 
@@ -547,6 +582,9 @@ def generate_examples(
         on_batch: called with the number of rows finished after each batch (progress).
         resume: finished batches of an earlier, interrupted run of the same plan (reused),
             and where each newly finished batch is recorded.
+        observer: sees every forward (hidden states while generating, ``DecodeObserver``);
+            each batch is graded as soon as it is decoded and handed to ``rows_done``. Rows of
+            a batch reused from ``resume`` had no forward: they are not handed over.
     """
     settings.validate()
     templated = settings.use_chat_template and model.has_chat_template
@@ -559,26 +597,58 @@ def generate_examples(
     check_context(model, examples, [len(i) for i in ids], settings.max_new_tokens)
     # Longest first: similar lengths share a batch (less padding), peak memory shows early.
     order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
-    decoded: list[dict[str, Any] | None] = [None] * len(ids)
+    rows: list[Generation | None] = [None] * len(ids)
     for b, start in enumerate(range(0, len(order), settings.batch_size)):
         chunk = order[start : start + settings.batch_size]
         batch_ids, batch_prompts = [str(examples[i].id) for i in chunk], [ids[i] for i in chunk]
         got = resume.get(b, batch_ids, batch_prompts) if resume is not None else None
+        watch = None if observer is None or got is not None else _Renumbered(observer, chunk)
         if got is None:
-            got = _decode_batch(model, batch_prompts, settings)
+            got = _decode_batch(model, batch_prompts, settings, observer=watch)
             if resume is not None:
                 resume.put(b, batch_ids, batch_prompts, got)
-        for i, r in zip(chunk, got, strict=True):
-            decoded[i] = r
+        built = _graded_rows(
+            model, [examples[i] for i in chunk], [turns[i] for i in chunk],
+            [prompts[i] for i in chunk], batch_prompts, got, grade_fn, settings,
+        )  # fmt: skip
+        for i, g in zip(chunk, built, strict=True):
+            rows[i] = g
+        if watch is not None:
+            watch.observer.rows_done(chunk, built)
         if on_batch is not None:
             on_batch(len(chunk))
+    return [g for g in rows if g is not None]  # every row is decoded by now
 
+
+class _Renumbered:
+    """Maps a batch's row numbers to the caller's example indices for the observer."""
+
+    def __init__(self, observer: DecodeObserver, index: Sequence[int]) -> None:
+        self.observer, self.index = observer, list(index)
+
+    def forward_done(self, rows: Sequence[int], mask: torch.Tensor) -> None:
+        self.observer.forward_done([self.index[r] for r in rows], mask)
+
+    def rows_done(self, rows: Sequence[int], gens: Sequence[Generation]) -> None:
+        self.observer.rows_done([self.index[r] for r in rows], gens)
+
+
+def _graded_rows(
+    model: ModelHandle,
+    examples: Sequence[Any],
+    turns: Sequence[str],
+    prompts: Sequence[str],
+    ids: Sequence[list[int]],
+    decoded: Sequence[dict[str, Any]],
+    grade_fn: Callable[[Any, str], Any] | None,
+    settings: GenerationSettings,
+) -> list[Generation]:
+    """Decoded rows -> graded ``Generation`` rows (answer text, exact-answer span)."""
     tok = model.tokenizer
-    done = [d for d in decoded if d is not None]  # every row is decoded by now
-    answers = tok.batch_decode([d["answer_ids"] for d in done], skip_special_tokens=True)
-    rows = []
+    answers = tok.batch_decode([d["answer_ids"] for d in decoded], skip_special_tokens=True)
+    out = []
     for ex, turn, prompt, pids, d, answer in zip(
-        examples, turns, prompts, ids, done, answers, strict=True
+        examples, turns, prompts, ids, decoded, answers, strict=True
     ):
         correct, grader, chars, exact, span_tok = None, "none", None, None, None
         if grade_fn is not None:
@@ -588,7 +658,7 @@ def generate_examples(
                 chars = (int(g.span[0]), int(g.span[1]))
                 exact = answer[chars[0] : chars[1]]
                 span_tok = char_span_to_token_span(tok, d["answer_ids"], chars)
-        rows.append(
+        out.append(
             Generation(
                 example_id=str(ex.id),
                 task=settings.task,
@@ -609,7 +679,7 @@ def generate_examples(
                 user_turn=turn,
             )
         )
-    return rows
+    return out
 
 
 # -- cached front ends -----------------------------------------------------------------------
