@@ -313,3 +313,83 @@ def test_logit_and_ptrue_from_a_config(
     for m in models:  # same scores in every column of a row; rows differ
         np.testing.assert_array_equal(by[m, models[0]], by[m, models[1]])
     assert not np.array_equal(by[models[0], models[0]], by[models[1], models[0]])
+
+
+def test_topic_calibration_in_distribution_and_topic_filter(
+    tasks, tiny_model, tiny_model_dir, tmp_path
+):
+    """in_distribution trains on the eval task's own train split; ``topic_accuracy`` hides
+    topics outside the range, recorded in the ``topics`` table."""
+    from knowlens.generation import generate
+    from knowlens.tasks import load_task
+
+    ev = generate(tiny_model, load_task(tasks[1], split="test"), progress=False)
+    acc = pd.DataFrame({"topic": [g.topic for g in ev], "c": ev.correct}).groupby("topic")["c"]
+    acc = acc.mean()
+    assert acc.max() < 0.9  # so [0.9, 1] hides every topic
+    cfg = {
+        "name": "tc-id",
+        "analysis": "topic_calibration",
+        "setting": "in_distribution",
+        "models": [str(tiny_model_dir)],
+        "train_tasks": [tasks[0]],  # ignored in this setting
+        "eval_task": tasks[1],
+        "topic_accuracy": [0.9, 1.0],
+        "estimators": ["zero_shot", "probe"],
+        "train": {"probe_epochs": 5},
+        **_base(tmp_path),
+    }
+    tabs = run(cfg, output=tmp_path / "runs", progress=False).tables["topic_calibration"]
+    a = tabs["accuracy"]
+    assert set(zip(a["task"], a["split"], strict=True)) == {(tasks[1], "train"), (tasks[1], "test")}
+    assert tabs["settings"]["setting"].iloc[0] == "in_distribution"
+    tt = tabs["topics"].set_index("topic")
+    np.testing.assert_allclose(tt.loc[acc.index, "accuracy"], acc.to_numpy())
+    assert not tt["shown"].any()
+    t = tabs["topic_calibration"]
+    assert set(t["topic"]) == {"(all)"}
+    assert (t["n"] == len(ev)).all()  # the pooled cell still pools every answer
+    with pytest.raises(Exception, match="0 <= lo < hi <= 1"):
+        run({**cfg, "topic_accuracy": [0.9, 0.1]}, output=tmp_path / "r2", progress=False)
+
+
+def test_topic_filter_needs_the_range_on_every_model():
+    from knowlens.experiments.topic_calibration import Config, _topic_table
+
+    # topic a: 0.5 on both models; b: 0.5 on m1 but 1.0 on m2; c: 0.0 on both.
+    rows = []
+    for model, accs in (
+        ("m1", {"a": 0.5, "b": 0.5, "c": 0.0}),
+        ("m2", {"a": 0.5, "b": 1.0, "c": 0.0}),
+    ):
+        for topic, a in accs.items():
+            for i in range(4):
+                rows.append(("E", model, f"{topic}{i}", topic, float(i < 4 * a)))
+    scores = pd.DataFrame(rows, columns=["estimator", "model", "example_id", "topic", "correct"])
+    cfg = Config(models=["m1", "m2"], topic_accuracy=(0.1, 0.9))
+    tab = _topic_table(scores, cfg)
+    assert dict(zip(tab["model"] + "/" + tab["topic"], tab["accuracy"], strict=True)) == {
+        "m1/a": 0.5, "m1/b": 0.5, "m1/c": 0.0, "m2/a": 0.5, "m2/b": 1.0, "m2/c": 0.0,
+    }  # fmt: skip
+    assert set(tab.loc[tab["shown"], "topic"]) == {"a"}
+    assert _topic_table(scores, Config(models=["m1"]))["shown"].all()
+
+
+def test_resolution_counts_drawn_cells_and_their_ci_width():
+    from knowlens.experiments._common import resolution
+
+    cells = pd.DataFrame(
+        {
+            "metric": ["auroc"] * 4 + ["ece"],
+            "value": [0.7, 0.6, np.nan, 0.9, 0.1],
+            "ci_low": [0.6, 0.4, np.nan, 0.5, 0.0],
+            "ci_high": [0.8, 0.8, np.nan, 1.0, 0.2],
+            "n": [50, 40, 60, 3, 50],
+        }
+    )
+    # drawn: the first two (the third has no value, the fourth n < 5); half-widths 0.1, 0.2
+    assert resolution(cells, 5) == {
+        "AUROC cells drawn (n >= 5)": "2 of 4",
+        "smallest n of a drawn AUROC cell": "40",
+        "median AUROC 95% CI half-width": "0.150",
+    }

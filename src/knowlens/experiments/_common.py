@@ -156,6 +156,22 @@ def paired_diff_cell(
     }
 
 
+def resolution(cells: pd.DataFrame, min_n: int, metric: str = "auroc") -> dict[str, str]:
+    """What a figure's ``metric`` cells can resolve, as report key numbers: how many cells are
+    drawn (n >= ``min_n`` and a finite value), their smallest n, and the median half-width of
+    their 95% CIs (a difference much smaller than that is not resolved by one cell)."""
+    sub = cells[cells["metric"] == metric]
+    drawn = sub[(sub["n"] >= min_n) & np.isfinite(sub["value"].to_numpy(dtype=float))]
+    half = (drawn["ci_high"] - drawn["ci_low"]).to_numpy(dtype=float) / 2
+    half = half[np.isfinite(half)]
+    name = metric.upper() if metric in ("auroc", "ece", "prr") else metric
+    return {
+        f"{name} cells drawn (n >= {min_n})": f"{len(drawn)} of {len(sub)}",
+        f"smallest n of a drawn {name} cell": str(int(drawn["n"].min())) if len(drawn) else "-",
+        f"median {name} 95% CI half-width": f"{np.median(half):.3f}" if len(half) else "-",
+    }
+
+
 def require_models(cfg: Any, *, at_least: int = 1) -> list[str]:
     if len(cfg.models) < at_least:
         raise ConfigError(

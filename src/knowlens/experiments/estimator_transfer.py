@@ -32,6 +32,7 @@ from knowlens.experiments._common import (
     min_n_of,
     require_labels,
     require_models,
+    resolution,
     short_model,
 )
 from knowlens.experiments._estimators import (
@@ -233,6 +234,7 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
             keys[f"{est} · {METRIC_LABEL.get(met, met)}"] = (
                 f"own model {h['diag_mean']:.3f}, transferred {h['off_mean']:.3f}"
             )
+    keys.update(resolution(t, min_n_of(tables)))
     return [
         Section(
             title="Cross-model transfer of estimators",

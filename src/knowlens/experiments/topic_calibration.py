@@ -1,8 +1,25 @@
 """Per-topic calibration of uncertainty estimators (seed 002; Kapoor et al. 2024).
 
 For every model, each estimator (Zero-Shot Classifier, Probe, LoRA, LoRA + Prompt, or any
-registered one: ``knowlens.estimators.estimator_names()``) is trained once on the model's graded answers to a training mix of tasks (disjoint from the
-evaluated topics), then scored per topic of a multiple-choice suite's held-out split:
+registered one: ``knowlens.estimators.estimator_names()``) is trained once on the model's
+graded answers, then scored per topic of a multiple-choice suite's held-out split. Where the
+training answers come from is the ``setting``:
+
+- ``cross_task`` (the seed paper's): a training mix of other tasks (``train_tasks``), disjoint
+  from the evaluated topics; measures whether the estimator carries over to a new task.
+- ``in_distribution``: the evaluated suite's own train split (``train_limit`` questions, none
+  sharing its question text with a test question); measures whether the model's answers on
+  this suite carry a learnable correctness signal at all. At 135M parameters the cross-task
+  estimators sit near chance while in-distribution probes do not, so both are offered and the
+  report names the setting.
+
+    cell[topic, model | estimator, metric] = ECE, AUROC or PRR of P(correct) on that topic's
+                                             answers (``metrics``; default all three)
+
+``topic_accuracy = [lo, hi]`` shows only topics whose accuracy lies in [lo, hi] on every
+model (a one-class or near one-class topic has no AUROC worth drawing); the ``topics`` table
+records every topic's accuracy per model and whether it is shown. The pooled row ``(all)``
+always pools every evaluated answer.
 
     cell[topic, model | estimator, metric] = ECE, AUROC or PRR of P(correct) on that topic's
                                              answers (``metrics``; default all three)
@@ -10,13 +27,14 @@ evaluated topics), then scored per topic of a multiple-choice suite's held-out s
 Tables: ``topic_calibration`` (one row per topic x model x estimator x metric, with n and a
 bootstrap 95% CI; topic ``(all)`` pools the topics), ``reliability`` (bins per model x
 estimator, pooled), ``scores`` (per-answer P(correct), so every cell can be recomputed),
-``accuracy``.
+``accuracy``, ``topics``, ``settings`` (setting, min_n).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -34,6 +52,7 @@ from knowlens.experiments._common import (
     min_n_of,
     require_labels,
     require_models,
+    resolution,
     short_model,
 )
 from knowlens.experiments._estimators import (
@@ -44,6 +63,9 @@ from knowlens.experiments._estimators import (
     concat,
     known_estimators,
 )
+
+if TYPE_CHECKING:
+    from knowlens.tasks import Task
 
 __all__ = [
     "ALL",
@@ -82,6 +104,18 @@ class Config(AnalysisConfig):
     """Topics x models x estimators, ECE, AUROC and PRR."""
 
     analysis: Literal["topic_calibration"] = "topic_calibration"
+    setting: Literal["cross_task", "in_distribution"] = Field(
+        default="cross_task",
+        description="Train on other tasks (cross_task, the seed paper's) or on the eval "
+        "suite's own train split (in_distribution).",
+    )
+    train_limit: int | None = Field(
+        default=None, ge=1, description="in_distribution: max training questions (None = 'limit')."
+    )
+    topic_accuracy: tuple[float, float] | None = Field(
+        default=None,
+        description="[lo, hi]: show only topics with accuracy in [lo, hi] on every model.",
+    )
     train_tasks: list[str] = Field(
         default_factory=lambda: ["capitals", "country_currency", "arithmetic", "nli_geo"],
         min_length=1,
@@ -123,43 +157,59 @@ class Config(AnalysisConfig):
     def _known(cls, v: list[str]) -> list[str]:
         return known_estimators(v)
 
+    @field_validator("topic_accuracy")
+    @classmethod
+    def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0.0 <= v[0] < v[1] <= 1.0:
+            raise ValueError(f"must be [lo, hi] with 0 <= lo < hi <= 1; got {list(v)}")
+        return v
+
+
+def _train_split(cfg: Config, kw: dict[str, Any]) -> list[Task]:
+    """The tasks whose train split the estimators learn from (see ``setting``)."""
+    if cfg.setting == "cross_task":
+        return [load_split(name, "train", cfg.limit, cfg.seed) for name in cfg.train_tasks]
+    test = load_split(cfg.eval_task, "test", None, cfg.seed, **kw)
+    train = load_split(cfg.eval_task, "train", cfg.train_limit or cfg.limit, cfg.seed, **kw)
+    # Split ids are disjoint, but two ids may carry the same question text; such a question
+    # would be seen in training and scored at test.
+    asked = {ex.question for ex in test.examples}
+    kept = [ex for ex in train.examples if ex.question not in asked]
+    return [train if len(kept) == len(train.examples) else replace(train, examples=kept)]
+
 
 def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     from knowlens import metrics
 
-    rows: list[dict[str, Any]] = []
     rel_rows: list[pd.DataFrame] = []
     score_rows: list[pd.DataFrame] = []
     acc_rows: list[dict[str, Any]] = []
     bench = EstimatorBench(ctx, cfg.train, cfg.seed, cfg.sampling)
+    kw = {} if cfg.eval_k_shot is None else {"k_shot": cfg.eval_k_shot}
     for spec in require_models(cfg):
         model = ctx.load_model(spec)
         parts = []
-        for name in cfg.train_tasks:
-            task = load_split(name, "train", cfg.limit, cfg.seed)
+        for task in _train_split(cfg, kw):
             g = decided(generations(ctx, model, task, "train"))
             acc_rows.append(accuracy_row(spec, task, "train", g))
             parts.append(g)
         train = concat(parts)
         require_labels(train.correct, f"topic_calibration ({spec})")
 
-        kw = {} if cfg.eval_k_shot is None else {"k_shot": cfg.eval_k_shot}
         task = load_split(cfg.eval_task, "test", cfg.eval_limit or cfg.limit, cfg.seed, **kw)
         ev = decided(generations(ctx, model, task, "test"))
         acc_rows.append(accuracy_row(spec, task, "test", ev))
         topics = np.array([r.topic or "(none)" for r in ev.rows])
-        wanted = cfg.topics or sorted(set(topics))
         y = ev.correct
 
         for est_name in ctx.track(cfg.estimators, f"{short_model(spec)}: estimators"):
             fitted = bench.fit(est_name, model, train)
             p = bench.score(fitted, ev)
-            label = fitted.label
             score_rows.append(
                 pd.DataFrame(
                     {
                         "model": spec,
-                        "estimator": label,
+                        "estimator": fitted.label,
                         "example_id": ev.example_ids,
                         "topic": topics,
                         "correct": y,
@@ -167,30 +217,70 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
                     }
                 )
             )
-            for t_i, topic in enumerate([*wanted, ALL]):
-                sel = np.ones(len(y), bool) if topic == ALL else topics == topic
-                for m in cfg.metrics:
-                    cell = metric_cell(
-                        m, y[sel], p[sel], n_boot=cfg.n_bootstrap, seed=cfg.seed + t_i
-                    )
-                    rows.append(
-                        {
-                            "analysis": "topic_calibration",
-                            "model": spec,
-                            "estimator": label,
-                            "topic": topic,
-                            **cell,
-                        }
-                    )
             rel = metrics.reliability(y, p, 10)
-            rel_rows.append(rel.assign(model=spec, estimator=label))
+            rel_rows.append(rel.assign(model=spec, estimator=fitted.label))
+    scores = pd.concat(score_rows, ignore_index=True) if score_rows else pd.DataFrame()
+    topic_tab = _topic_table(scores, cfg)
     return {
-        "topic_calibration": frame(rows, COLUMNS),
+        "topic_calibration": frame(_cells(scores, topic_tab, cfg), COLUMNS),
         "reliability": pd.concat(rel_rows, ignore_index=True) if rel_rows else pd.DataFrame(),
-        "scores": pd.concat(score_rows, ignore_index=True) if score_rows else pd.DataFrame(),
+        "scores": scores,
         "accuracy": frame(acc_rows, ["model", "task", "split", "n", "n_correct", "accuracy"]),
-        "settings": pd.DataFrame([{"min_n": cfg.min_n}]),
+        "topics": topic_tab,
+        "settings": pd.DataFrame([{"min_n": cfg.min_n, "setting": cfg.setting}]),
     }
+
+
+TOPIC_COLUMNS = ["model", "topic", "n", "n_correct", "accuracy", "shown"]
+
+
+def _topic_table(scores: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """Accuracy of every evaluated topic per model, and whether the figure shows it."""
+    if scores.empty:
+        return pd.DataFrame(columns=TOPIC_COLUMNS)
+    first = scores.drop_duplicates(["model", "example_id"])  # one row per answer
+    acc = (
+        first.groupby(["model", "topic"], sort=True)["correct"]
+        .agg(n="size", n_correct="sum", accuracy="mean")
+        .reset_index()
+    )
+    acc["n_correct"] = acc["n_correct"].astype(int)
+    wanted = set(cfg.topics) if cfg.topics else set(acc["topic"])
+    shown = acc["topic"].isin(wanted)
+    if cfg.topic_accuracy is not None:
+        lo, hi = cfg.topic_accuracy
+        inside = acc["accuracy"].between(lo, hi)
+        ok = inside.groupby(acc["topic"]).transform("all")  # on every model
+        shown &= ok
+    return acc.assign(shown=shown.to_numpy())[TOPIC_COLUMNS]
+
+
+def _cells(scores: pd.DataFrame, topic_tab: pd.DataFrame, cfg: Config) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    if scores.empty:
+        return rows
+    hidden = set(topic_tab.loc[~topic_tab["shown"].astype(bool), "topic"])
+    for (spec, label), s in scores.groupby(["model", "estimator"], sort=False):
+        topics, y, p = s["topic"].to_numpy(), s["correct"].to_numpy(), s["p"].to_numpy()
+        wanted = cfg.topics or sorted(set(topics))
+        # The bootstrap seed follows the topic's place in ``wanted`` (so hiding a topic by
+        # accuracy leaves the other cells' numbers unchanged).
+        for t_i, topic in enumerate([*wanted, ALL]):
+            if topic in hidden:
+                continue
+            sel = np.ones(len(y), bool) if topic == ALL else topics == topic
+            for m in cfg.metrics:
+                cell = metric_cell(m, y[sel], p[sel], n_boot=cfg.n_bootstrap, seed=cfg.seed + t_i)
+                rows.append(
+                    {
+                        "analysis": "topic_calibration",
+                        "model": spec,
+                        "estimator": label,
+                        "topic": topic,
+                        **cell,
+                    }
+                )
+    return rows
 
 
 def figures(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
@@ -272,7 +362,7 @@ def figures(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
         0.01,
         0.0,
         f"Hatched cells: fewer than {min_n} answers. Metrics in percent; ECE / Brier "
-        "scales reversed so darker is better in every row.",
+        f"scales reversed so darker is better in every row. Setting: {_setting(tables)}.",
         fontsize=9,
         color="#444444",
     )
@@ -311,6 +401,25 @@ def ranking(t: pd.DataFrame, metric: str) -> list[tuple[str, float]]:
     return [(k, float(v)) for k, v in mean.sort_values(ascending=asc).items()]
 
 
+SETTING_TEXT = {
+    "cross_task": "cross_task: trained on other tasks (does the estimator carry over?)",
+    "in_distribution": "in_distribution: trained on the suite's own train split (is there a "
+    "learnable correctness signal?)",
+}
+TRAINED_ON = {
+    "cross_task": "on a training mix of other tasks (the seed paper's cross-task setting)",
+    "in_distribution": "on the suite's own train split, no question shared with the test "
+    "split (in-distribution setting)",
+}
+
+
+def _setting(tables: dict[str, pd.DataFrame]) -> str:
+    s = tables.get("settings")
+    if s is None or "setting" not in s or s.empty:
+        return "cross_task"  # results stored before the setting existed
+    return str(s["setting"].iloc[0])
+
+
 def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[Any]:
     t = tables["topic_calibration"]
     keys = {}
@@ -321,6 +430,13 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
         )
     n_topics = t.loc[t["topic"] != ALL, "topic"].nunique()
     keys["topics x models"] = f"{n_topics} x {t['model'].nunique()}"
+    keys.update(resolution(t[t["topic"] != ALL], min_n_of(tables)))
+    setting = _setting(tables)
+    keys["setting"] = SETTING_TEXT[setting]
+    hidden = tables.get("topics")
+    if hidden is not None and len(hidden) and not hidden["shown"].astype(bool).all():
+        gone = sorted(set(hidden.loc[~hidden["shown"].astype(bool), "topic"]))
+        keys["topics not shown (accuracy range or topic list)"] = ", ".join(gone)
     png = {f.stem: f for f in figs if f.suffix == ".png"}
     out = [
         Section(
@@ -331,9 +447,9 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
                 "confidence, lower is better), AUROC and PRR (prediction-rejection ratio: 1 = "
                 "oracle ranking, 0 = random) of P(correct) against the graded correctness of "
                 "the model's own answer, in percent, each with a bootstrap 95% interval in "
-                "the table. Estimators were trained "
-                "once per model on a training mix of other tasks. Hatched cells have too few "
-                "answers to be reliable."
+                "the table. Estimators were trained once per model "
+                + TRAINED_ON[setting]
+                + ". Hatched cells have too few answers to be reliable."
             ),
             figures=[png["topic_calibration"]] if "topic_calibration" in png else [],
             key_numbers=keys,
