@@ -78,7 +78,7 @@ __all__ = [
     "run",
 ]
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: topics table, setting, topic_accuracy
 ALL = "(all)"
 COLUMNS = [
     "analysis",
