@@ -63,7 +63,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
             "knowlens.experiments.activation_maps",
         ),
     ),
-    ("report", ("knowlens.report",)),
+    ("report", ("knowlens.report", "knowlens.claims")),  # claims: the seed-claims table
     ("runner", ("knowlens.experiments._runner",)),
     ("cli", ("knowlens.cli",)),
 ]

@@ -6,11 +6,14 @@
 The report reads only what the run folder holds (``config.yaml``, ``manifest.json`` read back
 as a typed ``RunManifest``, ``tables/``), never models or caches, so a run folder copied
 anywhere rebuilds its figures and report. It imports only the analysis registry, the run
-folder module (:mod:`knowlens.experiments._rundir`) and the contract (:mod:`knowlens.config`). It shows what was run (models
+folder module (:mod:`knowlens.experiments._rundir`), the contract (:mod:`knowlens.config`)
+and the seed-claim checks (:mod:`knowlens.claims`). It shows what was run (models
 with fingerprints, tasks and sizes, the resolved config, versions), accuracy per task and
 model, then one block per analysis: each figure with a caption and its key numbers, and the
-tables, sortable by clicking a column header; last, "Where the time went": each analysis'
-stages from ``manifest.stages`` (seconds, slowest first, cache hits), and the run's total.
+tables, sortable by clicking a column header; then "Where the time went": each analysis'
+stages from ``manifest.stages`` (seconds, slowest first, cache hits), and the run's total;
+last, "What the seed figures show, and what this run measured" (:mod:`knowlens.claims`, one
+row per seed claim with value, 95% CI, n and a rule-made verdict; also ``claims.json``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import pandas as pd
 import yaml
 
 from knowlens._cache import atomic_write_text
+from knowlens.claims import CLAIMS_FILE, ClaimRow, check_run, write_claims
 from knowlens.config import AnalysisConfig, RunConfig, Section, report_sections
 from knowlens.experiments._registry import get_analysis
 from knowlens.experiments._rundir import (
@@ -57,6 +61,11 @@ th.asc::after{content:" \\25B2"}th.desc::after{content:" \\25BC"}
 td.s,th.s{text-align:left}.scroll{max-height:420px;overflow:auto;display:inline-block;max-width:100%}
 pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:.82em}
 details{margin:8px 0}.note{color:#8a5a00}
+.claims-wrap{overflow-x:auto}
+table.claims td{white-space:normal;text-align:left;vertical-align:top;max-width:26em}
+table.claims td.num{text-align:right;white-space:nowrap}
+td.v-reproduced{background:#e5f5e0}td.v-not{background:#fde0dd}
+td.v-inconclusive{background:#fff3cd}td.v-notrun{color:#888}
 """
 
 # Sort any table by clicking a header (numbers numerically, NaN last); no external code.
@@ -294,6 +303,64 @@ def _metric_legend(tables: dict[str, pd.DataFrame]) -> str:
     return f'<p class="sub metrics">Metrics (value with a bootstrap 95% interval): {items}.</p>'
 
 
+_VERDICT_CLASS = {
+    "reproduced": "v-reproduced",
+    "not reproduced": "v-not",
+    "inconclusive at this n": "v-inconclusive",
+    "not run": "v-notrun",
+}
+
+
+def _claim_num(v: float, percent: bool) -> str:
+    if pd.isna(v):
+        return ""
+    return f"{v:.1f} %" if percent else f"{v:.3f}"
+
+
+def _claims_section(rows: list[ClaimRow]) -> str:
+    """The closing table: per seed claim the seed's numbers, what this run measured, the
+    value with its 95% CI and n, and the verdict its rule gives (knowlens.claims)."""
+    if not rows:
+        return ""
+    counts = pd.Series([r.verdict for r in rows]).value_counts()
+    tally = ", ".join(f"{int(counts[v])} {v}" for v in _VERDICT_CLASS if v in counts)
+    head = (
+        "<tr><th class='s'>seed</th><th class='s'>analysis</th><th class='s'>claim</th>"
+        "<th class='s'>the seed figure shows</th><th class='s'>this run measured</th>"
+        "<th>value</th><th>95% CI</th><th>n</th><th class='s'>verdict</th>"
+        "<th class='s'>how decided</th><th class='s'>detail</th></tr>"
+    )
+    body = []
+    for r in rows:
+        ci = (
+            f"[{_claim_num(r.ci_low, r.percent)}, {_claim_num(r.ci_high, r.percent)}]"
+            if not (pd.isna(r.ci_low) or pd.isna(r.ci_high))
+            else ("" if r.verdict == "not run" else "undefined")
+        )
+        n = f"{r.n} {r.unit}" if r.verdict != "not run" else ""
+        how = f"{r.rule}; CI: {r.ci_method}" if r.rule else ""
+        body.append(
+            f"<tr><td>{_esc(r.seed)}</td><td>{_esc(r.analysis)}</td><td>{_esc(r.claim)}</td>"
+            f"<td>{_esc(r.seed_shows)}</td><td>{_esc(r.measured)}</td>"
+            f"<td class='num'>{_esc(_claim_num(r.value, r.percent))}</td>"
+            f"<td class='num'>{_esc(ci)}</td><td class='num'>{_esc(n)}</td>"
+            f"<td class='{_VERDICT_CLASS[r.verdict]}'><b>{_esc(r.verdict)}</b></td>"
+            f"<td>{_esc(how)}</td><td>{_esc(r.detail)}</td></tr>"
+        )
+    return (
+        '<h2 id="claims">What the seed figures show, and what this run measured</h2>'
+        "<p>One row per claim of the seed figures (<code>../shared/seeds</code>), computed "
+        "from this run folder's tables alone (also in <code>claims.json</code>). Each claim "
+        "says a value lies above or below a threshold: <b>reproduced</b> if the whole 95% "
+        "interval lies on the claimed side, <b>not reproduced</b> if it lies wholly on the "
+        "other side, <b>inconclusive at this n</b> if it contains the threshold (or is "
+        "undefined); <b>not run</b>: the run has no data for it. "
+        f"This run: {_esc(tally)}.</p>"
+        f"<div class='claims-wrap'><table class='claims'><thead>{head}</thead>"
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
 def build_report(run_dir: str | Path, *, redraw: bool = True) -> Path:
     """Write ``<run_dir>/report.html`` from the run folder; ``redraw`` re-renders figures
     from the saved tables first (what ``knowlens report`` does). Returns the report path."""
@@ -302,9 +369,12 @@ def build_report(run_dir: str | Path, *, redraw: bool = True) -> Path:
     manifest = read_manifest(run_dir)
     blocks: list[str] = []
     accuracy: list[pd.DataFrame] = []
+    claim_inputs: list[tuple[str, str, dict[str, pd.DataFrame], int, int]] = []
     n_figs = 0
     for acfg in rc.analyses:
         tables = read_tables(run_dir, acfg.key)
+        if tables:
+            claim_inputs.append((acfg.analysis, acfg.key, tables, acfg.n_bootstrap, acfg.seed))
         if not tables:
             blocks.append(
                 f"<h2>{_esc(acfg.key)}</h2><p class='note'>no tables saved for this analysis "
@@ -364,6 +434,12 @@ def build_report(run_dir: str | Path, *, redraw: bool = True) -> Path:
             "graded correct (the labels every estimator is trained and scored on).</p>"
             + table_html(acc)
         )
+    claims = check_run(claim_inputs)
+    if claims:
+        write_claims(run_dir, claims)
+    else:  # a rebuild must not leave the table of other analyses behind
+        (run_dir / CLAIMS_FILE).unlink(missing_ok=True)
+    claims_link = " · <a href='#claims'>seed claims</a>" if claims else ""
     title = f"knowlens report: {rc.name}"
     started = manifest.started_utc if manifest else ""
     version = manifest.knowlens_version if manifest else ""
@@ -373,11 +449,12 @@ def build_report(run_dir: str | Path, *, redraw: bool = True) -> Path:
         f"</title><link rel='icon' href='data:,'><style>{_CSS}</style></head><body>"
         f"<h1>{_esc(title)}</h1><p class='sub'>run folder <code>{_esc(run_dir)}</code>"
         f"{' · started ' + _esc(started) if started else ''} · {n_figs} figures · knowlens "
-        f"{_esc(version)} · <a href='#time'>where the time went</a></p>"
+        f"{_esc(version)} · <a href='#time'>where the time went</a>{claims_link}</p>"
         + _run_summary(rc, manifest)
         + acc_html
         + "\n".join(blocks)
         + _time_section(manifest, [a.key for a in rc.analyses])
+        + _claims_section(claims)
         + f"<script>{_JS}</script></body></html>"
     )
     out = report_path(run_dir)
