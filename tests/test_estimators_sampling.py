@@ -361,16 +361,17 @@ def test_registry_make_fit_predict_on_real_samples(tiny_model):
 
 
 def _count_samples(monkeypatch):
-    import knowlens as kl
+    import knowlens.generation as gen
 
     calls = []
-    real = kl.sample
+    real = gen.sample
 
     def counting(model, source, **kw):
         calls.append((model.target_id, len(source), kw["k"]))
         return real(model, source, **kw)
 
-    monkeypatch.setattr(kl, "sample", counting)
+    # the local executor calls the generation stage's sample (imported at call time)
+    monkeypatch.setattr(gen, "sample", counting)
     return calls
 
 

@@ -1,5 +1,6 @@
-"""Executors: the Ray executor gives the local path's results, survives a killed worker and
-resumes from finished shards; the local path works without Ray installed. Keys include the
+"""Executors: the Ray executor gives the local path's results (greedy answers, samples,
+hidden states), survives a killed worker and resumes from finished shards; the local path
+works without Ray installed. Keys include the
 numerics (CPU thread count / device type); shards and merged entries are verified, damaged
 ones recomputed; a local and a sharded run of one entry at once compute it once."""
 
@@ -28,6 +29,7 @@ from knowlens.errors import ConfigError, KnowlensError
 from knowlens.executors import Executor, LocalExecutor, get_executor
 from knowlens.executors import extract as ex_extract
 from knowlens.executors import generate as ex_generate
+from knowlens.executors import sample as ex_sample
 from knowlens.generation import compute_numerics
 from knowlens.tasks._types import Example, GradeResult
 
@@ -157,6 +159,15 @@ def assert_same_generations(a, b) -> None:
     assert fa.equals(fb), "generation tables differ"
 
 
+def assert_same_samples(a, b) -> None:
+    fa, fb = a.to_frame(), b.to_frame()
+    assert list(fa["example_id"]) == list(fb["example_id"])
+    assert fa.equals(fb), "sample tables differ"
+
+
+SAMPLING = {"k": 3, "temperature": 0.8, "top_p": 0.9, "seed": 11, "batch_size": 4}
+
+
 def assert_same_activations(a, b) -> None:
     assert a.example_ids == b.example_ids
     assert a.layers == b.layers and a.tokens == b.tokens
@@ -270,6 +281,31 @@ def test_ray_equals_local(ray_cluster, tiny_model, worker_threads):
     assert reused.meta["cache_hit"] and reused.meta["cache_key"] == local.meta["cache_key"]
     assert "executor" not in reused.meta  # written by the local path
     assert_same_generations(reused, local)
+
+
+def test_ray_sample_equals_local(ray_cluster, tiny_model, worker_threads):
+    """Ray draws the local samples (same tokens, log-probs, grades) into the local entry."""
+    from knowlens.generation import generate as local_generate
+    from knowlens.generation import sample as local_sample
+
+    task = toy_task()
+    ref = local_sample(tiny_model, task, cache=False, progress=False, **SAMPLING)
+    ex = get_executor("ray", num_workers=2, threads_per_worker=worker_threads)
+    smp = ex_sample(tiny_model, task, executor=ex, block_size=4, **SAMPLING)
+    assert_same_samples(smp, ref)
+    assert smp.meta["numerics"] == ref.meta["numerics"] == {"device": "cpu", "threads": 1}
+    run = smp.meta["executor"]
+    assert run["executor"] == "ray" and (run["blocks"], run["computed"]) == (6, 6)
+    assert 1 <= len(run["worker_ids"]) <= 2 and run["devices"] == ["cpu x1"]
+    hit = local_sample(tiny_model, task, progress=False, **SAMPLING)
+    assert hit.meta["cache_hit"] and hit.meta["cache_key"] == smp.meta["cache_key"]
+    assert_same_samples(hit, ref)
+    # From greedy answers, without the cache: merged in memory, equal to the local draw.
+    gens = local_generate(tiny_model, task, batch_size=4, cache=False, progress=False)
+    other = {**SAMPLING, "seed": 3, "k": 2, "task": task}
+    mem = ex_sample(tiny_model, gens, executor=ex, block_size=8, cache=False, **other)
+    assert_same_samples(mem, local_sample(tiny_model, gens, cache=False, progress=False, **other))
+    assert not entry_dir("samples", mem.meta["cache_key"]).exists()
 
 
 def _kill_one_worker_after_first_shard(root: Path, killed: list[str]) -> None:
@@ -551,6 +587,72 @@ def test_sharded_path_verifies_entries_and_shards(tiny_model, caplog):
     assert len(damaged_warnings(caplog)) == 5
     assert len(list((cache_root() / ".damaged").iterdir())) == 5
     assert ex_extract(tiny_model, gens, executor=ex, block_size=4, **kw).meta["cache_hit"]
+
+
+def test_sharded_sampling_equals_local_and_shares_its_entry(tiny_model, caplog):
+    """Without Ray: sampling in blocks gives the local SampleSet (the seeds name the example
+    and sample index, not the batch or block), stored in the local path's entry, both ways;
+    a damaged shard is recomputed alone; cache=False stores nothing."""
+    from knowlens.generation import generate as local_generate
+    from knowlens.generation import sample as local_sample
+
+    caplog.set_level(logging.WARNING, logger="knowlens.cache")
+    ex, task = BlocksHere(), toy_task(12)
+    ref = local_sample(tiny_model, task, cache=False, progress=False, **SAMPLING)
+    assert len({tuple(map(tuple, r.answer_ids)) for r in ref}) > 1
+    assert any(len({tuple(a) for a in r.answer_ids}) > 1 for r in ref)  # the k samples differ
+    smp = ex_sample(tiny_model, task, executor=ex, block_size=4, **SAMPLING)
+    assert_same_samples(smp, ref)
+    assert [r.correct for r in smp] == [r.correct for r in ref]
+    assert any(c is not None for r in smp for c in r.correct)  # graded by the task
+    run = smp.meta["executor"]
+    assert not smp.meta["cache_hit"] and (run["blocks"], run["computed"]) == (3, 3)
+    assert smp.meta["n_answer_tokens"] == sum(len(a) for r in ref for a in r.answer_ids)
+    assert run["tokens"] == smp.meta["n_answer_tokens"]
+    for k in ("cache_key", "k", "temperature", "top_p", "seed", "numerics", "settings"):
+        assert smp.meta[k] == ref.meta[k], k
+    entry = entry_dir("samples", smp.meta["cache_key"])
+    verify_entry(entry)
+    hit = local_sample(tiny_model, task, progress=False, **SAMPLING)  # finds the merged entry
+    assert hit.meta["cache_hit"] and hit.meta["executor"]["executor"] == "blocks-here"
+    assert_same_samples(hit, ref)
+
+    # A damaged shard and entry: only that block is drawn again, same bytes.
+    root = cache_root() / "shards" / "samples" / smp.meta["cache_key"]
+    shards = sorted(root.iterdir())
+    table = (entry / "samples.parquet").read_bytes()
+    scramble(entry / "samples.parquet")
+    scramble(shards[1] / "samples.parquet")
+    again = ex_sample(tiny_model, task, executor=ex, block_size=4, **SAMPLING)
+    assert (again.meta["executor"]["computed"], again.meta["executor"]["reused"]) == (1, 2)
+    assert (entry / "samples.parquet").read_bytes() == table
+    assert len(damaged_warnings(caplog)) == 2
+    assert_same_samples(again, ref)
+
+    # From greedy answers (their prompt tokens and settings): the local entry, reused by blocks.
+    gens = local_generate(tiny_model, task, batch_size=4, progress=False)
+    local = local_sample(tiny_model, gens, task=task, progress=False, **SAMPLING)
+    assert local.meta["cache_key"] == smp.meta["cache_key"]  # same prompts: one entry
+    other = {**SAMPLING, "seed": 12, "task": task}
+    local = local_sample(tiny_model, gens, progress=False, **other)
+    reused = ex_sample(tiny_model, gens, executor=ex, block_size=4, **other)
+    assert reused.meta["cache_hit"] and "executor" not in reused.meta
+    assert_same_samples(reused, local)
+    assert local.to_frame()["answer_ids"].tolist() != ref.to_frame()["answer_ids"].tolist()
+
+    # cache=False: merged in memory, no entry, no shard folder left.
+    fresh = {**SAMPLING, "seed": 13, "limit": 7}
+    mem = ex_sample(tiny_model, task, executor=ex, block_size=4, cache=False, **fresh)
+    assert_same_samples(mem, local_sample(tiny_model, task, cache=False, progress=False, **fresh))
+    assert not mem.meta["cache_hit"] and len(mem) == 7
+    assert not entry_dir("samples", mem.meta["cache_key"]).exists()
+    assert not any((cache_root() / "shards" / "samples").glob("*.nocache-*"))
+
+    # The local checks, before any block: bad settings, and a prompt beyond the context.
+    with pytest.raises(KnowlensError, match="temperature must be a finite number > 0"):
+        ex_sample(tiny_model, task, executor=ex, temperature=0)
+    with pytest.raises(KnowlensError, match=r"beyond the 1024-token context"):
+        ex_sample(tiny_model, task, executor=ex, max_new_tokens=1020)
 
 
 @pytest.mark.real_model

@@ -283,10 +283,86 @@ def test_stop_n_and_logprobs(tiny_model):
     assert all(t["bytes"] == list(t["token"].encode()) and t["logprob"] <= 0 for t in content)
 
 
+def test_sampling_equals_kl_sample_and_is_seeded(tiny_model):
+    """temperature > 0 samples as kl.sample does for the same prompt (same seeds, tokens,
+    log-probs); a seed gives the same choices every time, another seed others, no seed a
+    fresh draw per request; temperature 0 stays greedy whatever seed / top_p say."""
+    import openai
+
+    from knowlens.generation import (
+        GenerationSettings,
+        TokenSampler,
+        _decode_batch,
+        _encode,
+        generate_texts,
+        sample,
+        sample_seed,
+    )
+    from knowlens.jailbreak.server import SAMPLE_ID
+
+    prompt, m = "Tell me how to bake bread.", 12
+    draw = {"temperature": 0.9, "top_p": 0.95}
+    gens = generate_texts(tiny_model, [prompt], max_new_tokens=m, cache=False, progress=False)
+    ref = sample(tiny_model, gens, k=3, seed=7, cache=False, progress=False, **draw)[0]
+    assert len(set(ref.texts)) > 1  # three different samples
+    # ... which is the decoder with TokenSampler seeded by (seed, SAMPLE_ID, j)
+    ids = _encode(tiny_model, tiny_model.format_prompt(prompt), True)
+    rows = _decode_batch(
+        tiny_model,
+        [ids],
+        GenerationSettings(max_new_tokens=m, stop_on_newline=False),
+        TokenSampler([sample_seed(7, SAMPLE_ID, j) for j in range(3)], 3, **draw),
+    )
+    assert [r["answer_ids"] for r in rows] == ref.answer_ids
+    with serving(tiny_model) as srv:
+        one = _chat(srv.url, prompt, max_tokens=m, n=3, seed=7, logprobs=True, **draw).json()
+        again = _chat(srv.url, prompt, max_tokens=m, n=3, seed=7, **draw).json()
+        other = _chat(srv.url, prompt, max_tokens=m, n=3, seed=8, **draw).json()
+        fresh = [_chat(srv.url, prompt, max_tokens=m, n=3, **draw).json() for _ in range(2)]
+        greedy = _chat(srv.url, prompt, max_tokens=m, n=2).json()
+        greedy_seeded = _chat(srv.url, prompt, max_tokens=m, n=2, temperature=0, seed=7).json()
+        client = openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0, timeout=60)
+        sdk = client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=m,
+            n=3,
+            seed=7,
+            **draw,
+        )
+
+    def texts(r: dict) -> list[str]:
+        return [c["message"]["content"] for c in r["choices"]]
+
+    tok = tiny_model.tokenizer
+    assert texts(one) == ref.texts == texts(again) == [c.message.content for c in sdk.choices]
+    for c, a, lp, why in zip(
+        one["choices"], ref.answer_ids, ref.token_logprobs, ref.stop_reasons, strict=True
+    ):
+        assert [t["token"] for t in c["logprobs"]["content"]] == [
+            tok.decode([i], skip_special_tokens=True) for i in a
+        ]
+        assert [t["logprob"] for t in c["logprobs"]["content"]] == lp  # raw, T=1: exact
+        assert c["finish_reason"] == ("length" if why == "length" else "stop")
+    assert one["usage"]["completion_tokens"] == sum(len(a) for a in ref.answer_ids)
+    assert texts(other) != texts(one)
+    assert texts(fresh[0]) != texts(fresh[1]) and len(set(texts(fresh[0]))) > 1
+    plain = GenerationSettings(max_new_tokens=m, stop_on_newline=False)
+    want = tok.decode(
+        _decode_batch(tiny_model, [ids], plain)[0]["answer_ids"], skip_special_tokens=True
+    )
+    assert texts(greedy) == texts(greedy_seeded) == [want, want]
+
+
 @pytest.mark.parametrize(
     ("fields", "param", "phrase"),
     [
-        ({"temperature": 0.7}, "temperature", "supported: 0 or absent"),
+        ({"temperature": 2.5}, "temperature", "less than or equal to 2"),
+        ({"temperature": 1e-9}, "temperature", "too small to sample with"),
+        ({"top_p": 0}, "top_p", "greater than 0"),
+        ({"top_p": 1.5, "temperature": 1}, "top_p", "less than or equal to 1"),
+        ({"top_p": "most"}, "top_p", "valid number"),
+        ({"seed": 1.5}, "seed", "valid integer"),
         ({"top_logprobs": 2, "logprobs": True}, "top_logprobs", "chosen token"),
         ({"top_logprobs": 0}, "top_logprobs", "needs logprobs=true"),
         ({"tools": []}, "tools", "unsupported field 'tools'"),
@@ -319,6 +395,7 @@ def test_unsupported_values_are_rejected_by_name(tiny_model, fields, param, phra
     err = r.json()["error"]
     assert r.status_code == (404 if param == "model" else 400)
     assert err["param"] == param and phrase in err["message"]
+    assert "\n" not in err["message"]  # one line
 
 
 def test_malformed_bodies_and_accepted_no_op_fields(tiny_model):
@@ -347,14 +424,14 @@ def test_malformed_bodies_and_accepted_no_op_fields(tiny_model):
         client = openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0)
         with pytest.raises(openai.BadRequestError) as ei:
             client.chat.completions.create(
-                model="tiny", messages=[{"role": "user", "content": "Hi"}], temperature=0.9
+                model="tiny", messages=[{"role": "user", "content": "Hi"}], top_p=1.2
             )
     assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
     assert arr.status_code == 400 and "JSON object" in arr.json()["error"]["message"]
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "messages"
     # greedy decoding: top_p and seed cannot change the answer, so they are accepted
     assert noop["choices"][0]["message"] == plain["choices"][0]["message"]
-    assert ei.value.param == "temperature" and "greedily" in ei.value.message
+    assert ei.value.param == "top_p" and "less than or equal to 1" in ei.value.message
     assert url.endswith("/v1/chat/completions")
 
 

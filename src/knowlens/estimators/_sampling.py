@@ -391,6 +391,8 @@ class EigenScore(_ReaderScore):
         calibrate: Platt on the training split; ``False``: P(correct) = ``sigmoid(-u)``
             (``u`` is a log-volume, unbounded on both sides).
         progress: show a progress bar.
+        cache: read / store the samples' hidden states in the activation cache (the
+            analyses pass the run's setting: ``--no-cache`` neither reads nor writes them).
     """
 
     def __init__(
@@ -402,6 +404,7 @@ class EigenScore(_ReaderScore):
         batch_size: int = 8,
         calibrate: bool = True,
         progress: bool = True,
+        cache: bool = True,
     ) -> None:
         self.model = model
         self.layer = layer
@@ -409,6 +412,7 @@ class EigenScore(_ReaderScore):
         self.batch_size = batch_size
         self.calibrate = calibrate
         self.progress = progress
+        self.cache = cache
 
     def _check_params(self) -> None:
         if not (isinstance(self.alpha, int | float) and self.alpha > 0):
@@ -444,6 +448,7 @@ class EigenScore(_ReaderScore):
             tokens="last",
             dtype="float32",
             batch_size=int(self.batch_size),
+            cache=bool(self.cache),
             progress=self.progress,
         )
         feats = np.asarray(acts.features(layer), dtype=np.float64)

@@ -1,6 +1,6 @@
-"""`generate` / `extract` with an ``executor=``: the local path or sharded blocks on Ray.
+"""`generate` / `sample` / `extract` with an ``executor=``: local, or sharded blocks on Ray.
 
-``executor="local"`` (the default) calls ``knowlens.generation.generate`` /
+``executor="local"`` (the default) calls ``knowlens.generation.generate`` / ``sample`` /
 ``knowlens.activations.extract`` unchanged. Any other executor cuts the work into blocks that
 reproduce the local path's batches exactly, so the merged result is the same table and the
 same bytes:
@@ -8,27 +8,31 @@ same bytes:
 * generation sorts prompts longest first, ties by input order, and decodes them
   ``batch_size`` at a time; blocks are consecutive runs of that order, a multiple of
   ``batch_size`` long, and ``generate_examples`` re-sorts each block into the same batches;
+* sampling cuts ``sample_items``' order (the same rule) the same way; each sample's RNG is
+  seeded by (seed, example id, sample index), not by its batch or worker;
 * extraction sorts each local shard's rows by the tokens they need, longest first, and runs
   ``batch_size`` rows per forward; blocks are cut from each shard's order the same way.
 
 The merged result is written into the *same* cache entry (same key, same files) as the local
-path's, so ``kl.generate`` / ``kl.extract`` reuse it, and vice versa. The key includes the
-executor's numerics (``Executor.numerics``: CPU thread count of the workers, or the
-accelerator type), as the local key includes this process's, because CPU results depend on
-the thread count. Entries are read back verified, like the local path's.
+path's, so ``kl.generate`` / ``kl.sample`` / ``kl.extract`` reuse it, and vice versa. The
+key includes the executor's numerics (``Executor.numerics``: CPU thread count of the workers,
+or the accelerator type), as the local key includes this process's, because CPU results
+depend on the thread count. Entries are read back verified, like the local path's.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from knowlens._cache import atomic_write_json, quarantine, stable_hash, verified_entry
-from knowlens._types import ActivationSet, Generation, GenerationSet
+from knowlens._types import ActivationSet, Generation, GenerationSet, SampleSet
 from knowlens.errors import DataError, KnowlensError
 from knowlens.executors._core import Block, Executor, LocalExecutor, Stage, run_stage
 from knowlens.executors._select import resolve_executor
@@ -64,8 +68,74 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+# -- tables of rows (generation, sampling) ----------------------------------------------------
+class _RowStage(Stage):
+    """A stage whose blocks are rows of a ``GenerationSet`` / ``SampleSet`` (one parquet shard
+    per block), merged back into the task's order and saved as that set (the local files)."""
+
+    set_cls: Any = GenerationSet
+    table = "generations.parquet"
+    meta: dict[str, Any]
+
+    def _tokens(self, rows: list[Any]) -> int:
+        raise NotImplementedError
+
+    def _shard(self, rows: list[Any]) -> dict[str, bytes]:
+        buf = io.BytesIO()
+        self.set_cls(rows).to_frame().to_parquet(buf, index=False)
+        return {
+            self.table: buf.getvalue(),
+            "info.json": json.dumps({"tokens": self._tokens(rows), "rows": len(rows)}).encode(),
+        }
+
+    def _rows(self, shard_dirs: list[Path]) -> list[Any]:
+        import pandas as pd
+
+        frames = [pd.read_parquet(d / self.table) for d in shard_dirs]
+        by_id = {r.example_id: r for r in self.set_cls.from_frame(pd.concat(frames)).rows}
+        return [by_id[i] for i in self.item_ids()]  # task order, as the local path returns
+
+    def _meta(self, rows: list[Any], run: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **self.meta,
+            "seconds": run["seconds"],
+            "n_answer_tokens": self._tokens(rows),
+            "executor": run,
+        }
+
+    def cached(self) -> Any | None:
+        # As the local path reads it: checksums verified, then parsed; damaged -> moved aside.
+        entry = verified_entry(self.kind, self.key)
+        if entry is None:
+            return None
+        try:
+            return self.load(entry, cache_hit=True)
+        except DataError as e:  # intact bytes that still do not parse (foreign writer)
+            quarantine(entry, str(e))
+            return None
+
+    def merge(
+        self, shard_dirs: list[Path], blocks: list[Block], out: Path, run: dict[str, Any]
+    ) -> None:
+        rows = self._rows(shard_dirs)
+        self.set_cls(rows, self._meta(rows, run)).save(out)
+
+    def merge_in_memory(
+        self, shard_dirs: list[Path], blocks: list[Block], run: dict[str, Any]
+    ) -> Any:
+        rows = self._rows(shard_dirs)
+        out = self.set_cls(rows, self._meta(rows, run))
+        out.meta["cache_hit"] = False
+        return out
+
+    def load(self, entry: Path, *, cache_hit: bool) -> Any:
+        out = self.set_cls.load(entry)
+        out.meta["cache_hit"] = cache_hit
+        return out
+
+
 # -- generation --------------------------------------------------------------------------------
-class GenerationStage(Stage):
+class GenerationStage(_RowStage):
     """Greedy generation of a task's examples, one shard (parquet) per block."""
 
     kind = "generations"
@@ -107,13 +177,11 @@ class GenerationStage(Stage):
     def item_ids(self) -> list[str]:
         return [str(ex.id) for ex in self.examples]
 
-    def blocks(self) -> list[Block]:
-        ids = self.item_ids()
-        out = []
-        for b, idx in enumerate(_cut(self._order, self.block_size)):
-            h = stable_hash([self.key, [ids[i] for i in idx]], length=12)
-            out.append(Block(b, idx, f"{b:05d}-{h}"))
-        return out
+    def schedule(self) -> list[int]:
+        return self._order
+
+    def _tokens(self, rows: list[Generation]) -> int:
+        return int(sum(len(r.answer_ids) for r in rows))
 
     def compute(self, model: ModelHandle, block: Block) -> dict[str, bytes]:
         from knowlens.generation import generate_examples
@@ -125,58 +193,7 @@ class GenerationStage(Stage):
             self.grade_fn,
             self.settings,
         )
-        buf = io.BytesIO()
-        GenerationSet(rows).to_frame().to_parquet(buf, index=False)
-        tokens = sum(len(r.answer_ids) for r in rows)
-        return {
-            "generations.parquet": buf.getvalue(),
-            "info.json": json.dumps({"tokens": tokens, "rows": len(rows)}).encode(),
-        }
-
-    def _rows(self, shard_dirs: list[Path]) -> list[Generation]:
-        import pandas as pd
-
-        frames = [pd.read_parquet(d / "generations.parquet") for d in shard_dirs]
-        by_id = {r.example_id: r for r in GenerationSet.from_frame(pd.concat(frames)).rows}
-        return [by_id[i] for i in self.item_ids()]  # task order, as the local path returns
-
-    def _meta(self, rows: list[Generation], run: dict[str, Any]) -> dict[str, Any]:
-        return {
-            **self.meta,
-            "seconds": run["seconds"],
-            "n_answer_tokens": int(sum(len(r.answer_ids) for r in rows)),
-            "executor": run,
-        }
-
-    def cached(self) -> GenerationSet | None:
-        # As the local path reads it: checksums verified, then parsed; damaged -> moved aside.
-        entry = verified_entry(self.kind, self.key)
-        if entry is None:
-            return None
-        try:
-            return self.load(entry, cache_hit=True)
-        except DataError as e:  # intact bytes that still do not parse (foreign writer)
-            quarantine(entry, str(e))
-            return None
-
-    def merge(
-        self, shard_dirs: list[Path], blocks: list[Block], out: Path, run: dict[str, Any]
-    ) -> None:
-        rows = self._rows(shard_dirs)
-        GenerationSet(rows, self._meta(rows, run)).save(out)
-
-    def merge_in_memory(
-        self, shard_dirs: list[Path], blocks: list[Block], run: dict[str, Any]
-    ) -> GenerationSet:
-        rows = self._rows(shard_dirs)
-        gs = GenerationSet(rows, self._meta(rows, run))
-        gs.meta["cache_hit"] = False
-        return gs
-
-    def load(self, entry: Path, *, cache_hit: bool) -> GenerationSet:
-        gs = GenerationSet.load(entry)
-        gs.meta["cache_hit"] = cache_hit
-        return gs
+        return self._shard(rows)
 
 
 def generate(
@@ -265,6 +282,205 @@ def generate(
             cache=cache,
         )
         return gens
+    finally:
+        if owned:
+            ex.close()
+
+
+# -- sampling ----------------------------------------------------------------------------------
+class SampleStage(_RowStage):
+    """``k`` seeded samples per example (``generation.sample_items``), one parquet per block.
+
+    Each block decodes the local path's batches (blocks are runs of its order, a multiple of
+    ``batch_size`` long) and sample ``j`` of example ``e`` is seeded by ``(seed, e, j)``
+    alone, so the rows are the local rows whichever worker draws them."""
+
+    kind = "samples"
+    set_cls = SampleSet
+    table = "samples.parquet"
+
+    def __init__(
+        self,
+        model: ModelHandle,
+        items: list[Any],
+        grade_fn: Any,
+        settings: Any,
+        decode: Any,
+        key: str,
+        meta: dict[str, Any],
+        block_size: int,
+    ) -> None:
+        from knowlens.generation import check_context
+
+        self.items, self.grade_fn, self.settings, self.decode = items, grade_fn, settings, decode
+        self.key, self.meta, self.block_size = key, meta, block_size
+        self.numerics = meta["numerics"]
+        empty = next((it.id for it in items if not it.prompt_ids), None)
+        if empty is not None:  # sample_items' own checks, before any worker runs
+            raise DataError(
+                f"Example '{empty}' has an empty prompt; give every example a question."
+            )
+        lens = [len(it.prompt_ids) for it in items]
+        check_context(model, items, lens, decode.max_new_tokens)
+        # sample_items' batch order: prompt tokens, longest first, ties by index.
+        self._order = sorted(range(len(items)), key=lambda i: (-lens[i], i))
+
+    def item_ids(self) -> list[str]:
+        return [str(it.id) for it in self.items]
+
+    def schedule(self) -> list[int]:
+        return self._order
+
+    def _tokens(self, rows: list[Any]) -> int:
+        return int(sum(len(a) for r in rows for a in r.answer_ids))
+
+    def compute(self, model: ModelHandle, block: Block) -> dict[str, bytes]:
+        from knowlens.generation import sample_items
+
+        items = [self.items[i] for i in block.items]
+        return self._shard(sample_items(model, items, self.grade_fn, self.settings, self.decode))
+
+
+def _sample_plan(
+    model: Any,
+    source: Any,
+    settings: Any,
+    limit: int | None,
+    split: str | None,
+    task: Any,
+) -> tuple[Any, list[Any], Any, Any, Any, dict[str, Any], dict[str, Any]]:
+    """``knowlens.sample``'s checks and plan (model, items, grade_fn, resolved settings,
+    decode settings, key parts, meta), step for step, so both paths key the same entry."""
+    from knowlens.generation import _check_handle, _check_limit, _generations_plan, _task_plan
+
+    settings.validate()  # before any model or task is loaded
+    _check_limit(limit)
+    settings = replace(
+        settings,
+        temperature=float(settings.temperature),
+        top_p=float(settings.top_p),
+        seed=int(settings.seed),
+    )
+    if split is not None and not isinstance(split, str):
+        raise KnowlensError(f"split must be a split name; got {split!r}. Pass e.g. split='test'.")
+    if isinstance(source, (str, os.PathLike)):
+        from knowlens.tasks import load_task
+
+        source = load_task(os.fspath(source), split=split or "test", limit=limit)
+    is_gens = isinstance(source, GenerationSet)
+    if not is_gens and not all(hasattr(source, a) for a in ("examples", "prompt", "grade")):
+        raise KnowlensError(
+            f"sample: source must be a Task, a task name or a GenerationSet; got "
+            f"{type(source).__name__}. Pass e.g. kl.load_task('capitals', limit=32)."
+        )
+    have = source.meta.get("split") if is_gens else getattr(source, "split", None)
+    if split is not None and have != split:
+        raise KnowlensError(
+            f"sample: split='{split}' was given, but the {'answers are' if is_gens else 'task is'} "
+            f"of split {have!r}; drop split= or pass the task name with split='{split}'."
+        )
+    if task is not None and not is_gens:
+        raise KnowlensError(
+            "sample: task= grades the samples of a GenerationSet; with a task source drop task=."
+        )
+    if isinstance(model, (str, os.PathLike)):
+        from knowlens.models import load_model
+
+        model = load_model(model)
+    _check_handle(model)
+    if is_gens:
+        items, grade_fn, resolved, decode, parts = _generations_plan(
+            model, source, settings, limit, task
+        )
+        extra = {"source": "generations", "generations_key": source.meta.get("cache_key")}
+    else:
+        items, grade_fn, resolved, decode, parts = _task_plan(model, source, settings, limit)
+        extra = {"source": "task"}
+    parts = {**parts, "graded": grade_fn is not None}
+    return model, items, grade_fn, resolved, decode, parts, {**parts, **extra, "n": len(items)}
+
+
+def sample(
+    model: ModelHandle | str,
+    source: Any,
+    *,
+    executor: str | Executor | None = None,
+    k: int = 5,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    stop_on_newline: bool | None = None,
+    limit: int | None = None,
+    split: str | None = None,
+    task: Any = None,
+    cache: bool = True,
+    progress: bool = True,
+    block_size: int | None = None,
+) -> SampleSet:
+    """``knowlens.sample`` on any executor; the same samples whichever runs it.
+
+    >>> with get_executor("ray", num_workers=4) as ex:
+    ...     samples = sample(model, gens, k=10, temperature=1.0, seed=0, executor=ex)
+
+    Args:
+        executor: ``"local"`` / ``None``, ``"ray"`` or an ``Executor`` (see :func:`generate`).
+        block_size: examples per block (rounded up to a multiple of ``batch_size``; default:
+            about four blocks per worker).
+        Others: as in ``knowlens.generation.sample``. The merged ``SampleSet`` is stored in
+        the local path's entry (same key and files), so either path reuses the other's.
+    """
+    from knowlens.generation import SampleSettings, sample_cache_entry
+    from knowlens.generation import sample as local_sample
+
+    ex = resolve_executor(executor)
+    owned = not isinstance(executor, Executor)
+    try:
+        if isinstance(ex, LocalExecutor):
+            return local_sample(
+                model,
+                source,
+                k=k,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                stop_on_newline=stop_on_newline,
+                limit=limit,
+                split=split,
+                task=task,
+                cache=cache,
+                progress=progress,
+            )
+        settings = SampleSettings(
+            k=k,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            stop_on_newline=stop_on_newline,
+        )
+        handle, items, grade_fn, resolved, decode, parts, meta = _sample_plan(
+            model, source, settings, limit, split, task
+        )
+        # The local path's own key + meta, so either path reuses the other's entry.
+        key, meta = sample_cache_entry(
+            handle, items, resolved, decode, parts, meta, numerics=ex.numerics(handle)
+        )
+        size = _block_size(block_size, len(items), resolved.batch_size, _workers_hint(ex))
+        stage = SampleStage(handle, items, grade_fn, resolved, decode, key, meta, size)
+        smp, _ = run_stage(
+            stage,
+            handle,
+            ex,
+            progress=progress,
+            description=f"sample {handle.name} · {decode.task} · k={resolved.k} [{ex.name}]",
+            cache=cache,
+        )
+        return smp
     finally:
         if owned:
             ex.close()
@@ -492,4 +708,4 @@ def extract(
             ex.close()
 
 
-__all__ = ["ExtractionStage", "GenerationStage", "extract", "generate"]
+__all__ = ["ExtractionStage", "GenerationStage", "SampleStage", "extract", "generate", "sample"]

@@ -257,12 +257,17 @@ class EstimatorBench:
         cfg = self.sampling_settings(who)
         key = ("samples", answerer.target_id, gens_identity(gens), cfg.model_dump_json())
         if key not in self._inputs:
-            import knowlens
+            from knowlens.executors import sample
 
             what = f"sample {answerer.name} · {len(gens)} answers x {cfg.k} (T={cfg.temperature})"
             with self.ctx.step(what, kind="sample", model=answerer.name):
-                smp = knowlens.sample(
-                    answerer, gens, **cfg.model_dump(), cache=self.ctx.use_cache, progress=False
+                smp = sample(  # on the run's executor (local or Ray: the same samples)
+                    answerer,
+                    gens,
+                    **cfg.model_dump(),
+                    executor=self.ctx.executor,
+                    cache=self.ctx.use_cache,
+                    progress=False,
                 )
                 if "cache_hit" in smp.meta:  # counted on this step, not the enclosing one
                     self.ctx.count_cache("samples", hit=bool(smp.meta["cache_hit"]))
@@ -278,6 +283,8 @@ class EstimatorBench:
         if spec.train_limit is not None:
             train = _cap(train, getattr(self.settings, spec.train_limit), self.seed)
         est = spec.make(model=reader, settings=self.settings, seed=self.seed)
+        if "cache" in est.get_params():  # its own cache use (EigenScore's states) obeys --no-cache
+            est.set_params(cache=self.ctx.use_cache)
         what = f"train {spec.name} · {reader.name} on {len(train)} answers"
         with self.ctx.step(what, kind="train", model=reader.name):
             X = self.inputs(spec, reader, train, answerer)

@@ -9,18 +9,30 @@ Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (non-streaming), ``
 
 Answers are the local path's answers: the prompt is rendered by ``ModelHandle.format_prompt``
 (one user turn, the system message as the deployment system prompt; multi-turn chats go
-through the same chat template) and decoded by ``knowlens.generation``'s greedy loop, so a
-served model answers exactly as ``load_target(spec).generate(...)`` does, token for token.
+through the same chat template) and decoded by ``knowlens.generation``'s loop: greedy, so a
+served model answers exactly as ``load_target(spec).generate(...)`` does, token for token, or
+sampled with ``knowlens.sample``'s ``TokenSampler``.
 
-Request fields: ``model``, ``messages`` and ``max_tokens`` / ``max_completion_tokens``
-(default 128, at most :data:`SERVE_MAX_TOKENS`; never beyond the model context);
-``temperature`` 0 or absent (greedy; sampling is not implemented); ``n`` 1..16 (identical
-choices: decoding is deterministic); ``stop`` (up to 4 strings, cut from the text,
-``finish_reason="stop"``); ``logprobs`` (chosen-token log-probs in the OpenAI format;
-``top_logprobs`` only 0); ``top_p`` and ``seed`` are accepted because they cannot change a
-greedy answer; ``presence_penalty`` / ``frequency_penalty`` only 0; ``stream`` only false;
-``user`` is accepted and unused. Any other field, or an unsupported value, is a 400 that
-names the field. Errors use the OpenAI body ``{"error": {"message", "type", "param", "code"}}``.
+Request fields (any other field, or an unsupported value, is a 400 that names the field, in
+the OpenAI body ``{"error": {"message", "type", "param", "code"}}``):
+
+- ``model``, ``messages``; ``max_tokens`` / ``max_completion_tokens`` (default 128, at most
+  :data:`SERVE_MAX_TOKENS`; never beyond the model context);
+- ``temperature``: 0 or absent decodes greedily; in [:data:`MIN_TEMPERATURE`, 2] it samples
+  from softmax(logits / temperature) after ``top_p`` nucleus filtering (``top_p`` in (0, 1],
+  HF's ``TopPLogitsWarper``), with ``knowlens.sample``'s ``TokenSampler``;
+- ``n`` 1..16: greedy, ``n`` identical choices decoded once; sampled, ``n`` samples that share
+  one prefill of the prompt (``knowlens.sample``'s ``k``);
+- ``seed`` (any integer): choice ``j`` draws from a ``torch.Generator`` seeded
+  ``sample_seed(seed, SAMPLE_ID, j)``, so a seeded request returns the same choices every
+  time: the samples ``kl.sample(model, generate_texts(model, [prompt], max_new_tokens=m),
+  k=n, temperature=t, top_p=p, seed=seed)`` draws for that prompt. Without ``seed`` every
+  request draws a fresh random seed (its samples are not reproducible). Greedy answers ignore
+  ``seed`` and ``top_p``;
+- ``stop`` (up to 4 strings, cut from the text, ``finish_reason="stop"``); ``logprobs`` (the
+  chosen tokens' log-probs under the model's raw distribution, T=1 and no top-p, in the
+  OpenAI format; ``top_logprobs`` only 0); ``presence_penalty`` / ``frequency_penalty`` only
+  0; ``stream`` only false; ``user`` is accepted and unused.
 
 One request cannot block the others:
 
@@ -51,6 +63,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import secrets
 import threading
 import time
 import uuid
@@ -69,7 +82,9 @@ __all__ = [
     "LONG_SLICE_S",
     "MAX_N",
     "MAX_STOP",
+    "MIN_TEMPERATURE",
     "POLL_S",
+    "SAMPLE_ID",
     "SERVE_MAX_TOKENS",
     "SUPPORTED_FIELDS",
     "ApiError",
@@ -101,6 +116,11 @@ MAX_N = 16
 MAX_STOP = 4
 POLL_S = 0.1  # how often a waiting request checks for a client disconnect
 LONG_SLICE_S = 0.05  # a long job keeps the model at least this long before yielding
+# Below this, logits / temperature overflow float32 (softmax gives NaN): send 0 for greedy.
+MIN_TEMPERATURE = 1e-4
+# The example id a request's samples are seeded with (``generation.sample_seed``): the id
+# ``generate_texts`` gives its first prompt, so ``kl.sample`` of that prompt draws the same.
+SAMPLE_ID = "0"
 
 
 # -- request schema ---------------------------------------------------------------------
@@ -359,6 +379,10 @@ class _Job:
     logprobs: bool
     loop: Any
     future: Any
+    n: int = 1
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
     turns: Any = None
     cancel_event: threading.Event = dataclasses.field(default_factory=threading.Event)
     cancel_reason: str = ""
@@ -533,24 +557,34 @@ class Scheduler:
             job.resolve(outcome)
 
     def _run(self, job: _Job) -> tuple[str, Any]:
-        from knowlens.generation import GenerationSettings, _decode_batch
+        from knowlens.generation import (
+            GenerationSettings,
+            TokenSampler,
+            _decode_batch,
+            sample_seed,
+        )
 
         settings = GenerationSettings(
             max_new_tokens=job.max_tokens, batch_size=1, stop_on_newline=False, task="serve"
         )
+        chooser = None  # greedy: one row, repeated n times in the response
+        if job.temperature > 0:  # n rows after one prefill, seeded as kl.sample seeds them
+            seeds = [sample_seed(job.seed, SAMPLE_ID, j) for j in range(job.n)]
+            chooser = TokenSampler(seeds, job.n, job.temperature, job.top_p)
         _tls.job = job
         self.turns.acquire(job)
         try:
             if job.cancel_event.is_set():
                 raise _Cancelled(job.cancel_reason)
-            row = _decode_batch(self.handle, [job.prompt_ids], settings)[0]
+            rows = _decode_batch(self.handle, [job.prompt_ids], settings, chooser)
         except _Cancelled:
             return ("cancelled", job.cancel_reason)
         finally:
             self.turns.release(job)
             _tls.job = None
+        tok = self.handle.tokenizer
         with self.tok_lock:
-            return ("ok", _finish(self.handle.tokenizer, row, job.stops, job.logprobs))
+            return ("ok", [_finish(tok, row, job.stops, job.logprobs) for row in rows])
 
 
 # -- the app ----------------------------------------------------------------------------
@@ -558,11 +592,11 @@ def _check_semantics(req: ChatRequest) -> None:
     """Reject values this server cannot honour (never ignore them silently)."""
     if req.stream:
         raise ApiError(400, "stream=true is not supported; send stream=false.", "stream")
-    if req.temperature not in (None, 0):
+    if req.temperature and req.temperature < MIN_TEMPERATURE:
         raise ApiError(
             400,
-            f"temperature={req.temperature} is not supported: this server decodes greedily "
-            "(supported: 0 or absent).",
+            f"temperature={req.temperature} is too small to sample with (the scaled logits "
+            f"overflow); send 0 for greedy answers or a temperature >= {MIN_TEMPERATURE}.",
             "temperature",
         )
     for f in ("presence_penalty", "frequency_penalty"):
@@ -782,6 +816,7 @@ def create_app(
             )
         max_tokens = asked or min(DEFAULT_MAX_TOKENS, room)
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        n = req.n or 1
         job = _Job(
             prompt_ids=ids,
             max_tokens=max_tokens,
@@ -790,6 +825,11 @@ def create_app(
             logprobs=bool(req.logprobs),
             loop=loop,
             future=loop.create_future(),
+            n=n,
+            temperature=float(req.temperature or 0.0),
+            top_p=float(1.0 if req.top_p is None else req.top_p),
+            # no seed: a fresh one per request (63 bits, as sample_seed's)
+            seed=int(req.seed) if req.seed is not None else secrets.randbits(63),
         )
         sched.submit(job)
         try:
@@ -819,7 +859,8 @@ def create_app(
             raise ApiError(499, f"generation cancelled ({value}).")
         if kind == "error":
             raise ApiError(500, f"generation failed: {value}")
-        n = req.n or 1
+        outs = value if len(value) == n else value * n  # greedy: n identical choices
+        n_tokens = sum(o["n_tokens"] for o in outs)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:16]}",
             "object": "chat.completion",
@@ -829,20 +870,20 @@ def create_app(
             "choices": [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": value["text"]},
+                    "message": {"role": "assistant", "content": o["text"]},
                     "logprobs": (
-                        {"content": value["logprobs"], "refusal": None}
-                        if value["logprobs"] is not None
+                        {"content": o["logprobs"], "refusal": None}
+                        if o["logprobs"] is not None
                         else None
                     ),
-                    "finish_reason": value["finish"],
+                    "finish_reason": o["finish"],
                 }
-                for i in range(n)  # greedy decoding: n identical choices, decoded once
+                for i, o in enumerate(outs)
             ],
             "usage": {
                 "prompt_tokens": n_prompt,
-                "completion_tokens": n * value["n_tokens"],
-                "total_tokens": n_prompt + n * value["n_tokens"],
+                "completion_tokens": n_tokens,
+                "total_tokens": n_prompt + n_tokens,
             },
         }
 
