@@ -23,8 +23,10 @@ def test_l2_and_refusal_maps_equal_direct_hidden_states(tiny_model):
     from knowlens.experiments.activation_maps import (
         encode,
         last_token_states,
+        map_moments,
         mean_map,
         refusal_direction,
+        spread,
     )
 
     texts = ["What is the capital of France?", "Hi", "Q: 12 plus 30? A: 42. Sure, here is how."]
@@ -41,6 +43,18 @@ def test_l2_and_refusal_maps_equal_direct_hidden_states(tiny_model):
             want[:, p] = np.mean(vals, 0)
     np.testing.assert_allclose(mean, want, rtol=1e-4, atol=1e-5)
     assert count[0] == 3 and count[-1] < 3  # short prompts drop out, counted per position
+    # the spread stored beside the mean: numpy's SD (ddof 1) over the same prompts
+    res = map_moments(tiny_model, encode(tiny_model, texts, max_len), "l2", None, max_len, 2)
+    np.testing.assert_array_equal(res["mean"], mean)
+    sd, se = spread(res["var"], res["count"])
+    want_sd = np.full((L, max_len), np.nan)
+    for p in range(max_len):
+        vals = [h[:, p].norm(dim=-1).numpy() for h in hs if h.shape[1] > p]
+        if len(vals) >= 2:
+            want_sd[:, p] = np.std(vals, axis=0, ddof=1)
+    np.testing.assert_allclose(sd, want_sd, rtol=1e-4, atol=1e-5)  # NaN where < 2 prompts
+    np.testing.assert_allclose(se, want_sd / np.sqrt(count), rtol=1e-4, atol=1e-5)
+    assert np.isnan(sd[:, count < 2]).all() and (count < 2).any()
     # refusal direction = difference of means at the last token; projection per position
     harm, harmless = texts[:2], texts[2:]
     H = last_token_states(tiny_model, encode(tiny_model, harm, max_len), 2)
@@ -61,6 +75,39 @@ def test_l2_and_refusal_maps_equal_direct_hidden_states(tiny_model):
     )
     proj = torch.einsum("ltd,ld->lt", hs[0], d).numpy()
     np.testing.assert_allclose(mean_r[:, : proj.shape[1]], proj, rtol=1e-4, atol=1e-4)
+
+
+def test_panel_maps_values_and_standard_errors():
+    """Benign / Jailbreak / Difference panels from the two sets' moments: the value, its SE
+    (log10 scale: the delta method, checked against a finite difference of log10)."""
+    from knowlens.experiments.activation_maps import panel_maps
+
+    rng = np.random.default_rng(0)
+    per_set = {k: rng.gamma(5.0, 2.0, (n, 3, 4)) for k, n in (("b", 6), ("j", 9))}
+    per_set["j"][4:, :, 3] = np.nan  # only 4 jailbreak prompts reach position 3
+    mom = {}
+    for k, x in per_set.items():
+        c = np.isfinite(x[:, 0]).sum(0)
+        mom[k] = {"mean": np.nanmean(x, 0), "var": np.nanvar(x, 0), "count": c}
+    sd_b, sd_j = (np.nanstd(x, 0, ddof=1) for x in per_set.values())
+    for log10 in (False, True):
+        (pb, mb, cb, sb, eb), (pj, mj, cj, sj, ej), (pd_, md, cd, sd_d, ed) = panel_maps(
+            mom["b"], mom["j"], log10=log10
+        )
+        assert (pb, pj, pd_) == ("Benign", "Jailbreak", "Difference")
+        np.testing.assert_allclose(sb, sd_b)  # the raw statistic's SD under either scale
+        np.testing.assert_allclose(sj, sd_j)
+        raw_se = sd_j / np.sqrt(cj)
+        if log10:  # SE of log10(mean) = SE(mean) x d log10(m)/dm, by a finite difference
+            m, h = mom["j"]["mean"], 1e-6
+            raw_se = raw_se * (np.log10(m + h) - np.log10(m - h)) / (2 * h)
+            np.testing.assert_allclose(mb, np.log10(mom["b"]["mean"]))
+        np.testing.assert_allclose(ej, raw_se, rtol=1e-6)
+        np.testing.assert_allclose(md, mj - mb)
+        np.testing.assert_array_equal(cb, [6, 6, 6, 6])
+        np.testing.assert_array_equal(cd, [6, 6, 6, 4])
+        assert np.isnan(sd_d).all()
+        np.testing.assert_allclose(ed, np.sqrt(eb**2 + ej**2))
 
 
 @pytest.mark.timeout(170)
@@ -88,6 +135,21 @@ def test_activation_maps_runs_and_refuses_api(tiny_model_dir, tmp_path):
     b = t[t.panel == "Benign"].set_index(["layer", "position"])["value"]
     d = t[t.panel == "Difference"].set_index(["layer", "position"])["value"]
     np.testing.assert_allclose(d, (j - b).loc[d.index])
+    # sd / se after the older columns; se = sd / sqrt(n); Difference: the two SEs combined
+    assert list(t.columns) == [
+        *("analysis", "model", "panel", "layer", "position", "value", "n", "metric", "sd", "se")
+    ]
+    sets = t[t.panel != "Difference"]
+    np.testing.assert_allclose(sets["se"], sets["sd"] / np.sqrt(sets["n"]))
+    assert (
+        sets.loc[sets["n"] >= 2, "sd"].notna().all() and sets.loc[sets["n"] < 2, "sd"].isna().all()
+    )
+    se = {
+        k: t[t.panel == k].set_index(["layer", "position"])["se"] for k in ("Benign", "Jailbreak")
+    }
+    diff = t[t.panel == "Difference"].set_index(["layer", "position"])
+    assert diff["sd"].isna().all()
+    np.testing.assert_allclose(diff["se"], np.hypot(se["Benign"], se["Jailbreak"]).loc[diff.index])
     assert (res.run_dir / "figures" / "activation_maps" / "activation_maps.png").exists()
     with pytest.raises(KnowlensError, match=r"needs hidden states.*API model"):
         run(

@@ -293,6 +293,130 @@ def test_probes_best_on_own_dataset(diag, off, half, want, best):
     assert row.value - row.ci_low == pytest.approx(ci_half)
     assert row.verdict == want and row.n == 300 and row.unit == "test answers"
     assert f"best cell of its test column in {best} of 3" in row.detail
+    assert row.ci_method.startswith("normal approximation")  # no scores table: older run
+
+
+def _probe_scores(
+    n: int, q_diag: float, q_off: float, k: int = 3, seed: int = 0, q_base: float = 0.5
+) -> dict[str, pd.DataFrame]:
+    """probe_transfer tables with a ``scores`` table: per test set n answers; the probe
+    trained on t_i scores P(correct) = sigmoid(q * (2y - 1) + noise), q = q_diag on its own
+    set else q_off; the logit baseline (one per test set) q_base. The main table's cells are
+    computed from the scores with knowlens.metrics (their CIs are deliberately wrong: the
+    bootstrap must not read them)."""
+    rng = np.random.default_rng(seed)
+    parts, cells = [], []
+    for j in range(k):
+        y = rng.integers(0, 2, n).astype(float)
+        base = 1 / (1 + np.exp(-(q_base * (2 * y - 1) + rng.normal(0, 1, n))))
+        ids = [f"x{j}-{i:04d}" for i in range(n)]
+        for i in range(k):
+            q = q_diag if i == j else q_off
+            p = 1 / (1 + np.exp(-(q * (2 * y - 1) + rng.normal(0, 1, n))))
+            for role, scorer, s in (("probe", "Logistic probe", p), ("baseline", "mlp", base)):
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            "model": "m",
+                            "train_task": f"t{i}",
+                            "test_task": f"t{j}",
+                            "layer": 2,
+                            "position": "exact_answer",
+                            "role": role,
+                            "scorer": scorer,
+                            "example_id": ids,
+                            "correct": y,
+                            "p": s,
+                        }
+                    )
+                )
+            v = metrics.auroc(y, p) - metrics.auroc(y, base)
+            cells.append(
+                {
+                    "model": "m",
+                    "baseline": "mlp",
+                    "train_task": f"t{i}",
+                    "test_task": f"t{j}",
+                    "metric": "auroc_minus_baseline",
+                    "value": v,
+                    "ci_low": v - 9.0,
+                    "ci_high": v + 9.0,
+                    "n": n,
+                }
+            )
+    return {"probe_transfer": pd.DataFrame(cells), "scores": pd.concat(parts, ignore_index=True)}
+
+
+def _probe_boot_direct(tables: dict[str, pd.DataFrame], n_resamples: int, seed: int):
+    """The seed-003 interval by hand: per test set (table order) one draw of its answers,
+    every cell's AUROC(probe) - AUROC(baseline) on the drawn rows with knowlens.metrics
+    (rows with a NaN dropped), diagonal mean minus off-diagonal mean, 2.5 / 97.5 %."""
+    t, s = tables["probe_transfer"], tables["scores"]
+    t = t[t["metric"] == "auroc_minus_baseline"].dropna(subset=["value"])
+    rng = np.random.default_rng(seed)
+    diffs: dict[tuple[str, str], np.ndarray] = {}
+    for test in dict.fromkeys(t["test_task"]):
+        st = s[s["test_task"] == test]
+        n = st["example_id"].nunique()
+        idx = rng.integers(0, n, (n_resamples, n))
+        for train in t[t["test_task"] == test]["train_task"]:
+            c = st[st["train_task"] == train]
+            y = c[c.role == "probe"]["correct"].to_numpy()
+            pp, pb = (c[c.role == r]["p"].to_numpy() for r in ("probe", "baseline"))
+            out = []
+            for i in idx:
+                yi, ppi, pbi = y[i], pp[i], pb[i]
+                ok = ~(np.isnan(ppi) | np.isnan(pbi))
+                out.append(metrics.auroc(yi[ok], ppi[ok]) - metrics.auroc(yi[ok], pbi[ok]))
+            diffs[train, test] = np.array(out)
+    diag = np.mean([v for (a, b), v in diffs.items() if a == b], axis=0)
+    off = np.mean([v for (a, b), v in diffs.items() if a != b], axis=0)
+    return tuple(np.quantile(diag - off, [0.025, 0.975]))
+
+
+@pytest.mark.parametrize(
+    ("q_diag", "q_off", "n", "want"),
+    [
+        (2.0, 0.3, 150, "reproduced"),
+        (0.3, 2.0, 150, "not reproduced"),
+        (1.0, 0.9, 40, "inconclusive at this n"),
+    ],
+)
+def test_probe_claim_paired_bootstrap_over_answers(q_diag, q_off, n, want):
+    tables = _probe_scores(n, q_diag, q_off)
+    (row,) = C.probes_best_on_own_dataset(tables, n_resamples=B, seed=5)
+    d = tables["probe_transfer"]
+    eye = d["train_task"] == d["test_task"]
+    assert row.value == pytest.approx(d[eye]["value"].mean() - d[~eye]["value"].mean())
+    assert (row.ci_low, row.ci_high) == pytest.approx(_probe_boot_direct(tables, B, 5), abs=1e-12)
+    assert row.verdict == want, (row.value, row.ci_low, row.ci_high)
+    assert row.ci_method.startswith("paired bootstrap over test answers (200 resamples")
+    assert row.n == 3 * n and row.unit == "test answers"
+
+
+def test_probe_claim_bootstrap_drops_nan_scores_and_cells_without_a_probe():
+    tables = _probe_scores(60, 1.5, 0.5, seed=2)
+    s, t = tables["scores"], tables["probe_transfer"]
+    s.loc[(s.role == "baseline") & s["example_id"].str.endswith("7"), "p"] = np.nan
+    s.loc[(s.role == "probe") & (s["train_task"] == "t2"), "p"] = np.nan  # no probe for t2
+    t.loc[t["train_task"] == "t2", "value"] = np.nan
+    (row,) = C.probes_best_on_own_dataset(tables, n_resamples=B, seed=1)
+    assert (row.ci_low, row.ci_high) == pytest.approx(_probe_boot_direct(tables, B, 1), abs=1e-12)
+    assert "(2 cells)" in row.detail and row.ci_method.startswith("paired bootstrap")
+
+
+def test_probe_claim_falls_back_to_the_cells_intervals_without_scores():
+    tables = _probe_scores(50, 1.5, 0.5)
+    (boot,) = C.probes_best_on_own_dataset(tables, n_resamples=B)
+    # older runs: no scores table, or one missing a cell -> the normal approximation
+    s = tables["scores"]
+    for old in ({"probe_transfer": tables["probe_transfer"]}, {**tables, "scores": s[:-50]}):
+        (row,) = C.probes_best_on_own_dataset(old, n_resamples=B)
+        assert row.ci_method.startswith("normal approximation")
+        assert row.value == boot.value and row.ci_high - row.value == pytest.approx(
+            1.959963984540054 * math.sqrt(3) * (2 / 3) * 9.0 / 1.959963984540054
+        )
+    assert boot.ci_high - boot.ci_low < 1.0  # the bootstrap never read the 9.0 half-widths
 
 
 def test_probe_rows_without_a_probe_are_left_out():
@@ -476,6 +600,105 @@ def test_difference_by_position(case, want):
     assert row.verdict == want, (row.value, row.ci_low, row.ci_high)
     assert row.threshold == pytest.approx(1 / 3 + 0.1) and row.side == "below"
     assert "(refusal direction)" in row.claim and row.n == 9
+
+
+def _maps_se(D: np.ndarray, se, metric: str = "l2", n: int = 10) -> pd.DataFrame:
+    """``_maps`` (5 late one-prompt positions) with the ``sd`` / ``se`` columns of
+    activation_maps CODE_VERSION 2: the Difference panel's se = ``se`` (a number or a
+    layers x positions array), the late positions' NaN."""
+    t = _maps(D, n_late=5, metric=metric)
+    t["n"] = np.where(t["n"] == 10, n, t["n"])
+    se = np.broadcast_to(np.asarray(se, float), D.shape)
+    late = t["position"] >= D.shape[1]
+    diff = (t["panel"] == "Difference") & ~late
+    t["sd"] = np.nan
+    t["se"] = np.nan
+    t.loc[diff, "se"] = se[t.loc[diff, "layer"], t.loc[diff, "position"]]
+    return t
+
+
+def _prompt_se_direct(D, se, axis, stat):
+    """The claim's SE over prompts by hand: the gradient of ``stat`` (shares -> value) in
+    |D| by forward finite differences (|D| may be 0), |gradient| x se summed over the layers
+    of each position (worst case), then root sum of squares over positions."""
+    A = np.abs(D)
+    g = np.zeros_like(A)
+    h = 1e-7
+    f0 = stat(_shares(A, axis))
+    for i in range(A.shape[0]):
+        for j in range(A.shape[1]):
+            up = A.copy()
+            up[i, j] += h
+            g[i, j] = (stat(_shares(up, axis)) - f0) / h
+    return float(np.sqrt(((np.abs(g) * se).sum(0) ** 2).sum()))
+
+
+@pytest.mark.parametrize(
+    ("case", "se", "want"),
+    [
+        ("lower", 0.3, "reproduced"),
+        ("upper", 0.3, "not reproduced"),
+        ("split", 0.3, "inconclusive at this n"),
+        ("lower", 3.0, "inconclusive at this n"),  # prompt noise swamps the pattern
+    ],
+)
+def test_difference_by_layer_interval_over_prompts(case, se, want):
+    D = _layer_case(case)
+    (row,) = C.difference_by_layer({"activation_maps": _maps_se(D, se)}, n_resamples=B)
+    s = _shares(D, 0)
+    rival = 1 + int(np.argmax(s[1:]))
+    assert row.value == pytest.approx(s[0] - s[rival])
+    half = 1.959963984540054 * _prompt_se_direct(D, se, 0, lambda r: r[0] - r[rival])
+    assert (row.ci_low, row.ci_high) == pytest.approx((row.value - half, row.value + half))
+    assert row.verdict == want, (row.value, row.ci_low, row.ci_high)
+    assert row.n == 10 and row.unit == "prompts per set"
+    assert row.ci_method.startswith("normal approximation over prompts")
+
+
+@pytest.mark.parametrize(
+    ("case", "want"),
+    [("flat", "reproduced"), ("late", "not reproduced"), ("mixed", "inconclusive at this n")],
+)
+def test_difference_by_position_interval_over_prompts(case, want):
+    D = _position_case(case)
+    se = np.full(D.shape, 0.02)
+    if case == "mixed":  # the two late-heavy layers rest on few, scattered prompts
+        se[:2] = 5.0
+    tables = {"activation_maps": _maps_se(D, se, metric="refusal", n=24)}
+    (row,) = C.difference_by_position(tables, n_resamples=B)
+    top = int(np.argmax(_shares(D, 1)))
+    assert row.value == pytest.approx(_shares(D, 1)[top])
+    half = 1.959963984540054 * _prompt_se_direct(D, se, 1, lambda r: r[top])
+    assert (row.ci_low, row.ci_high) == pytest.approx((row.value - half, row.value + half))
+    assert row.verdict == want, (row.value, row.ci_low, row.ci_high)
+    assert row.n == 24 and "(refusal direction)" in row.claim
+
+
+def test_prompt_interval_known_answers_and_fallback():
+    D = _layer_case("lower")
+    # no prompt noise: the interval is the point
+    (row,) = C.difference_by_layer({"activation_maps": _maps_se(D, 0.0)}, n_resamples=50)
+    assert row.ci_low == pytest.approx(row.value, abs=1e-12)
+    assert row.ci_high == pytest.approx(row.value, abs=1e-12) and row.verdict == "reproduced"
+    # two models (the same prompts): mean of the values, mean of their SEs, smaller n
+    a, b = _maps_se(D, 0.3), _maps_se(D[::-1], 0.6, n=8).assign(model="m2")
+    (two,) = C.difference_by_layer({"activation_maps": pd.concat([a, b])})
+    s_a, s_b = _shares(D, 0), _shares(D[::-1], 0)
+    want = np.mean([s_a[0] - max(s_a[1:]), s_b[0] - max(s_b[1:])])
+    se_a = _prompt_se_direct(D, 0.3, 0, lambda r: r[0] - max(r[1], r[2]))
+    se_b = _prompt_se_direct(D[::-1], 0.6, 0, lambda r: r[0] - max(r[1], r[2]))
+    half = 1.959963984540054 * (se_a + se_b) / 2
+    assert (two.value, two.ci_high - two.value) == pytest.approx((want, half))
+    assert two.n == 8 and "m2:" in two.detail
+    # a used cell resting on one prompt has no SE: no interval, whatever the map shows
+    se = np.full(D.shape, 0.01)
+    se[4, 7] = np.nan
+    (row,) = C.difference_by_layer({"activation_maps": _maps_se(D, se)}, n_resamples=50)
+    assert math.isnan(row.ci_low) and row.verdict == "inconclusive at this n"
+    # older tables (no se column): the bootstrap over the other axis, as before
+    (old,) = C.difference_by_layer({"activation_maps": _maps(D, n_late=5)}, n_resamples=50)
+    assert old.ci_method.startswith("bootstrap over positions") and old.unit.startswith("pos")
+    assert old.n == 30 and old.value == pytest.approx(row.value)
 
 
 # -- the run -------------------------------------------------------------------------------

@@ -21,16 +21,24 @@ Intervals (each row names its own in ``ci_method``):
   the analysis' own ranking line.
 - seed 001 (estimator_transfer, ``scores``): paired bootstrap over each row model's
   answers, every "Trained On" column scored on the same resample.
-- seed 003 (probe_transfer): the analysis stores only per-cell values with their bootstrap
-  intervals (no per-answer probe scores), so the interval is a normal approximation from
-  those: SE of a cell = interval width / 3.92, test sets independent, cells that share a
-  test set combined at worst-case correlation (conservative), probes held fixed.
+- seed 003 (probe_transfer, ``scores``): paired bootstrap over test answers, each test
+  dataset's answers resampled separately and every cell's probe and baseline AUROC on that
+  dataset recomputed on the same resample; probes held fixed. Runs written before the
+  ``scores`` table (probe_transfer CODE_VERSION 1) fall back to a normal approximation from
+  the per-cell intervals: SE of a cell = interval width / 3.92, test sets independent,
+  cells that share a test set combined at worst-case correlation (conservative).
 - seed 000 (prompt_transfer, ``verdicts``): bootstrap over attack prompts, every cell of
   the matrix recomputed on the same resampled prompts.
-- seed 004 (activation_maps): the table holds per-cell means and counts but no spread over
-  prompts, so the interval is a bootstrap over the other axis (positions for the layer
-  bands, layers for the position bands): how consistently the pattern holds across the
-  map, not prompt-sampling noise.
+- seed 004 (activation_maps, per-cell ``se``): normal approximation over prompts, the SE
+  of the band-share statistic by the delta method from the Difference cells' SEs. The
+  table stores no covariance between cells, so one position's cells (the same tokens
+  through the layers) are combined at worst-case correlation and positions taken as
+  independent. (A parametric bootstrap redrawing each cell was tried and rejected: |D + noise|
+  pulls every resample toward equal shares, so its percentile interval misses the point
+  estimate and favours the "no position trend" claim.) Runs without ``se``
+  (activation_maps CODE_VERSION 1) fall back to a bootstrap over the map's other axis
+  (positions for the layer bands, layers for the position bands): how consistently the
+  pattern holds across the map, not prompt-sampling noise.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -74,7 +82,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 CLAIMS_FILE = "claims.json"
-CLAIMS_VERSION = 1
+CLAIMS_VERSION = 2  # 2: seed 003 bootstrap over answers, seed 004 interval over prompts
 
 Verdict = Literal["reproduced", "not reproduced", "inconclusive at this n", "not run"]
 Side = Literal["above", "below"]
@@ -229,26 +237,39 @@ def _metric(name: str, y: np.ndarray, p: np.ndarray) -> float:
         return float(metrics.METRICS[name](y, p)) if len(y) else float("nan")
 
 
+def _draw_counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """How often each of ``n`` examples is drawn in each resample (idx: resamples x draws)."""
+    flat = (idx + n * np.arange(len(idx))[:, None]).ravel()
+    return np.bincount(flat, minlength=len(idx) * n).reshape(len(idx), n).astype(float)
+
+
+def _weighted_auroc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """AUROC of every resample given by draw counts ``w`` (resamples x n); NaN where a
+    resample holds one class."""
+    if w.shape[1] == 0:
+        return np.full(len(w), np.nan)
+    # Mann-Whitney with ties 1/2 (metrics.auroc) over draw counts w: per group of equal
+    # scores, positives' weight x (negatives' weight below + half of those tied).
+    order = np.argsort(p, kind="stable")
+    ps, ys, ws = p[order], y[order], w[:, order]
+    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
+    pos = np.add.reduceat(ws * ys, starts, axis=1)
+    neg = np.add.reduceat(ws * (1 - ys), starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    num = (pos * (below + 0.5 * neg)).sum(1)
+    den = pos.sum(1) * neg.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
 def _resampled(metric: str, y: np.ndarray, p: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """``metric`` on every resample ``y[idx[b]], p[idx[b]]`` (idx: resamples x n), from the
     draw counts of each example; AUROC and ECE vectorised (tests: equal to knowlens.metrics
     to 1e-12), others one call per resample."""
     n = len(y)
-    flat = (idx + n * np.arange(len(idx))[:, None]).ravel()
-    w = np.bincount(flat, minlength=len(idx) * n).reshape(len(idx), n).astype(float)
+    w = _draw_counts(idx, n)
     if metric == "auroc":
-        # Mann-Whitney with ties 1/2 (metrics.auroc) over draw counts w: per group of equal
-        # scores, positives' weight x (negatives' weight below + half of those tied).
-        order = np.argsort(p, kind="stable")
-        ps, ys, ws = p[order], y[order], w[:, order]
-        starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
-        pos = np.add.reduceat(ws * ys, starts, axis=1)
-        neg = np.add.reduceat(ws * (1 - ys), starts, axis=1)
-        below = np.cumsum(neg, axis=1) - neg
-        num = (pos * (below + 0.5 * neg)).sum(1)
-        den = pos.sum(1) * neg.sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+        return _weighted_auroc(y, p, w)
     if metric != "ece":
         return np.array([_metric(metric, y[i], p[i]) for i in idx])
     # ECE: metrics.ece is ~2-6 ms a call (a DataFrame per call), too slow for thousands of
@@ -557,6 +578,70 @@ _SEED_003 = (
 )
 
 
+#: columns of probe_transfer's ``scores`` table the paired bootstrap reads
+_PROBE_SCORES = ("model", "train_task", "test_task", "role", "example_id", "correct", "p")
+_Cell = tuple[str, str, bool]  # train dataset, test dataset, diagonal
+
+
+def _probe_answers(
+    scores: pd.DataFrame,
+) -> dict[str, tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]]:
+    """Per test dataset of one model's ``scores``: its labels and, per train dataset, the
+    probe's and the logit baseline's P(correct) on the same answers (stored order)."""
+    out = {}
+    for test, st in scores.groupby("test_task", sort=False):
+        ids = pd.unique(st["example_id"])
+        y = st.groupby("example_id", sort=False)["correct"].first().reindex(ids)
+        per = {}
+        for train, sc in st.groupby("train_task", sort=False):
+            p = {
+                role: sc[sc["role"] == role]
+                .groupby("example_id", sort=False)["p"]
+                .first()
+                .reindex(ids)
+                .to_numpy(float)
+                for role in ("probe", "baseline")
+            }
+            per[str(train)] = (p["probe"], p["baseline"])
+        out[str(test)] = (y.to_numpy(float), per)
+    return out
+
+
+def _covers(scores: pd.DataFrame, cells: list[_Cell]) -> bool:
+    """Whether ``scores`` holds the probe's and the baseline's answers of every cell."""
+    have = scores.groupby(["train_task", "test_task"])["role"].agg(set)
+    return all((tr, te) in have and {"probe", "baseline"} <= have[tr, te] for tr, te, _ in cells)
+
+
+def _probe_boot(
+    scores: pd.DataFrame, cells: list[_Cell], n_resamples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Diagonal mean minus off-diagonal mean of AUROC(probe) - AUROC(baseline) on every
+    resample (rows with a NaN label or score left out, as the analysis' cells do): each test
+    dataset's answers drawn once (test datasets in the order of ``cells``), every cell on
+    that dataset recomputed on the same draw."""
+    answers = _probe_answers(scores)
+    diffs = np.full((len(cells), n_resamples), np.nan)
+    by_test: dict[str, list[tuple[int, str]]] = {}
+    for k, (train, test, _) in enumerate(cells):
+        by_test.setdefault(test, []).append((k, train))
+    for test, members in by_test.items():
+        y, per = answers[test]
+        w = _draw_counts(rng.integers(0, len(y), (n_resamples, len(y))), len(y))
+        done: dict[tuple[bytes, bytes], np.ndarray] = {}  # the baseline is shared by a column
+        for k, train in members:
+            pp, pb = per[train]
+            keep = np.isfinite(y) & np.isfinite(pp) & np.isfinite(pb)
+            key = (keep.tobytes(), pb.tobytes())
+            if key not in done:
+                done[key] = _weighted_auroc(y[keep], pb[keep], w[:, keep])
+            diffs[k] = _weighted_auroc(y[keep], pp[keep], w[:, keep]) - done[key]
+    diag = np.array([c[2] for c in cells], dtype=bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no cell defined
+        return np.nanmean(diffs[diag], axis=0) - np.nanmean(diffs[~diag], axis=0)
+
+
 def probes_best_on_own_dataset(
     tables: Mapping[str, pd.DataFrame],
     *,
@@ -566,8 +651,9 @@ def probes_best_on_own_dataset(
 ) -> list[ClaimRow]:
     """Seed 003: probes generalise best to their own dataset. Per model, value = mean of the
     diagonal minus mean of the off-diagonal cells of AUROC(probe) - AUROC(baseline); claimed
-    > 0. ``n_resamples`` / ``seed`` are unused: the interval comes from the cells' own."""
-    del n_resamples, seed  # uniform signature; the cells carry their bootstrap intervals
+    > 0. Interval: paired bootstrap over the test answers of the ``scores`` table; for runs
+    without it, a normal approximation from the cells' own intervals (``n_resamples`` /
+    ``seed`` unused there)."""
     claim = "Probes generalise best to their own dataset: diagonal above off-diagonal"
     cols = ("model", "train_task", "test_task", "metric", "value", "ci_low", "ci_high", "n")
     why = _missing(tables, "probe_transfer", cols)
@@ -575,6 +661,7 @@ def probes_best_on_own_dataset(
         return [_not_run("003", analysis, claim, _SEED_003, why)]
     t = tables["probe_transfer"]
     t = t[(t["metric"] == "auroc_minus_baseline") & np.isfinite(t["value"].astype(float))]
+    scores = None if _missing(tables, "scores", _PROBE_SCORES) else tables["scores"]
     rows = []
     for model, s in t.groupby("model", sort=False):
         diag_mask = (s["train_task"] == s["test_task"]).to_numpy()
@@ -594,11 +681,32 @@ def probes_best_on_own_dataset(
             continue
         v = s["value"].to_numpy(float)
         value = float(v[diag_mask].mean() - v[~diag_mask].mean())
-        se = (s["ci_high"].to_numpy(float) - s["ci_low"].to_numpy(float)) / (2 * _Z)
-        w = np.where(diag_mask, 1.0 / kd, -1.0 / ko)
-        # Test sets are independent; cells on one test set share its answers (any correlation).
-        sd_col = pd.Series(np.abs(w) * se).groupby(s["test_task"].to_numpy()).sum()
-        half = _Z * float(np.sqrt((sd_col**2).sum()))
+        cells = list(
+            zip(s["train_task"].astype(str), s["test_task"].astype(str), diag_mask, strict=True)
+        )
+        mine = None if scores is None else scores[scores["model"] == model]
+        if mine is not None and _covers(mine, cells):
+            boots = _probe_boot(mine, cells, n_resamples, np.random.default_rng(seed))
+            ci = _ci(boots)
+            method = (
+                f"paired bootstrap over test answers ({n_resamples} resamples; each test "
+                "dataset's answers resampled separately, every cell's probe and baseline AUROC "
+                "recomputed on the same resample); probes held fixed"
+            )
+        else:  # older runs: no per-answer scores
+            se = (s["ci_high"].to_numpy(float) - s["ci_low"].to_numpy(float)) / (2 * _Z)
+            w = np.where(diag_mask, 1.0 / kd, -1.0 / ko)
+            # Test sets are independent; cells on one test set share its answers (any
+            # correlation).
+            sd_col = pd.Series(np.abs(w) * se).groupby(s["test_task"].to_numpy()).sum()
+            half = _Z * float(np.sqrt((sd_col**2).sum()))
+            ci = (value - half, value + half)
+            method = (
+                "normal approximation from the per-cell bootstrap intervals (SE = width / "
+                "3.92); test sets independent, cells sharing a test set combined at "
+                "worst-case correlation (conservative); probes held fixed (this run's tables "
+                "hold no per-answer scores: written by an older knowlens)"
+            )
         best = 0
         tests = list(dict.fromkeys(s["test_task"]))
         for test in tests:
@@ -617,17 +725,12 @@ def probes_best_on_own_dataset(
                 "AUROC(probe) - "
                 f"AUROC({base})",
                 value=value,
-                ci=(value - half, value + half),
+                ci=ci,
                 n=n,
                 unit="test answers",
                 threshold=0.0,
                 side="above",
-                ci_method=(
-                    "normal approximation from the per-cell bootstrap intervals (SE = width / "
-                    "3.92); test sets independent, cells sharing a test set combined at "
-                    "worst-case correlation (conservative); probes held fixed (the analysis "
-                    "stores no per-answer probe scores)"
-                ),
+                ci_method=method,
                 detail=(
                     f"diagonal mean {v[diag_mask].mean():+.3f} ({kd} cells), off-diagonal mean "
                     f"{v[~diag_mask].mean():+.3f} ({ko} cells); the diagonal is the best cell "
@@ -770,24 +873,42 @@ _BANDS = ("lower", "middle", "upper")
 _PBANDS = ("early", "middle", "late")
 
 
-def _grids(
-    tables: Mapping[str, pd.DataFrame],
-) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-    """Per model: the signed Difference map (layers x kept positions), its layers and
-    positions."""
+class _Grid(NamedTuple):
+    model: str
+    D: np.ndarray
+    """Signed Difference map, layers x kept positions."""
+    se: np.ndarray | None
+    """Its cells' standard errors over prompts (None: the table has no ``se``)."""
+    layers: np.ndarray
+    positions: np.ndarray
+    n: int
+    """Prompts per set (the Difference panel's largest count)."""
+
+
+def _grids(tables: Mapping[str, pd.DataFrame]) -> list[_Grid]:
+    """Per model: the Difference map on the positions the claim uses, with its SEs."""
     main = tables["activation_maps"]
     diff = main[main["panel"] == "Difference"]
+    with_se = "se" in diff.columns
     out = []
     for model, d in diff.groupby("model", sort=False):
         grid = d.pivot_table(index="layer", columns="position", values="value", aggfunc="first")
         n = d.groupby("position")["n"].max().reindex(grid.columns)
         keep = (n >= MIN_PROMPT_SHARE * n.max()).to_numpy() & grid.notna().all(0).to_numpy()
+        se = None
+        if with_se:
+            se_grid = d.pivot_table(
+                index="layer", columns="position", values="se", aggfunc="first", dropna=False
+            ).reindex(index=grid.index, columns=grid.columns)
+            se = se_grid.to_numpy(float)[:, keep]
         out.append(
-            (
+            _Grid(
                 str(model),
                 grid.to_numpy(float)[:, keep],
+                se,
                 grid.index.to_numpy(),
                 grid.columns.to_numpy()[keep],
+                int(n.max()) if len(n) else 0,
             )
         )
     return out
@@ -800,6 +921,28 @@ def _band_shares(A: np.ndarray, axis: int) -> np.ndarray:
     if total <= 0 or any(len(p) == 0 for p in parts):
         return np.full(3, np.nan)
     return np.array([np.take(A, p, axis=axis).sum() / total for p in parts])
+
+
+def _prompt_se(D: np.ndarray, se: np.ndarray, axis: int, plus: int, minus: int | None) -> float:
+    """SE over prompts of f = share(``plus`` third) - share(``minus`` third, if any) of
+    sum |D| along ``axis``, by the delta method from the cells' SEs ``se``: df/d|D_ij| =
+    (1[ij in plus] - 1[ij in minus] - f) / sum |D|. The cells of one position (the same
+    tokens through the layers, strongly correlated) are combined at worst-case correlation
+    (sum of |gradient| x se), positions as independent (root sum of squares). NaN where a
+    used cell has no SE (fewer than 2 prompts)."""
+    A = np.abs(D)
+    total = A.sum()
+    parts = np.array_split(np.arange(A.shape[axis]), 3)
+    shares = np.array([np.take(A, q, axis=axis).sum() for q in parts]) / total
+    f = shares[plus] - (shares[minus] if minus is not None else 0.0)
+    w = np.full(A.shape, -f)
+    for band, sign in ((plus, 1.0), (minus, -1.0)):
+        if band is not None and axis == 0:
+            w[parts[band]] += sign
+        elif band is not None:
+            w[:, parts[band]] += sign
+    per_position = (np.abs(w / total) * se).sum(axis=0)
+    return float(np.sqrt((per_position**2).sum()))
 
 
 def _span(values: np.ndarray, axis_len: int, k: int) -> str:
@@ -826,37 +969,50 @@ def _activation_claim(
     main = tables["activation_maps"]
     metric = str(main["metric"].iloc[0]) if "metric" in main else "l2"
     stat_name = _STAT_NAME.get(metric, metric)
-    grids = [g for g in _grids(tables) if g[1].size]
+    grids = [g for g in _grids(tables) if g.D.size]
+    # over prompts where the table stores each cell's SE (CODE_VERSION 2), else (older
+    # runs) over the map's other axis
+    over_prompts = bool(grids) and all(g.se is not None for g in grids)
     rng = np.random.default_rng(seed)
-    per_model, details, boots_by_model = [], [], []
-    n = 0  # resampling units (positions or layers) of the maps used
-    for model, D, lay, pos in grids:
+    per_model: list[float] = []
+    details: list[str] = []
+    boots_by_model: list[np.ndarray] = []
+    ses: list[float] = []
+    n = 0  # prompts per set (smallest over models), or resampled positions / layers
+    for g in grids:
+        D, lay, pos = g.D, g.layers, g.positions
         A = np.abs(D)
         shares = _band_shares(A, axis)
         if not np.isfinite(shares).all():
             continue
         top = int(np.argmax(shares))
-        n += A.shape[1 - axis]
-        b = np.empty(n_resamples)
-        if layers:  # lower third vs the larger of the other two (fixed by the point estimate)
-            rival = 1 + int(np.argmax(shares[1:]))
-            per_model.append(shares[0] - shares[rival])
+        # the compared bands are fixed by the point estimate: layers, the lower third vs the
+        # larger of the other two; positions, the largest third
+        rival = 1 + int(np.argmax(shares[1:]))
+        per_model.append(float(shares[0] - shares[rival] if layers else shares[top]))
+        if over_prompts and g.se is not None:
+            n = g.n if not ses else min(n, g.n)
+            ses.append(_prompt_se(D, g.se, axis, *((0, rival) if layers else (top, None))))
+        else:  # older tables: resample the map's other axis
+            n += A.shape[1 - axis]
+            b = np.empty(n_resamples)
             for i in range(n_resamples):
-                r = _band_shares(A[:, rng.integers(0, A.shape[1], A.shape[1])], 0)
-                b[i] = r[0] - r[rival]
+                if layers:
+                    r = _band_shares(A[:, rng.integers(0, A.shape[1], A.shape[1])], 0)
+                    b[i] = r[0] - r[rival]
+                else:
+                    b[i] = _band_shares(A[rng.integers(0, A.shape[0], A.shape[0])], 1)[top]
+            boots_by_model.append(b)
+        if layers:
             band = np.array_split(np.arange(A.shape[0]), 3)[top]
             where, names = f"layers {_span(lay, len(lay), top)}", _BANDS
             signed = float(D[band].mean())
-        else:  # the share of the largest third (fixed by the point estimate)
-            per_model.append(shares[top])
-            for i in range(n_resamples):
-                b[i] = _band_shares(A[rng.integers(0, A.shape[0], A.shape[0])], 1)[top]
+        else:
             band = np.array_split(np.arange(A.shape[1]), 3)[top]
             where, names = f"positions {_span(pos, len(pos), top)}", _PBANDS
             signed = float(D[:, band].mean())
-        boots_by_model.append(b)
         details.append(
-            f"{short_model(model)}: "
+            f"{short_model(g.model)}: "
             + " / ".join(f"{nm} {s:.2f}" for nm, s in zip(names, shares, strict=True))
             + f" (top: {names[top]}, {where}, mean Jailbreak - Benign there {signed:+.3g})"
         )
@@ -866,6 +1022,10 @@ def _activation_claim(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no model defined
             boots = np.nanmean(np.vstack(boots_by_model), axis=0)
+    ci = _ci(boots)
+    if over_prompts:  # the models saw the same prompts: their SEs add (worst case)
+        half = _Z * float(np.mean(ses)) if ses else float("nan")
+        ci = (value - half, value + half)
     if layers:
         measured = (
             f"{stat_name}: share of sum |Jailbreak - Benign| in the lower third of the layers "
@@ -873,8 +1033,9 @@ def _activation_claim(
         )
         unit, thr, side = "positions (resampled)", 0.0, _ABOVE
         method = (
-            f"bootstrap over positions ({n_resamples} resamples, per model; the table stores "
-            "no per-prompt spread): how consistently the layer profile holds across positions"
+            f"bootstrap over positions ({n_resamples} resamples, per model; this run's table "
+            "stores no per-prompt spread: written by an older knowlens): how consistently the "
+            "layer profile holds across positions"
         )
     else:
         measured = (
@@ -883,8 +1044,18 @@ def _activation_claim(
         )
         unit, thr, side = "layers (resampled)", 1 / 3 + POSITION_MARGIN, _BELOW
         method = (
-            f"bootstrap over layers ({n_resamples} resamples, per model; the table stores no "
-            "per-prompt spread): how consistently the position profile holds across layers"
+            f"bootstrap over layers ({n_resamples} resamples, per model; this run's table "
+            "stores no per-prompt spread: written by an older knowlens): how consistently the "
+            "position profile holds across layers"
+        )
+    if over_prompts:
+        unit = "prompts per set"
+        method = (
+            "normal approximation over prompts: SE by the delta method from each Difference "
+            "cell's stored SE (Benign and Jailbreak sets independent; one position's cells "
+            "through the layers at worst-case correlation, positions independent; models at "
+            "worst-case correlation; the compared bands fixed); none where a used cell rests "
+            "on fewer than 2 prompts"
         )
     kept = f"positions reached by at least {MIN_PROMPT_SHARE:.0%} of the prompts"
     return [
@@ -895,7 +1066,7 @@ def _activation_claim(
             seed_shows=_SEED_004,
             measured=measured,
             value=value,
-            ci=_ci(boots),
+            ci=ci,
             n=n,
             unit=unit,
             threshold=thr,

@@ -7,7 +7,13 @@ Per model, three panels over (layer 0..L) x (token position 0..max_len-1): Benig
 Jailbreak and Difference (Jailbreak - Benign). Prompts are aligned left; a position past a
 prompt's end is excluded from that position's mean and the per-position count ``n`` is kept
 in the table. Cell = mean over prompts of a statistic of the residual stream (HF
-``hidden_states[layer]`` at that position, the chat template applied):
+``hidden_states[layer]`` at that position, the chat template applied); beside it ``sd``,
+the sample standard deviation (ddof 1) of the statistic over those prompts (the raw norm
+under ``scale: log10``; NaN where fewer than 2 prompts, and on the Difference panel, whose
+two sets are different prompts), and ``se``, the standard error of the cell's value
+(sd / sqrt(n); log10: by the delta method, sd / (sqrt(n) mean ln 10); Difference:
+sqrt(se_Benign^2 + se_Jailbreak^2), the two sets taken as independent, which overstates
+it for length-matched pairs):
 
 * ``l2`` (default): ``||h||_2`` (``scale: log10`` plots log10 of it);
 * ``refusal``: projection ``h . r_l / ||r_l||`` on the refusal direction of layer l, the
@@ -42,7 +48,7 @@ from knowlens.errors import ConfigError
 if TYPE_CHECKING:
     from knowlens.models import ModelHandle
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: sd and se per cell (cached results without them are recomputed)
 LOADS_MODELS = False  # specs may carry ?system=; local weights are loaded via ctx.load_model
 PANELS = ("Benign", "Jailbreak", "Difference")
 
@@ -139,7 +145,24 @@ def mean_map(
     executor: Any = None,
     cache: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean statistic per (layer, position) over prompts and the count per position.
+    """Mean statistic per (layer, position) over prompts and the count per position
+    (:func:`map_moments` without the variance)."""
+    res = map_moments(handle, ids, statistic, params, max_len, batch_size, executor, cache)
+    return res["mean"], res["count"]
+
+
+def map_moments(
+    handle: ModelHandle,
+    ids: list[list[int]],
+    statistic: str,
+    params: Any,
+    max_len: int,
+    batch_size: int,
+    executor: Any = None,
+    cache: bool = True,
+) -> dict[str, np.ndarray]:
+    """Mean and population variance of the statistic per (layer, position) over prompts, and
+    the count per position (``PositionMoments.result()``: ``mean``, ``var``, ``count``).
 
     In this process the hidden states stream through ``knowlens.activations.reduce_items``
     (one batch buffer, nothing stored); on a non-local ``executor`` (the run's
@@ -173,7 +196,16 @@ def mean_map(
             max_positions=max_len,
             batch_size=batch_size,
         )
-    return res["mean"], res["count"]
+    return dict(res)
+
+
+def spread(var: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sample SD (ddof 1) per (layer, position) from the population variance ``var`` of
+    ``count`` prompts per position, and the SE of the mean; NaN where fewer than 2."""
+    n = np.broadcast_to(count, var.shape).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sd = np.where(n >= 2, np.sqrt(var * n / np.maximum(n - 1, 1)), np.nan)
+        return sd, sd / np.sqrt(np.maximum(n, 1))
 
 
 def last_token_states(
@@ -224,6 +256,31 @@ def fit_probes(harm: np.ndarray, harmless: np.ndarray, seed: int) -> tuple[np.nd
     return W, B
 
 
+Panel = tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def panel_maps(
+    benign: dict[str, np.ndarray], jailbreak: dict[str, np.ndarray], *, log10: bool = False
+) -> list[Panel]:
+    """(panel, value, count, sd, se) of the Benign, Jailbreak and Difference panels from the
+    two sets' :func:`map_moments`; ``log10``: values are log10 of the mean, their SE by the
+    delta method (sd stays the raw statistic's)."""
+    out: list[Panel] = []
+    for panel, res in (("Benign", benign), ("Jailbreak", jailbreak)):
+        sd, se = spread(res["var"], res["count"])
+        m = res["mean"]
+        if log10:
+            m, se = np.log10(m), se / (m * np.log(10))
+        out.append((panel, m, res["count"], sd, se))
+    (_, mb, cb, _, eb), (_, mj, cj, _, ej) = out
+    # two different prompt sets: no per-prompt difference, so no sd; SEs add in quadrature
+    diff = mj - mb
+    out.append(
+        ("Difference", diff, np.minimum(cb, cj), np.full_like(diff, np.nan), np.hypot(eb, ej))
+    )
+    return out
+
+
 # -- run -----------------------------------------------------------------------------------
 def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     from knowlens.jailbreak import corpora
@@ -239,7 +296,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     jail = corpora.attack_prompts(
         held_out, corpora.templates(tuple(cfg.templates)), n=n, seed=cfg.seed, max_chars=None
     )
-    rows, counts = [], []
+    rows, counts, spreads = [], [], []
     for spec in cfg.models:
         target = load_target(spec, loader=ctx.load_model)
         handle = require_local(target, "activation_maps")
@@ -275,15 +332,13 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
             ids = encode(handle, [p.text for p in prompts], cfg.max_len)
             what = f"{target.name}: {panel.lower()} maps ({len(ids)} prompts)"
             with ctx.step(what, kind="map", model=target.name):
-                maps[panel] = mean_map(
+                maps[panel] = map_moments(
                     handle, ids, cfg.statistic, params, cfg.max_len, cfg.batch_size, **on_executor
                 )
-        (mb, cb), (mj, cj) = maps["Benign"], maps["Jailbreak"]
-        if cfg.statistic == "l2" and cfg.scale == "log10":
-            mb, mj = np.log10(mb), np.log10(mj)
-        md = mj - mb
-        cd = np.minimum(cb, cj)
-        for panel, m, c in (("Benign", mb, cb), ("Jailbreak", mj, cj), ("Difference", md, cd)):
+        log10 = cfg.statistic == "l2" and cfg.scale == "log10"
+        panels = panel_maps(maps["Benign"], maps["Jailbreak"], log10=log10)
+        cb, cj = panels[0][2], panels[1][2]
+        for panel, m, c, sd, se in panels:
             L, T = m.shape
             keep = c > 0
             lay, pos = np.meshgrid(np.arange(L), np.arange(T), indexing="ij")
@@ -297,6 +352,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
             )
             df.insert(0, "panel", panel)
             df.insert(0, "model", target.name)
+            spreads.append(pd.DataFrame({"sd": sd[:, keep].ravel(), "se": se[:, keep].ravel()}))
             rows.append(df)
         counts.append(
             pd.DataFrame(
@@ -311,6 +367,8 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     main = pd.concat(rows, ignore_index=True)
     main.insert(0, "analysis", "activation_maps")
     main["metric"] = cfg.statistic if cfg.scale == "raw" or cfg.statistic != "l2" else "log10_l2"
+    # after the older columns, so a table of CODE_VERSION 1 is a prefix of this one
+    main[["sd", "se"]] = pd.concat(spreads, ignore_index=True)
     summary = (
         main.groupby(["model", "panel"], sort=False)["value"]
         .agg(["mean", "min", "max"])
@@ -397,7 +455,9 @@ def report_sections(tables: dict[str, pd.DataFrame], figures: list[Path]) -> lis
                 "embeddings) and token position (prompts aligned left; positions past a "
                 "prompt's end are excluded, counts in position_counts). Benign prompts use the "
                 "same templates around length-matched benign instructions; Difference = "
-                "Jailbreak - Benign on a 0-centred diverging scale."
+                "Jailbreak - Benign on a 0-centred diverging scale. The table gives per cell "
+                "the prompt count n, the SD of the statistic over those prompts and the SE of "
+                "the cell's value."
             ),
             figures=[f for f in figures if f.suffix == ".png"],
             key_numbers=keys,
