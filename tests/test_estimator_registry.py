@@ -99,7 +99,12 @@ def test_builtin_entries_declare_name_display_and_inputs():
     # aliases: the FIGURES.md names and the module-level aliases are the same entries
     assert get_estimator("Probe").cls is E.Probe is E.MLPProbe
     assert get_estimator("LoRA").cls is E.LoRA is E.LoRAProbe
-    assert get_estimator("probe").inputs.describe() == "activations (layer last, tokens last)"
+    # the probe reads the Zero-Shot Classifier query (shared pass, QueryReads)
+    assert get_estimator("probe").inputs.text == "query"
+    assert get_estimator("probe").inputs.describe() == (
+        "activations of the query (layer last, tokens last)"
+    )
+    assert get_estimator("logistic").inputs.text == "answer"
     assert get_estimator("lora").train_limit == "max_train"
     # a registered class the package does not import is reachable as an attribute too
     assert E.ToyCentroid is ToyCentroid

@@ -118,6 +118,16 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _one_batch_windows(monkeypatch):
+    """Decode windows of one batch here, so blocks (whole windows) stay one batch long and the
+    block counts below small; Ray workers decode each such block as one window of their own.
+    tests/test_continuous_batching.py checks blocks of default windows."""
+    from knowlens import generation
+
+    monkeypatch.setattr(generation, "_WINDOW_BATCHES", 1)
+
+
 @pytest.fixture
 def worker_threads():
     """The local reference runs with the Ray workers' thread count, so it computes the same

@@ -94,14 +94,16 @@ def one_line(e: pytest.ExceptionInfo) -> str:
 
 def count_batches(monkeypatch, fail_at: int | None = None) -> list[int]:
     """Wrap the decoder: record each call's prompt count; raise KeyboardInterrupt (a kill) at
-    call ``fail_at``."""
+    call ``fail_at``. Windows (the resume unit) are one batch here, so 7 prompts at
+    batch_size=2 are 4 records."""
     real, calls = generation._decode_batch, []
+    monkeypatch.setattr(generation, "_WINDOW_BATCHES", 1)
 
-    def wrapped(handle, prompts, settings, chooser=None):
+    def wrapped(handle, prompts, settings, chooser=None, **kw):
         calls.append(len(prompts))
         if fail_at is not None and len(calls) == fail_at:
             raise KeyboardInterrupt("killed")
-        return real(handle, prompts, settings, chooser)
+        return real(handle, prompts, settings, chooser, **kw)
 
     monkeypatch.setattr(generation, "_decode_batch", wrapped)
     return calls

@@ -424,10 +424,10 @@ def test_tiny_model_run_cold_then_warm(task, tiny_model_dir, tmp_path, monkeypat
     assert all(s.wall_s > 0 and s.self_s > 0 for s in cold.stages)
     assert all(s.model == m and s.cache == "miss" for s in gens)
     assert all(list(s.caches) == ["generations"] for s in gens)
-    # training reads activations (extracted inside it) and fits: two misses
+    # training reads the probe's query-form states (read inside it) and fits: two misses
     assert (train.cache, train.model, train.misses, train.hits) == ("miss", m, 2, 0)
-    assert set(train.caches) == {"activations", "estimators"}
-    assert (score.cache, set(score.caches)) == ("miss", {"activations", "estimator_scores"})
+    assert set(train.caches) == {"query_activations", "estimators"}
+    assert (score.cache, set(score.caches)) == ("miss", {"query_activations", "estimator_scores"})
     assert load.model == str(tiny_model_dir) and load.cache is None  # a folder, not a cache
     assert st[("results", "result cache lookup")].cache == "miss"
     assert ("compute", "run topic_calibration (own code)") in st

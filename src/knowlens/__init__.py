@@ -6,6 +6,7 @@
     gens = kl.generate(model, task)
     samples = kl.sample(model, gens, k=10, temperature=1.0, top_p=0.95, seed=0)
     acts = kl.extract(model, gens, layers="all", tokens="exact_answer")
+    gens, acts = kl.generate(model, task, layers="all", tokens="exact_answer")  # one pass
 
 Names are resolved lazily ("module:object"), so ``import knowlens`` stays fast and does not
 import torch until a model is touched.
@@ -24,7 +25,7 @@ _LAZY: dict[str, str] = {
     "load_task": "knowlens.tasks:load_task",
     "Task": "knowlens.tasks:Task",
     "Example": "knowlens.tasks:Example",
-    "generate": "knowlens.generation:generate",
+    "generate": "knowlens.activations:generate",  # generation, + hidden states with layers=
     "generate_texts": "knowlens.generation:generate_texts",
     "Generation": "knowlens.generation:Generation",
     "GenerationSet": "knowlens.generation:GenerationSet",

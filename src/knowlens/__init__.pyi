@@ -17,12 +17,12 @@ from knowlens import tasks as tasks
 from knowlens.activations import ActivationSet as ActivationSet
 from knowlens.activations import extract as extract
 from knowlens.activations import extract_texts as extract_texts
+from knowlens.activations import generate as generate
 from knowlens.errors import KnowlensError as KnowlensError
 from knowlens.experiments._runner import run as run
 from knowlens.generation import Generation as Generation
 from knowlens.generation import GenerationSet as GenerationSet
 from knowlens.generation import SampleSet as SampleSet
-from knowlens.generation import generate as generate
 from knowlens.generation import generate_texts as generate_texts
 from knowlens.generation import sample as sample
 from knowlens.models import ModelHandle as ModelHandle

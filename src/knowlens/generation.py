@@ -71,7 +71,9 @@ if TYPE_CHECKING:
 # 2: batch_size is part of the key (log-probs differ by ~1e-6 between batch sizes), entries
 # carry checksums. The later ``user_turn`` column needs no bump: entries without it load with
 # ``user_turn=None`` and ``estimators.user_turn`` recovers the same text from the prompt.
-GENERATION_VERSION = "2"
+# 3: continuous batching in windows of decode_window(batch_size) prompts (other batch
+# compositions and paddings move log-probs by ulps; tokens are unchanged).
+GENERATION_VERSION = "3"
 _log = logging.getLogger("knowlens.generation")
 
 __all__ = [
@@ -88,6 +90,7 @@ __all__ = [
     "TokenSampler",
     "char_span_to_token_span",
     "compute_numerics",
+    "decode_window",
     "generate",
     "generate_examples",
     "generate_texts",
@@ -330,14 +333,14 @@ class TokenChooser(Protocol):
 
 
 class Greedy:
-    """Argmax of the raw log-probs: HF ``generate(do_sample=False)``."""
+    """Argmax of the raw logits, as HF ``generate(do_sample=False)`` takes it."""
 
     per_prompt = 1
 
     def __call__(
         self, logits: torch.Tensor, logp: torch.Tensor, rows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return logp.argmax(-1), None
+        return logits.argmax(-1), None
 
 
 def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -440,6 +443,363 @@ def cache_kwarg(model: Any) -> str:
     return _cache_kwarg_of(cls)
 
 
+# Continuous batching: ``_decode_batch`` runs a window of prompts through ``slots`` rows; when
+# rows finish, waiting prompts take their slots (their prefill is merged into the running KV
+# cache). The resume unit of a cached run is one window of ``decode_window(batch_size)``
+# prompts: a window's numbers depend only on its prompts and the slot count, so an interrupted
+# run resumes to the same bytes and another executor's blocks must be whole windows.
+_WINDOW_BATCHES = 8
+_REASONS = ("length", "eos", "newline")
+
+
+def decode_window(batch_size: int) -> int:
+    """Prompts per resume unit (``BatchRecords`` record) of a run with ``batch_size``."""
+    return _WINDOW_BATCHES * batch_size
+
+
+@functools.cache
+def _slot_cache_classes() -> tuple[Any, Any]:
+    """(``SlotLayer``, ``Cache``): built on first use, so importing this module does not import
+    transformers."""
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class SlotLayer(DynamicLayer):
+        """One layer's keys / values in a preallocated ``[rows, heads, capacity, dim]`` buffer.
+
+        A forward writes its new columns in place and attends to views of the used columns
+        (``DynamicLayer`` concatenates, copying the whole cache at every decode step). Every
+        layer is a full-attention layer, also for sliding-window models: HF's sliding-window
+        mask is built from column indices, which equal token distances because every row's
+        tokens are contiguous and right-aligned, so the window is applied by the mask."""
+
+        def __init__(self, headroom: int) -> None:
+            super().__init__()
+            self.headroom, self.n = headroom, 0
+            self.kbuf: torch.Tensor | None = None
+            self.vbuf: torch.Tensor | None = None
+
+        def set(self, kbuf: torch.Tensor, vbuf: torch.Tensor, n: int) -> None:
+            self.kbuf, self.vbuf, self.n = kbuf, vbuf, n
+            self.device, self.is_initialized = kbuf.device, True
+            self.keys, self.values = kbuf[:, :, :n], vbuf[:, :, :n]
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            self.device, self.is_initialized = key_states.device, True
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            q, n = key_states.shape[-2], self.n
+            if self.kbuf is None or self.vbuf is None or n + q > self.kbuf.shape[-2]:
+                b, h, _, dk = key_states.shape
+                kb = key_states.new_empty((b, h, n + q + self.headroom, dk))
+                vb = value_states.new_empty((b, h, n + q + self.headroom, value_states.shape[-1]))
+                if self.kbuf is not None and self.vbuf is not None and n:
+                    kb[:, :, :n], vb[:, :, :n] = self.kbuf[:, :, :n], self.vbuf[:, :, :n]
+                self.kbuf, self.vbuf = kb, vb
+            self.kbuf[:, :, n : n + q] = key_states
+            self.vbuf[:, :, n : n + q] = value_states
+            self.set(self.kbuf, self.vbuf, n + q)
+            return self.kbuf[:, :, : n + q], self.vbuf[:, :, : n + q]
+
+        def get_seq_length(self) -> int:
+            return int(self.n)
+
+    return SlotLayer, Cache
+
+
+def _decoder_layers(model: Any) -> int:
+    """Number of KV-cache layers; only (sliding-window) attention layers can be merged."""
+    cfg: Any = model.config
+    cfg = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+    types: list[str] = list(getattr(cfg, "layer_types", None) or [])
+    odd = sorted(set(types) - _MERGEABLE)
+    if odd or getattr(cfg, "num_kv_shared_layers", None):
+        raise KnowlensError(
+            f"knowlens' decoder supports attention and sliding-window attention layers; model "
+            f"'{getattr(cfg, 'model_type', '?')}' has {odd or 'shared KV layers'}. "
+            "Use a decoder-only transformer (e.g. Llama, Gemma 3)."
+        )
+    return int(cfg.num_hidden_layers)
+
+
+_MERGEABLE = {"full_attention", "sliding_attention"}
+
+
+@dataclass
+class _Rows:
+    """Rows decoding together: their KV cache (``layers``, one ``SlotLayer`` per model layer,
+    ``n`` columns used, right-aligned) and ``mask`` (``[cache rows, capacity]``, ones beyond
+    ``n``), and per entry the row it continues and the position and token it consumes next.
+    ``src`` maps entries to cache rows (k samples of one prefilled prompt); None: the same."""
+
+    layers: list[Any]
+    mask: torch.Tensor
+    n: int
+    pos: torch.Tensor
+    tok: torch.Tensor
+    rows: list[int]
+    src: list[int] | None = None
+
+    def cache_rows(self, entries: Sequence[int]) -> list[int]:
+        return list(entries) if self.src is None else [self.src[e] for e in entries]
+
+    def width(self, cache_rows: list[int]) -> int:
+        """Columns from the first one any of ``cache_rows`` attends to, to the end."""
+        seen = self.mask[cache_rows, : self.n].any(0)
+        return self.n - int(seen.to(torch.uint8).argmax())
+
+
+class _Decoder:
+    """The state of one ``_decode_batch`` call: outputs per row, the chooser and the loop."""
+
+    def __init__(
+        self,
+        handle: Any,
+        prompts: list[list[int]],
+        settings: GenerationSettings,
+        chooser: TokenChooser,
+        observer: DecodeObserver | None,
+        slots: int,
+    ) -> None:
+        self.model, self.dev = handle.model, handle.device
+        self.prompts, self.chooser, self.observer = prompts, chooser, observer
+        self.K, self.T, self.slots = chooser.per_prompt, settings.max_new_tokens, slots
+        self.stop_on_newline = settings.stop_on_newline
+        self.pad, self.kv = pad_id(handle.tokenizer), cache_kwarg(self.model)
+        self.n_layers = _decoder_layers(self.model)
+        self.SlotLayer, self.Cache = _slot_cache_classes()
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        newline, blank = _vocab_flags(handle.tokenizer, vocab)
+        self.newline, self.blank = newline.to(self.dev), blank.to(self.dev)
+        self.eos = torch.zeros(vocab, dtype=torch.bool, device=self.dev)
+        self.eos[[i for i in _eos_ids(handle) if i < vocab]] = True
+        B, T, dev = len(prompts) * self.K, self.T, self.dev
+        self.out_tok = torch.zeros((B, T), dtype=torch.long, device=dev)
+        self.out_lp = torch.zeros((B, T), dtype=torch.float32, device=dev)
+        self.out_ent = torch.zeros((B, T), dtype=torch.float32, device=dev)
+        self.out_slp: torch.Tensor | None = None  # sampling log-probs, if the chooser gives them
+        self.n_gen = torch.zeros(B, dtype=torch.long, device=dev)
+        self.has_text = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.reason = torch.zeros(B, dtype=torch.long, device=dev)  # index into _REASONS
+        self.last_tokens: list[_Rows] = []  # length-capped rows whose last token is unconsumed
+
+    def _forward(self, rows: _Rows) -> torch.Tensor:
+        """One decode step of ``rows`` (each consumes its pending token); their logits."""
+        cache = self.Cache(layers=rows.layers)
+        out = self.model(
+            input_ids=rows.tok[:, None],
+            attention_mask=rows.mask[:, : rows.n + 1],
+            position_ids=rows.pos,
+            use_cache=True,
+            **{self.kv: cache},
+        )
+        rows.n, rows.pos = rows.n + 1, rows.pos + 1
+        if self.observer is not None:
+            self.observer.forward_done(list(rows.rows), torch.ones_like(rows.pos))
+        return out.logits[:, -1]
+
+    def choose(self, last: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """Next tokens of ``rows`` from their logits, recorded with their statistics, and per
+        row 0 (continues), 1 (stopped: EOS / newline, not recorded) or 2 (its T-th token: done).
+        One host sync."""
+        rows_t = torch.tensor(rows, device=self.dev)
+        logits = last.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        tok, slp = self.chooser(logits, logp, rows_t)
+        t = self.n_gen[rows_t]  # every row's own step
+        self.out_tok[rows_t, t] = tok  # a stop token is written too, then cut by n_gen
+        self.out_lp[rows_t, t] = logp.gather(1, tok[:, None])[:, 0]
+        self.out_ent[rows_t, t] = -(logp.exp() * logp).sum(-1)
+        if slp is not None:
+            if self.out_slp is None:
+                self.out_slp = torch.zeros_like(self.out_lp)
+            self.out_slp[rows_t, t] = slp
+        is_eos = self.eos[tok]
+        stop = (
+            is_eos | (self.newline[tok] & self.has_text[rows_t]) if self.stop_on_newline else is_eos
+        )
+        self.reason[rows_t] = torch.where(stop, 2 - is_eos.long(), 0)
+        ok = ~stop
+        n = t + ok.long()
+        self.n_gen[rows_t] = n
+        self.has_text[rows_t] |= ok & ~self.blank[tok]
+        code = stop.long() + 2 * (ok & (n >= self.T)).long()
+        return tok, code.tolist()
+
+    def settle(self, state: _Rows, codes: list[int]) -> list[int]:
+        """Entries of ``state`` that continue. Length-capped rows leave now whether or not an
+        observer watches, so the schedule (and every number) is the same; for an observer
+        their last token is consumed later, by a forward of such rows only."""
+        capped = [e for e, c in enumerate(codes) if c == 2]
+        if capped and self.observer is not None:
+            self.last_tokens.append(self.assemble([(state, capped)]))
+            if sum(len(r.rows) for r in self.last_tokens) >= self.slots:
+                self.flush()
+        return [e for e, c in enumerate(codes) if c == 0]
+
+    def flush(self) -> None:
+        if self.last_tokens:
+            rows = self.assemble([(r, list(range(len(r.rows)))) for r in self.last_tokens])
+            self.last_tokens = []
+            self._forward(rows)
+
+    def prefill(self, idx: list[int]) -> tuple[_Rows, list[int]]:
+        """Prefill prompts ``idx`` together (left-padded; similar lengths, as the waiting list
+        is sorted) and choose their first tokens; the rows and the entries that continue."""
+        ids, mask, pos = (
+            t.to(self.dev) for t in pad_batch([self.prompts[i] for i in idx], self.pad)
+        )
+        layers = [self.SlotLayer(self.T) for _ in range(self.n_layers)]
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.kv: self.Cache(layers=layers)},
+        )
+        if self.observer is not None:
+            self.observer.forward_done(list(idx), mask)
+        last, K, P = out.logits[:, -1], self.K, ids.shape[1]
+        src = [b for b in range(len(idx)) for _ in range(K)]
+        full = torch.ones((len(idx), P + self.T), dtype=mask.dtype, device=self.dev)
+        full[:, :P] = mask
+        nxt = pos[:, -1:] + 1
+        if K > 1:  # one prefill per prompt, K continuations of it
+            last, nxt = last[src], nxt[src]
+        rows = [i * K + j for i in idx for j in range(K)]
+        tok, codes = self.choose(last, rows)
+        group = _Rows(layers, full, P, nxt, tok, rows, src if K > 1 else None)
+        return group, self.settle(group, codes)
+
+    def assemble(self, parts: list[tuple[_Rows, list[int]]]) -> _Rows:
+        """New rows from ``parts`` (rows, entries kept), in order: keys / values right-aligned,
+        the shorter ones left-padded with masked zeros, leading columns masked in every row
+        trimmed (so the cache never grows beyond the longest live row), ``T`` columns free."""
+        parts = [(st, ent) for st, ent in parts if ent]
+        srcs = [st.cache_rows(ent) for st, ent in parts]
+        widths = [st.width(src) for (st, _), src in zip(parts, srcs, strict=True)]
+        W, R = max(widths), sum(len(s) for s in srcs)
+        cap = W + self.T
+        mask = torch.ones((R, cap), dtype=parts[0][0].mask.dtype, device=self.dev)
+        mask[:, :W] = 0
+        bounds = np.cumsum([0] + [len(s) for s in srcs]).tolist()
+        spans = list(zip(parts, srcs, widths, bounds[:-1], bounds[1:], strict=True))
+        for (st, _), src, w, r0, r1 in spans:
+            mask[r0:r1, W - w : W] = st.mask[src, st.n - w : st.n]
+        layers = []
+        for i in range(self.n_layers):
+            k0, v0 = parts[0][0].layers[i].kbuf, parts[0][0].layers[i].vbuf
+            kb = k0.new_empty((R, k0.shape[1], cap, k0.shape[3]))
+            vb = v0.new_empty((R, v0.shape[1], cap, v0.shape[3]))
+            kb[:, :, :W], vb[:, :, :W] = 0, 0  # masked, and finite: 0-weight columns add 0
+            for (st, _), src, w, r0, r1 in spans:
+                kb[r0:r1, :, W - w : W] = st.layers[i].kbuf[src, :, st.n - w : st.n]
+                vb[r0:r1, :, W - w : W] = st.layers[i].vbuf[src, :, st.n - w : st.n]
+            layer = self.SlotLayer(self.T)
+            layer.set(kb, vb, W)
+            layers.append(layer)
+        ent_t = [torch.tensor(ent, device=self.dev) for _, ent in parts]
+        pieces = list(zip(parts, ent_t, strict=True))
+        return _Rows(
+            layers,
+            mask,
+            W,
+            torch.cat([st.pos[e] for (st, _), e in pieces]),
+            torch.cat([st.tok[e] for (st, _), e in pieces]),
+            [st.rows[e] for st, ent in parts for e in ent],
+        )
+
+    def fill(self, state: _Rows, dead: list[int], groups: list[tuple[_Rows, list[int]]]) -> bool:
+        """Write the newcomers of ``groups`` into the finished entries ``dead`` of ``state`` in
+        place (no copy of the running cache); False (nothing written) if they do not fit."""
+        srcs = [g.cache_rows(ent) for g, ent in groups]
+        widths = [g.width(src) for (g, _), src in zip(groups, srcs, strict=True)]
+        if sum(len(s) for s in srcs) > len(dead) or max(widths) > state.n:
+            return False
+        n, at = state.n, 0
+        for (g, ent), src, w in zip(groups, srcs, widths, strict=True):
+            dst = dead[at : at + len(ent)]
+            at += len(ent)
+            dst_t, ent_t = torch.tensor(dst, device=self.dev), torch.tensor(ent, device=self.dev)
+            state.mask[dst_t, :n] = 0
+            state.mask[dst_t, n - w : n] = g.mask[src, g.n - w : g.n]
+            for mine, theirs in zip(state.layers, g.layers, strict=True):
+                mine.kbuf[dst_t, :, n - w : n] = theirs.kbuf[src, :, g.n - w : g.n]
+                mine.vbuf[dst_t, :, n - w : n] = theirs.vbuf[src, :, g.n - w : g.n]
+            state.pos[dst_t], state.tok[dst_t] = g.pos[ent_t], g.tok[ent_t]
+            for d, e in zip(dst, ent, strict=True):
+                state.rows[d] = g.rows[e]
+        return True
+
+    def place(
+        self, state: _Rows | None, keep: list[int], groups: list[tuple[_Rows, list[int]]]
+    ) -> _Rows | None:
+        """The rows of the next step: ``state``'s entries ``keep`` and the newcomers."""
+        groups = [(g, ent) for g, ent in groups if ent]
+        if state is not None and not keep:
+            state = None
+        if state is not None and groups:
+            dead = sorted(set(range(len(state.rows))) - set(keep))
+            if self.fill(state, dead, groups):
+                keep = sorted(set(keep) | set(dead[: sum(len(e) for _, e in groups)]))
+                groups = []
+        if state is None and len(groups) == 1 and groups[0][0].src is None:
+            g, ent = groups[0]
+            if len(ent) == len(g.rows):
+                return g  # a prefill whose rows all continue: used as it is
+        if state is not None and len(keep) == len(state.rows) and not groups:
+            return state
+        parts = ([(state, keep)] if state is not None else []) + groups
+        return self.assemble(parts) if parts else None
+
+    def run(self) -> list[dict[str, Any]]:
+        waiting = list(range(len(self.prompts)))[::-1]  # pop() = the next in list order
+        state: _Rows | None = None
+        keep: list[int] = []
+        # Newcomers are prefilled together once a quarter of the slots is free (or all the
+        # rest fit): each prefill forward reads every weight once, like a decode step, so
+        # one per finished row would cost more than the few steps a slot waits.
+        group = max(1, self.slots // self.K // 4)
+        while True:
+            groups, running = [], len(keep)
+            while waiting:
+                n = min((self.slots - running) // self.K, len(waiting))
+                if n == 0 or (running and n < min(group, len(waiting))):
+                    break
+                groups.append(self.prefill([waiting.pop() for _ in range(n)]))
+                running += len(groups[-1][1])  # rows that stopped at once free their slots
+            state = self.place(state, keep, groups)
+            if state is None:
+                break
+            if state.n + 1 > state.mask.shape[1]:  # capacity reached: trim and re-allocate
+                state = self.assemble([(state, list(range(len(state.rows))))])
+            tok, codes = self.choose(self._forward(state), state.rows)
+            state.tok = tok
+            keep = self.settle(state, codes)
+        self.flush()
+        return self.results()
+
+    def results(self) -> list[dict[str, Any]]:
+        tok, lp = self.out_tok.cpu().numpy(), self.out_lp.cpu().numpy()
+        ent = self.out_ent.cpu().numpy()
+        n_gen, reason = self.n_gen.cpu().tolist(), self.reason.cpu().tolist()
+        slp = None if self.out_slp is None else self.out_slp.cpu().numpy()
+        res = []
+        for b, n in enumerate(n_gen):
+            row = {
+                "answer_ids": tok[b, :n].tolist(),
+                "token_logprobs": lp[b, :n].tolist(),
+                "token_entropies": ent[b, :n].tolist(),
+                "stop_reason": _REASONS[reason[b]],
+            }
+            if slp is not None:
+                row["sampling_logprobs"] = slp[b, :n].tolist()
+            res.append(row)
+        return res
+
+
 @torch.inference_mode()
 def _decode_batch(
     handle: Any,
@@ -447,116 +807,35 @@ def _decode_batch(
     settings: GenerationSettings,
     chooser: TokenChooser | None = None,
     observer: DecodeObserver | None = None,
+    *,
+    slots: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Decode one batch of token id lists; returns per-row ids, log-probs, entropies.
+    """Decode token id lists; returns per-row ids, log-probs, entropies and stop reason.
 
-    ``observer`` (greedy only) is told about every forward (``DecodeObserver``).
+    Continuous batching: at most ``slots`` rows decode together (None: all prompts at once).
+    Prompts are admitted in list order (pass them longest first, so that prompts prefilled
+    together have similar lengths); once a quarter of the slots is free (or every waiting
+    prompt fits), the next waiting prompts are prefilled together and take the finished rows'
+    slots (written into their KV cache rows in place, or merged: left-padded with masked
+    zeros to a common width; columns masked in every row are trimmed). Each row keeps explicit positions, so its tokens equal one-at-a-time
+    greedy decoding; the result is a deterministic function of ``prompts``, ``settings``, the
+    chooser and ``slots``.
 
-    ``chooser`` picks the tokens (default: greedy). With ``chooser.per_prompt = K > 1`` the
-    prompts are prefilled once and their KV cache, last logits, mask and positions repeated K
-    times: rows ``b*K .. b*K+K-1`` continue prompt ``b``. A chooser that returns sampling
-    log-probs adds ``sampling_logprobs`` to each row."""
+    ``chooser`` picks the tokens (default: greedy). With ``chooser.per_prompt = K > 1`` a
+    prompt is admitted when K slots are free, prefilled once and continued by K rows: rows
+    ``b*K .. b*K+K-1`` continue prompt ``b``. A chooser that returns sampling log-probs adds
+    ``sampling_logprobs`` to each row. ``observer`` (greedy only) is told about every forward
+    (``DecodeObserver``)."""
     chooser = _GREEDY if chooser is None else chooser
     K = chooser.per_prompt
     if observer is not None and K != 1:
         raise ValueError("a DecodeObserver needs one row per prompt (greedy decoding)")
-    model, dev = handle.model, handle.device
-    B, T = len(prompts) * K, settings.max_new_tokens
-    ids, mask, pos = pad_batch(prompts, pad_id(handle.tokenizer), side="left")
-    ids, mask, pos = ids.to(dev), mask.to(dev), pos.to(dev)
-    vocab = model.get_output_embeddings().weight.shape[0]
-    newline, blank = _vocab_flags(handle.tokenizer, vocab)
-    newline, blank = newline.to(dev), blank.to(dev)
-    eos = torch.zeros(vocab, dtype=torch.bool, device=dev)
-    eos[[i for i in _eos_ids(handle) if i < vocab]] = True
-
-    out_tok = torch.full((B, T), -1, dtype=torch.long, device=dev)
-    out_lp = torch.zeros((B, T), dtype=torch.float32, device=dev)
-    out_slp: torch.Tensor | None = None  # sampling log-probs, if the chooser gives them
-    out_ent = torch.zeros((B, T), dtype=torch.float32, device=dev)
-    n_gen = torch.zeros(B, dtype=torch.long, device=dev)
-    reason = ["length"] * B
-    has_text = torch.zeros(B, dtype=torch.bool, device=dev)  # by original row
-    rows = torch.arange(B, device=dev)  # original row of each live batch entry
-
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    kv = {cache_kwarg(model): cache}
-    out = model(
-        input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kv
-    )
-    if observer is not None:
-        observer.forward_done(range(len(prompts)), mask)
-    last = out.logits[:, -1]
-    next_pos = pos[:, -1:] + 1
-    if K > 1:  # one prefill per prompt, K continuations of it
-        cache.batch_repeat_interleave(K)
-        last = last.repeat_interleave(K, dim=0)
-        mask, next_pos = mask.repeat_interleave(K, dim=0), next_pos.repeat_interleave(K, dim=0)
-    for t in range(T):
-        logits = last.float()
-        logp = torch.log_softmax(logits, dim=-1)
-        tok, slp = chooser(logits, logp, rows)
-        lp = logp.gather(1, tok[:, None])[:, 0]
-        ent = -(logp.exp() * logp).sum(-1)
-        is_eos = eos[tok]
-        is_nl = (
-            newline[tok] & has_text[rows] if settings.stop_on_newline else torch.zeros_like(is_eos)
-        )
-        stop = is_eos | is_nl
-        keep = ~stop
-        live = rows[keep]
-        out_tok[live, t] = tok[keep]
-        out_lp[live, t] = lp[keep]
-        out_ent[live, t] = ent[keep]
-        if slp is not None:
-            if out_slp is None:
-                out_slp = torch.zeros((B, T), dtype=torch.float32, device=dev)
-            out_slp[live, t] = slp[keep]
-        n_gen[live] += 1
-        has_text[live] |= ~blank[tok[keep]]
-        if bool(stop.any()):
-            for i in torch.nonzero(stop).flatten().tolist():
-                reason[int(rows[i])] = "eos" if bool(is_eos[i]) else "newline"
-            if not bool(keep.any()):
-                break
-            # Finished rows leave the batch: fewer rows per step, same results.
-            sel = torch.nonzero(keep).flatten()
-            cache.batch_select_indices(sel)
-            rows, tok, mask, next_pos = rows[sel], tok[sel], mask[sel], next_pos[sel]
-        if t == T - 1 and observer is None:
-            break  # (an observer also needs the states of the last token: one more forward)
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-        out = model(
-            input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **kv
-        )
-        if observer is not None:
-            observer.forward_done(rows.tolist(), mask.new_ones((len(rows), 1)))
-            if t == T - 1:
-                break
-        last = out.logits[:, -1]
-        next_pos = next_pos + 1
-    res = []
-    tok_np, lp_np, ent_np, n_np = (
-        out_tok.cpu().numpy(),
-        out_lp.cpu().numpy(),
-        out_ent.cpu().numpy(),
-        n_gen.cpu().numpy(),
-    )
-    slp_np = None if out_slp is None else out_slp.cpu().numpy()
-    for b in range(B):
-        n = int(n_np[b])
-        row = {
-            "answer_ids": tok_np[b, :n].tolist(),
-            "token_logprobs": lp_np[b, :n].tolist(),
-            "token_entropies": ent_np[b, :n].tolist(),
-            "stop_reason": reason[b],
-        }
-        if slp_np is not None:
-            row["sampling_logprobs"] = slp_np[b, :n].tolist()
-        res.append(row)
-    return res
+    slots = len(prompts) * K if slots is None else slots
+    if slots < K:
+        raise ValueError(f"slots={slots} cannot hold the {K} rows of one prompt")
+    if not prompts:
+        return []
+    return _Decoder(handle, prompts, settings, chooser, observer, slots).run()
 
 
 # -- the pure worker -------------------------------------------------------------------------
@@ -579,12 +858,17 @@ def generate_examples(
         prompt_fn: example -> user-turn text (the chat template is applied here).
         grade_fn: (example, answer) -> ``GradeResult``, or None for ungraded text.
         settings: decoding settings.
-        on_batch: called with the number of rows finished after each batch (progress).
-        resume: finished batches of an earlier, interrupted run of the same plan (reused),
-            and where each newly finished batch is recorded.
+        on_batch: called with the number of rows finished after each window (progress).
+        resume: finished windows of an earlier, interrupted run of the same plan (reused),
+            and where each newly finished window is recorded.
         observer: sees every forward (hidden states while generating, ``DecodeObserver``);
-            each batch is graded as soon as it is decoded and handed to ``rows_done``. Rows of
-            a batch reused from ``resume`` had no forward: they are not handed over.
+            each window is graded as soon as it is decoded and handed to ``rows_done``. Rows
+            of a window reused from ``resume`` had no forward: they are not handed over.
+
+    Prompts are sorted longest first and cut into windows of ``decode_window(batch_size)``
+    (the resume unit); each window is decoded continuously through ``batch_size`` rows (a
+    finished row's slot takes the next prompt), so the rows are a deterministic function of
+    the examples and settings, whichever windows were resumed.
     """
     settings.validate()
     templated = settings.use_chat_template and model.has_chat_template
@@ -595,16 +879,20 @@ def generate_examples(
         bad = next(ex.id for ex, i in zip(examples, ids, strict=True) if not i)
         raise DataError(f"Example '{bad}' has an empty prompt; give every example a question.")
     check_context(model, examples, [len(i) for i in ids], settings.max_new_tokens)
-    # Longest first: similar lengths share a batch (less padding), peak memory shows early.
+    # Longest first: prompts prefilled together have similar lengths (less padding), a slot is
+    # refilled with a prompt no longer than the running rows, peak memory shows early.
     order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
     rows: list[Generation | None] = [None] * len(ids)
-    for b, start in enumerate(range(0, len(order), settings.batch_size)):
-        chunk = order[start : start + settings.batch_size]
+    window = decode_window(settings.batch_size)
+    for b, start in enumerate(range(0, len(order), window)):
+        chunk = order[start : start + window]
         batch_ids, batch_prompts = [str(examples[i].id) for i in chunk], [ids[i] for i in chunk]
         got = resume.get(b, batch_ids, batch_prompts) if resume is not None else None
         watch = None if observer is None or got is not None else _Renumbered(observer, chunk)
         if got is None:
-            got = _decode_batch(model, batch_prompts, settings, observer=watch)
+            got = _decode_batch(
+                model, batch_prompts, settings, observer=watch, slots=settings.batch_size
+            )
             if resume is not None:
                 resume.put(b, batch_ids, batch_prompts, got)
         built = _graded_rows(
@@ -747,6 +1035,7 @@ def _run_cached(
     *,
     cache: bool,
     progress: bool,
+    observer: DecodeObserver | None = None,
 ) -> GenerationSet:
     if not all(hasattr(model, a) for a in ("format_prompt", "tokenizer", "target_id")):
         raise KnowlensError(
@@ -763,7 +1052,7 @@ def _run_cached(
         key,
         GenerationSet.load,
         lambda resume: _compute(
-            model, examples, prompt_fn, grade_fn, settings, meta, resume, progress
+            model, examples, prompt_fn, grade_fn, settings, meta, resume, progress, observer
         ),
         lambda: BatchRecords(entry_dir("generations", f".partial-{key}"), key),
         cache=cache,
@@ -815,11 +1104,19 @@ def _compute(
     meta: dict[str, Any],
     resume: BatchRecords | None,
     progress: bool,
+    observer: DecodeObserver | None = None,
 ) -> GenerationSet:
     t0 = time.perf_counter()
     with progress_bar(len(examples), f"generate {model.name} · {settings.task}", progress) as adv:
         rows = generate_examples(
-            model, examples, prompt_fn, grade_fn, settings, on_batch=adv, resume=resume
+            model,
+            examples,
+            prompt_fn,
+            grade_fn,
+            settings,
+            on_batch=adv,
+            resume=resume,
+            observer=observer,
         )
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     meta["n_answer_tokens"] = int(sum(len(r.answer_ids) for r in rows))
@@ -839,6 +1136,7 @@ def generate(
     stop_on_newline: bool = True,
     cache: bool = True,
     progress: bool = True,
+    observer: DecodeObserver | None = None,
 ) -> GenerationSet:
     """Greedy answers of ``model`` to every example of ``task``, graded by ``task.grade``.
 
@@ -857,6 +1155,9 @@ def generate(
         cache: reuse / store the result under a content-addressed key (verified on read,
             locked against identical concurrent runs, resumed per batch after a kill).
         progress: show a progress bar.
+        observer: sees every forward of the decode (``DecodeObserver``; hidden states while
+            generating: ``knowlens.generate(..., layers=...)``). Not called on a cache hit;
+            batches reused from a resume record are not handed over.
 
     Returns:
         ``GenerationSet`` with rows in task order; ``meta`` names model, task and settings.
@@ -886,6 +1187,7 @@ def generate(
         {"task": name, "task_version": version, "split": split, "n": len(examples)},
         cache=cache,
         progress=progress,
+        observer=observer,
     )
 
 
@@ -1027,8 +1329,10 @@ def sample_items(
     """Draw ``settings.k`` samples per item (and grade them); pure: no cache, input order.
 
     ``settings`` must be resolved (``max_new_tokens`` / ``stop_on_newline`` set); ``decode``
-    carries them to the decoder. Batches are formed as ``generate_examples`` forms them
-    (longest prompt first); sample j of item i is seeded ``sample_seed(seed, i.id, j)``."""
+    carries them to the decoder. Windows are formed as ``generate_examples`` forms them
+    (longest prompt first, ``decode_window(batch_size)`` prompts, decoded continuously through
+    ``batch_size * k`` rows: a prompt is admitted when its k rows are free); sample j of item i
+    is seeded ``sample_seed(seed, i.id, j)``, so samples do not depend on the batching."""
     K = settings.k
     empty = next((it.id for it in items if not it.prompt_ids), None)
     if empty is not None:
@@ -1036,15 +1340,16 @@ def sample_items(
     check_context(model, items, [len(it.prompt_ids) for it in items], decode.max_new_tokens)
     order = sorted(range(len(items)), key=lambda i: (-len(items[i].prompt_ids), i))
     decoded: list[list[dict[str, Any]]] = [[] for _ in items]
-    for b, start in enumerate(range(0, len(order), decode.batch_size)):
-        chunk = order[start : start + decode.batch_size]
+    window = decode_window(decode.batch_size)
+    for b, start in enumerate(range(0, len(order), window)):
+        chunk = order[start : start + window]
         batch_ids = [items[i].id for i in chunk]
         batch_prompts = [list(items[i].prompt_ids) for i in chunk]
         got = resume.get(b, batch_ids, batch_prompts) if resume is not None else None
         if got is None:
             seeds = [sample_seed(settings.seed, i, j) for i in batch_ids for j in range(K)]
             chooser = TokenSampler(seeds, K, settings.temperature, settings.top_p)
-            got = _decode_batch(model, batch_prompts, decode, chooser)
+            got = _decode_batch(model, batch_prompts, decode, chooser, slots=decode.batch_size * K)
             if resume is not None:
                 resume.put(b, batch_ids, batch_prompts, got)
         for n, i in enumerate(chunk):

@@ -59,15 +59,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "LENGTH_WINDOW",
     "ParamGroup",
     "TrainResult",
     "adapter_state",
+    "batch_schedule",
     "discard_checkpoints",
     "latest_checkpoint",
     "lora_attached",
     "response_loss",
     "train_loop",
     "trainable_parameters",
+    "unfilled_fraction",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -194,6 +197,74 @@ def response_loss(
         w = weights[:, 1:][:, keep] * w
     w = w.flatten().to(device)
     return (ce * w).sum() / w.sum()
+
+
+# -- batches ------------------------------------------------------------------------------------
+#: batches per length-sorting window of ``batch_schedule`` (HF's ``LengthGroupedSampler``
+#: sorts megabatches of 50; fewer here: CPU runs take tens of steps, and a window should
+#: not cover the whole run)
+LENGTH_WINDOW = 16
+
+
+def batch_schedule(
+    n: int,
+    batch_size: int,
+    steps: int,
+    seed: int,
+    *,
+    lengths: Sequence[int] | None = None,
+    window: int = LENGTH_WINDOW,
+) -> list[np.ndarray]:
+    """Row indices of every step's batch: shuffled epochs, concatenated, cut into batches of
+    ``min(batch_size, n)`` rows.
+
+    With ``lengths`` (tokens per row) and ``window > 1`` the batches are length-bucketed, as
+    HF's ``LengthGroupedSampler``: the rows the plain schedule consumes are cut into windows
+    of ``window`` batches' worth of rows (a window never spans two epochs), each window is
+    sorted by length (longest first) and cut into batches, and each run of ``window``
+    consecutive batches is shuffled among itself. A batch then holds rows of similar length,
+    so padding it to its longest row costs little, while the rows trained on (and their
+    order beyond a window) are exactly the plain schedule's, and a row repeats within a batch
+    only where an epoch ends, as without bucketing. Without ``lengths`` (or with
+    ``window <= 1``) these are the plain shuffled batches.
+
+    A pure function of its arguments (numpy generators seeded by ``seed``): a resumed
+    ``train_loop`` asks for ``schedule[start:]`` and gets the batches of the first run.
+    """
+    rng = np.random.default_rng(seed)
+    bs = min(batch_size, n)
+    need = steps * bs
+    order = np.concatenate([rng.permutation(n) for _ in range(need // n + 1)])[:need]
+    if lengths is not None and window > 1:
+        lens = np.asarray(lengths)
+        if len(lens) != n:
+            raise KnowlensError(f"batch_schedule: got {len(lens)} lengths for {n} rows.")
+        w = window * bs
+        pos = np.arange(need)
+        segment = (pos // n) * (-(-n // w)) + (pos % n) // w  # (epoch, window in the epoch)
+        order = order[np.lexsort((-lens[order], segment))]  # stable: ties keep the shuffle
+    out = [order[i * bs : (i + 1) * bs] for i in range(steps)]
+    if lengths is not None and window > 1:
+        # a second stream, so the rows of each window do not depend on it
+        shuffle = np.random.default_rng([seed, 1])
+        for g in range(0, steps, window):
+            group = out[g : g + window]
+            out[g : g + window] = [group[j] for j in shuffle.permutation(len(group))]
+    return out
+
+
+def unfilled_fraction(
+    lengths: Sequence[int], batches: Sequence[Sequence[int] | np.ndarray]
+) -> float:
+    """Share of the token slots of ``batches`` (each padded to its longest row) that are
+    padding; ``lengths`` are the rows' token counts."""
+    lens = np.asarray(lengths)
+    real = padded = 0
+    for b in batches:
+        bl = lens[np.asarray(b, dtype=np.int64)]
+        real += int(bl.sum())
+        padded += int(bl.max()) * len(bl) if len(bl) else 0
+    return 1.0 - real / padded if padded else 0.0
 
 
 # -- the loop -------------------------------------------------------------------------------------

@@ -70,15 +70,16 @@ def count_batches(monkeypatch, fail_at: int | None = None, delay: float = 0.0) -
     ``fail_at``; optionally sleep per batch so concurrent runs overlap."""
     real, calls = generation._decode_batch, []
     lock = threading.Lock()
+    monkeypatch.setattr(generation, "_WINDOW_BATCHES", 1)  # one batch per resume window
 
-    def wrapped(handle, prompts, settings):
+    def wrapped(handle, prompts, settings, *args, **kwargs):
         with lock:
             calls.append(len(prompts))
             n = len(calls)
         if fail_at is not None and n == fail_at:
             raise KeyboardInterrupt("killed")
         time.sleep(delay)
-        return real(handle, prompts, settings)
+        return real(handle, prompts, settings, *args, **kwargs)
 
     monkeypatch.setattr(generation, "_decode_batch", wrapped)
     return calls

@@ -12,6 +12,8 @@ the content-addressed cache, float16 unless ``dtype="auto"`` (the default) finds
 beyond the float16 range (then float32), written shard by shard, resumable and checksummed
 (see ``_store``). Token selectors and alignment: see ``_extract``. Statistics over many
 texts without storing them: ``reduce_texts`` / ``reduce_items`` (see ``_reduce``).
+Hidden states while generating, into the same entries as ``extract``:
+``generate_with_activations`` / ``knowlens.generate(..., layers=...)`` (see ``_capture``).
 """
 
 from knowlens._types import ActivationSet
@@ -24,6 +26,14 @@ from knowlens.activations._api import (
     items_from_texts,
     plan_extraction,
     run_extraction,
+)
+from knowlens.activations._capture import (
+    CaptureRequest,
+    HiddenStateCapture,
+    extract_reusing,
+    generate,
+    generate_capturing,
+    generate_with_activations,
 )
 from knowlens.activations._extract import (
     SELECTORS,
@@ -44,9 +54,11 @@ __all__ = [
     "SELECTORS",
     "TEXT_SELECTORS",
     "ActivationSet",
+    "CaptureRequest",
     "ExtractItem",
     "ExtractSpec",
     "ExtractionPlan",
+    "HiddenStateCapture",
     "HookPoint",
     "PositionMoments",
     "Reducer",
@@ -54,8 +66,12 @@ __all__ = [
     "Trace",
     "extract",
     "extract_batch",
+    "extract_reusing",
     "extract_texts",
     "final_norm",
+    "generate",
+    "generate_capturing",
+    "generate_with_activations",
     "hook_points",
     "items_from_generations",
     "items_from_texts",

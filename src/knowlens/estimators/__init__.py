@@ -84,10 +84,16 @@ from knowlens.estimators._probe import (
 )
 from knowlens.estimators._query import (
     PTRUE_TEMPLATE,
+    QUERY_READS_VERSION,
     ZSC_TEMPLATE,
     PTrue,
+    Query,
+    QueryRead,
+    QueryReads,
     ZeroShotClassifier,
     label_token_ids,
+    query_activations,
+    zsc_queries,
 )
 from knowlens.estimators._registry import (
     EstimatorSpec,
@@ -134,6 +140,7 @@ __all__ = [
     "CACHE_KIND",
     "ESTIMATORS_VERSION",
     "PTRUE_TEMPLATE",
+    "QUERY_READS_VERSION",
     "REGISTRY",
     "SPANS",
     "STATISTICS",
@@ -163,6 +170,9 @@ __all__ = [
     "Perplexity",
     "Probe",
     "ProbeSweep",
+    "Query",
+    "QueryRead",
+    "QueryReads",
     "SemanticEntropy",
     "ZeroShotClassifier",
     "activations",
@@ -179,9 +189,11 @@ __all__ = [
     "load_judge",
     "lora_attached",
     "mlp_head",
+    "query_activations",
     "register_estimator",
     "retokenize",
     "samples",
     "sweep_probes",
     "user_turn",
+    "zsc_queries",
 ]

@@ -8,9 +8,12 @@
   "ii" = correct) + ``js_weight`` x Jensen-Shannon divergence between the adapted and the
   frozen model's next-token distributions at the answer tokens (the frozen distribution is
   the same network with adapters disabled). The answer tokens are those of the answer as it
-  appears inside the query ("{question} {answer}"), so one adapted pass (with gradients) and
-  one frozen pass serve both terms; a separate prompt + answer pass would double the cost on
-  CPU. The LM head is applied only at those positions (full-vocabulary JS, no truncation).
+  appears inside the query ("{question} {answer}"), so one adapted pass (with gradients)
+  serves both terms; a separate prompt + answer pass would double the cost on CPU. The
+  frozen states at those tokens do not change during training: they are read once per
+  training query before the adapters go in (``QueryReads``; with the analyses' shared reads
+  they are the probe's / Zero-Shot Classifier's pass), not once per step. The LM head is
+  applied only at those positions (full-vocabulary JS, no truncation).
 
 Paper defaults: r=8, alpha=32, dropout 0.1, AdamW lr 1e-4 with cosine decay, batch 4.
 ``steps`` defaults to a CPU-sized 60. Adapters are injected into the shared model only inside
@@ -21,8 +24,9 @@ Training is ``knowlens.training.train_loop`` (shared with the refusal organisms)
 ``checkpoint_every`` steps adapters, head, AdamW state, RNG states and the loss history are
 written atomically (checksummed) under ``cache_root()/estimator-checkpoints/<key>/``; a rerun
 of the same fit (same model, data, parameters) continues from the newest intact checkpoint.
-Batches and dropout masks are derived from ``(seed, step)``, so a resumed run reproduces the
-uninterrupted one exactly. Finished fits are cached by ``knowlens.estimators.fit_cached``
+Batches (length-bucketed: ``training.batch_schedule``, ``length_window``) and dropout
+masks are derived from ``(seed, step)``, so a resumed run reproduces the uninterrupted one
+exactly. Finished fits are cached by ``knowlens.estimators.fit_cached``
 (``cache_root()/estimators/<key>/``, the one estimator cache), not by ``fit``.
 Neither loss is a next-token loss on response tokens (a head / two label logits / a JS term),
 so ``training.response_loss`` is not used here.
@@ -57,21 +61,29 @@ from knowlens.estimators._base import (
 )
 from knowlens.estimators._probe import mlp_head
 from knowlens.estimators._query import (
+    ZSC_LABELS,
+    Query,
+    QueryReads,
+    answer_token_span,
     batched_label_probs,
     label_probs,
     label_token_ids,
+    zsc_queries,
     zsc_texts,
 )
 from knowlens.estimators._registry import generations, register_estimator
-from knowlens.estimators._text import encode, retokenize
+from knowlens.estimators._text import retokenize
 from knowlens.models._batch import pad_batch, pad_id
 from knowlens.training import (
+    LENGTH_WINDOW,
     ParamGroup,
     adapter_state,
+    batch_schedule,
     discard_checkpoints,
     lora_attached,
     train_loop,
     trainable_parameters,
+    unfilled_fraction,
 )
 
 if TYPE_CHECKING:
@@ -98,10 +110,13 @@ class _LoRABase(Estimator[GenerationSet]):
     target_modules: tuple[str, ...]
     max_length: int
     seed: int
+    length_window: int
     checkpoint_every: int
     cache: bool
     progress: bool
     use_chat_template: bool
+    #: share of the training batches' token slots that were padding (None: fit predates it)
+    train_padding_: float | None
 
     # -- hooks for subclasses ---------------------------------------------------------------
     def _prepare(self, gens: GenerationSet, questions: Sequence[str] | None) -> list[Any]:
@@ -112,6 +127,17 @@ class _LoRABase(Estimator[GenerationSet]):
 
     def _loss(self, pm: Any, head: Any, items: list[Any], y: Any) -> Any:
         raise NotImplementedError  # pragma: no cover
+
+    def _length(self, item: Any) -> int:
+        """Tokens of one prepared item as the forward pass sees it (padding is per batch)."""
+        raise NotImplementedError  # pragma: no cover
+
+    def _before_training(self, items: list[Any], schedule: list[np.ndarray]) -> None:
+        """Read what the frozen model contributes, before adapters are attached."""
+        return None
+
+    def _after_training(self) -> None:
+        return None
 
     def _head_lr(self) -> float:
         return self.lr
@@ -130,7 +156,7 @@ class _LoRABase(Estimator[GenerationSet]):
         who = type(self).__name__
         if self.model is None:
             raise ConfigError(f"{who} needs model=ModelHandle (the model that gets adapters).")
-        for name in ("r", "steps", "batch_size", "checkpoint_every", "max_length"):
+        for name in ("r", "steps", "batch_size", "checkpoint_every", "max_length", "length_window"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < 1:
                 raise ConfigError(f"{who}: {name} must be an integer >= 1; got {v!r}.")
@@ -174,38 +200,54 @@ class _LoRABase(Estimator[GenerationSet]):
         lock = entry_lock("estimator-checkpoints", key) if self.cache else contextlib.nullcontext()
         with lock:
             t0 = time.perf_counter()
-            schedule = _batch_schedule(len(items), self.batch_size, self.steps, self.seed)
+            lengths = [self._length(it) for it in items]
+            # length-bucketed batches: little padding, same seed -> same batches (resumable)
+            schedule = batch_schedule(
+                len(items),
+                self.batch_size,
+                self.steps,
+                self.seed,
+                lengths=lengths,
+                window=int(self.length_window),
+            )
             yt = torch.as_tensor(yy, dtype=torch.long)
             with torch.random.fork_rng():
                 torch.manual_seed(self.seed)
                 head = self._make_head()
             ckpt_root = entry_dir("estimator-checkpoints", key) if self.cache else None
-            with lora_attached(self._handle, **self._lora_kwargs(), train=True) as pm:
-                groups = [ParamGroup(trainable_parameters(pm), self.lr)]
-                if head is not None:
-                    head.train()
-                    groups.append(ParamGroup(trainable_parameters(head, "head."), self._head_lr()))
-                result = train_loop(
-                    pm,
-                    lambda m, idx: self._loss(m, head, [items[i] for i in idx], yt[idx]),
-                    lambda start: iter(schedule[start:]),
-                    groups=groups,
-                    steps=int(self.steps),
-                    lr_lambda=lambda step: 0.5 * (1 + math.cos(math.pi * step / self.steps)),
-                    weight_decay=0.0,
-                    step_seed=lambda step: self.seed * 1_000_003 + step,  # dropout: resumable
-                    checkpoint_dir=ckpt_root,
-                    checkpoint_every=int(self.checkpoint_every),
-                    progress=self.progress,
-                    description=f"{self.display_name} training",
-                )
-                self.adapter_ = adapter_state(pm)
+            self._before_training(items, schedule)
+            try:
+                with lora_attached(self._handle, **self._lora_kwargs(), train=True) as pm:
+                    groups = [ParamGroup(trainable_parameters(pm), self.lr)]
+                    if head is not None:
+                        head.train()
+                        groups.append(
+                            ParamGroup(trainable_parameters(head, "head."), self._head_lr())
+                        )
+                    result = train_loop(
+                        pm,
+                        lambda m, idx: self._loss(m, head, [items[i] for i in idx], yt[idx]),
+                        lambda start: iter(schedule[start:]),
+                        groups=groups,
+                        steps=int(self.steps),
+                        lr_lambda=lambda step: 0.5 * (1 + math.cos(math.pi * step / self.steps)),
+                        weight_decay=0.0,
+                        step_seed=lambda step: self.seed * 1_000_003 + step,  # dropout: resumable
+                        checkpoint_dir=ckpt_root,
+                        checkpoint_every=int(self.checkpoint_every),
+                        progress=self.progress,
+                        description=f"{self.display_name} training",
+                    )
+                    self.adapter_ = adapter_state(pm)
+            finally:
+                self._after_training()
             self.resumed_from_ = result.resumed_from
             if head is not None:
                 head.eval()
                 self.head_ = head
             self.loss_history_ = result.history
             self.n_train_ = len(items)
+            self.train_padding_ = unfilled_fraction(lengths, schedule)
             self.train_time_s_ = time.perf_counter() - t0
             self.model_id_ = self._handle.target_id
             if ckpt_root is not None:  # set exactly when self.cache
@@ -220,6 +262,7 @@ class _LoRABase(Estimator[GenerationSet]):
             "loss_history": self.loss_history_,
             "n_train": self.n_train_,
             "train_time_s": self.train_time_s_,
+            "train_padding": self.train_padding_,
             "d_model": int(self._handle.d_model),
         }
 
@@ -243,21 +286,13 @@ class _LoRABase(Estimator[GenerationSet]):
         self.loss_history_ = state["loss_history"]
         self.n_train_ = state["n_train"]
         self.train_time_s_ = state["train_time_s"]
+        self.train_padding_ = state.get("train_padding")  # None in fits saved before it
         self.adapter_ = {k[8:]: v for k, v in weights.items() if k.startswith("adapter.")}
         head_w = {k[5:]: torch.from_numpy(v) for k, v in weights.items() if k.startswith("head.")}
         if head_w:
             head = self._make_head()
             head.load_state_dict(head_w)
             self.head_ = head.eval()
-
-
-def _batch_schedule(n: int, batch_size: int, steps: int, seed: int) -> list[np.ndarray]:
-    """Indices of every step's batch: shuffled epochs, concatenated, cut into batches."""
-    rng = np.random.default_rng(seed)
-    bs = min(batch_size, n)
-    need = steps * bs
-    order = np.concatenate([rng.permutation(n) for _ in range(need // n + 1)])
-    return [order[i * bs : (i + 1) * bs] for i in range(steps)]
 
 
 # Config field (TrainSettings) behind each LoRA estimator parameter, shared by both entries.
@@ -296,6 +331,9 @@ class LoRAProbe(_LoRABase):
         steps, batch_size: optimisation steps and examples per step (paper batch 4).
         max_length: longest prompt + answer in tokens (longer keep their last tokens).
         seed: batch order, dropout and head initialisation.
+        length_window: batches per length-sorting window (``training.batch_schedule``):
+            rows of similar length are batched together, so little compute goes to padding;
+            1 = plain shuffled batches.
         checkpoint_every: steps between resumable checkpoints.
         cache: write resumable checkpoints (under the cache); finished fits are cached by
             ``knowlens.estimators.fit_cached``.
@@ -317,6 +355,7 @@ class LoRAProbe(_LoRABase):
         target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
         max_length: int = 384,
         seed: int = 0,
+        length_window: int = LENGTH_WINDOW,
         checkpoint_every: int = 20,
         cache: bool = True,
         progress: bool = True,
@@ -333,6 +372,7 @@ class LoRAProbe(_LoRABase):
         self.target_modules = target_modules
         self.max_length = max_length
         self.seed = seed
+        self.length_window = length_window
         self.checkpoint_every = checkpoint_every
         self.cache = cache
         self.progress = progress
@@ -349,6 +389,9 @@ class LoRAProbe(_LoRABase):
             gens, self._handle, questions=questions, use_chat_template=self.use_chat_template
         )
         return [list(g.prompt_ids) + list(g.answer_ids) for g in g2.rows]
+
+    def _length(self, item: Any) -> int:
+        return min(len(item), int(self.max_length))  # pad_batch keeps the last max_length
 
     def _forward(self, pm: Any, head: Any, seqs: list[list[int]]) -> Any:
         ids, mask, pos = pad_batch(seqs, pad_id(self._handle.tokenizer), max_length=self.max_length)
@@ -395,31 +438,6 @@ class LoRAProbe(_LoRABase):
 
 
 # -- LoRA + Prompt (calibration tuning) ----------------------------------------------------------
-def answer_token_span(tokenizer: Any, query: str, answer: str, ids: list[int]) -> tuple[int, int]:
-    """[s, e) token indices of ``answer`` inside the encoded ZSC ``query`` (``ids``).
-
-    The answer is located by characters (it precedes "\\n\\nIs the proposed answer
-    correct?"), then mapped to tokens as the common prefix of ``ids`` with the encodings of
-    the text before and after it, which is robust to BPE merges at the boundaries.
-    """
-    marker = f" {answer}\n\nIs the proposed answer correct?"
-    start = query.rfind(marker) + 1
-    if start == 0 or not answer:
-        return (0, 0)
-    end = start + len(answer)
-
-    def common(prefix: str) -> int:
-        enc = encode(tokenizer, prefix)
-        n = 0
-        while n < min(len(enc), len(ids)) and enc[n] == ids[n]:
-            n += 1
-        return n
-
-    s = common(query[:start])
-    e = max(common(query[:end]), s)
-    return (s, e)
-
-
 def js_divergence(logp: Any, logq: Any) -> Any:
     """Jensen-Shannon divergence (nats) between rows of two log-distributions, (..., V) -> (...)."""
     import torch
@@ -446,8 +464,15 @@ class LoRAPrompt(_LoRABase):
     model (adapters disabled).
     P(correct) = p("ii") of the adapted model on the query (as ``ZeroShotClassifier``).
 
-    Args: as ``LoRAProbe`` (no head), plus ``js_weight`` (default 1.0).
+    The frozen model's states at the answer tokens do not change while training, so they
+    are read once per training query before the adapters go in (``QueryReads``, batched in
+    length order), not once per step; with ``reads`` (a run's shared reads, passed by the
+    analyses) queries the probe or the Zero-Shot Classifier already read are not run again.
+
+    Args: as ``LoRAProbe`` (no head), plus ``js_weight`` (default 1.0) and ``reads``.
     """
+
+    reads: QueryReads | None
 
     def __init__(
         self,
@@ -463,12 +488,15 @@ class LoRAPrompt(_LoRABase):
         target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
         max_length: int = 512,
         seed: int = 0,
+        length_window: int = LENGTH_WINDOW,
         checkpoint_every: int = 20,
         cache: bool = True,
         progress: bool = True,
         use_chat_template: bool = True,
+        reads: QueryReads | None = None,
     ) -> None:
         self.model = model
+        self.reads = reads
         self.r = r
         self.alpha = alpha
         self.dropout = dropout
@@ -479,6 +507,7 @@ class LoRAPrompt(_LoRABase):
         self.target_modules = target_modules
         self.max_length = max_length
         self.seed = seed
+        self.length_window = length_window
         self.checkpoint_every = checkpoint_every
         self.cache = cache
         self.progress = progress
@@ -490,16 +519,40 @@ class LoRAPrompt(_LoRABase):
             raise ConfigError(f"LoRAPrompt: js_weight must be >= 0; got {self.js_weight}.")
         label_token_ids(self._handle.tokenizer, ("i", "ii"))
 
+    def _json_params(self) -> dict[str, Any]:
+        # ``reads`` is a run's shared cache (a live object), not a setting: out of keys / JSON
+        return {k: v for k, v in super()._json_params().items() if k != "reads"}
+
     def _prepare(self, gens: GenerationSet, questions: Sequence[str] | None) -> list[Any]:
-        tok = self._handle.tokenizer
-        queries = zsc_texts(self._handle, gens, questions, use_chat_template=self.use_chat_template)
-        items = []
-        for q, g in zip(queries, gens.rows, strict=True):
-            ids = encode(tok, q)
-            s, e = answer_token_span(tok, q, g.answer.strip(), ids)
-            cut = max(0, len(ids) - self.max_length)  # left truncation shifts the span
-            items.append((ids[cut:], max(s - cut, 1), e - cut))
-        return items
+        """``(ids, s, e)`` per row: the ZSC query's tokens (left-truncated to ``max_length``)
+        and the answer's token span in them."""
+        qs = zsc_queries(
+            self._handle,
+            gens,
+            questions,
+            use_chat_template=self.use_chat_template,
+            max_length=self.max_length,
+        )
+        return [(list(q.ids), *q.span) for q in qs]
+
+    def _length(self, item: Any) -> int:
+        return len(item[0])
+
+    def _before_training(self, items: list[Any], schedule: list[np.ndarray]) -> None:
+        import torch
+
+        self._frozen: dict[tuple[Any, ...], Any] = {}
+        if self.js_weight == 0:
+            return
+        used = sorted({int(i) for b in schedule for i in b})  # a fit reads only these
+        qs = [Query(tuple(items[i][0]), (items[i][1], items[i][2])) for i in used]
+        reads = self.reads if self.reads is not None else QueryReads()
+        got = reads.read(self._handle, qs, ZSC_LABELS, progress=self.progress, description="frozen")
+        for q, a in zip(qs, got.answer, strict=True):
+            self._frozen[(q.ids, q.span[0], q.span[1])] = torch.from_numpy(a)
+
+    def _after_training(self) -> None:
+        self._frozen = {}
 
     def _loss(self, pm: Any, head: Any, items: list[Any], y: Any) -> Any:
         import torch
@@ -532,8 +585,14 @@ class LoRAPrompt(_LoRABase):
             return ce
         head_w = lm.get_output_embeddings()
         logp = torch.log_softmax(head_w(out.hidden_states[-1][rows, cols]).float(), -1)
-        with torch.no_grad(), pm.disable_adapter():
-            frozen = pm(**kw).hidden_states[-1][rows, cols]
+        read = getattr(self, "_frozen", {})
+        keys = [(tuple(seq), s, e) for seq, s, e in items]
+        with torch.no_grad():
+            if all(k in read for k in keys):  # read before training (_before_training)
+                frozen = torch.cat([read[k] for k in keys]).to(dev, out.hidden_states[-1].dtype)
+            else:  # called outside fit: the frozen pass of this batch
+                with pm.disable_adapter():
+                    frozen = pm(**kw).hidden_states[-1][rows, cols]
             logq = torch.log_softmax(head_w(frozen).float(), -1)
         return ce + self.js_weight * js_divergence(logp, logq).mean()
 

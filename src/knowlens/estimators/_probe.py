@@ -155,7 +155,7 @@ def mlp_head(d: int, hidden: Sequence[int] = (256, 128, 64)) -> Any:
 @register_estimator(
     "probe",
     display_name="Probe",
-    inputs=activations(layer="last", tokens="last"),
+    inputs=activations(layer="last", tokens="last", text="query"),
     settings={"epochs": "probe_epochs"},
     aliases=("Probe", "mlp_probe"),
 )
@@ -163,9 +163,12 @@ class MLPProbe(_FeatureProbe):
     """Kapoor et al. (2024) probe (FIGURES.md section 1, "Probe").
 
     MLP d -> 256 -> 128 -> 64 -> 2 with ReLU, cross-entropy, on frozen features (default:
-    the last held layer, last position; extract with ``tokens="last"`` and
-    ``layers=[model.n_layers]`` for the paper's last-layer last-token features). Features are
-    standardised with the training mean / std (stored). AdamW, full passes over shuffled
+    the last held layer, last position). Any ActivationSet works; the ``probe`` entry the
+    analyses use reads the last layer at the last token of the answer's Zero-Shot Classifier
+    query (calibration-tuning's classifier ``with_query``: ``query_activations``), which is the
+    forward pass the Zero-Shot Classifier reads too, so the two share it; for prompt +
+    answer features extract with ``tokens="last"`` and ``layers=[model.n_layers]``. Features
+    are standardised with the training mean / std (stored). AdamW, full passes over shuffled
     mini-batches, seeded.
 
     Args:

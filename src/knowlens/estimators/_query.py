@@ -11,16 +11,36 @@ variant among ``"ii"`` and ``" ii"`` that encodes to exactly one token counts, a
 logit is the logsumexp over its variants (BPE tokenizers usually continue ``"Answer:"`` with
 ``" ii"``, chat templates start the assistant turn with ``"ii"``). The two labels' variant
 sets must be disjoint and non-empty, else a ``KnowlensError`` names the tokenizer.
+
+**Shared reads** (:class:`QueryReads`, one per analysis run, owned by ``EstimatorBench``).
+The frozen reader's forward pass over a query yields at once what several estimators read:
+the next-token label probabilities (Zero-Shot Classifier, P(True)), the last token's hidden
+states (the MLP probe read on the query, as calibration-tuning's ``with_query`` classifier)
+and the final-norm states at the answer tokens (LoRA + Prompt's frozen distribution for its
+JS term). ``QueryReads.read`` runs each distinct (reader, token ids) once and keeps all of
+it; later requests for the same query are served from memory::
+
+    reads = QueryReads()
+    zsc = ZeroShotClassifier(model=m, reads=reads).fit()
+    p = zsc.predict_proba(gens)                          # one forward per query
+    acts = query_activations(reads, m, gens)             # the probe's features: no forward
+    reads.rows_run                                       # sequences the model read
+
+Values equal the separate passes (same batches: bit for bit; other batches: ~1e-7): the
+hidden states are read by the activations stage's hooks (``Trace`` at ``hook_points``,
+the same modules ``extract`` reads) during the pass that computes the logits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
-from knowlens._types import GenerationSet
+from knowlens._cache import stable_hash
+from knowlens._types import ActivationSet, GenerationSet
 from knowlens.errors import ConfigError, KnowlensError
 from knowlens.estimators._base import Estimator, Features, Labels, check_gens
 from knowlens.estimators._registry import generations, register_estimator
@@ -34,20 +54,35 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PTRUE_TEMPLATE",
+    "QUERY_READS_VERSION",
+    "ZSC_LABELS",
     "ZSC_TEMPLATE",
     "PTrue",
+    "Query",
+    "QueryRead",
+    "QueryReads",
     "ZeroShotClassifier",
+    "answer_token_span",
     "batched_label_probs",
     "label_probs",
     "label_token_ids",
     "last_token_logits",
+    "queries",
+    "query_activations",
+    "zsc_queries",
     "zsc_texts",
 ]
+
+#: part of the key of query-read features (bump when what a read returns changes)
+QUERY_READS_VERSION = "1"
 
 #: FIGURES.md section 1, "Zero-Shot Classifier" (verbatim).
 ZSC_TEMPLATE = (
     "{question} {answer}\n\nIs the proposed answer correct?\nChoices:\n(i): no\n(ii): yes\nAnswer:"
 )
+
+#: the Zero-Shot Classifier's answer labels: "i" = no (wrong), "ii" = yes (correct)
+ZSC_LABELS = ("i", "ii")
 
 #: Kadavath et al. (2022) P(True) prompt; ``{first}`` / ``{second}`` are "True" / "False"
 #: (and swapped for the order-reversed query).
@@ -155,6 +190,297 @@ def zsc_texts(
     ]
 
 
+def answer_token_span(tokenizer: Any, query: str, answer: str, ids: list[int]) -> tuple[int, int]:
+    """[s, e) token indices of ``answer`` inside the encoded ZSC ``query`` (``ids``).
+
+    The answer is located by characters (it precedes "\\n\\nIs the proposed answer
+    correct?"), then mapped to tokens as the common prefix of ``ids`` with the encodings of
+    the text before and after it, which is robust to BPE merges at the boundaries.
+    """
+    marker = f" {answer}\n\nIs the proposed answer correct?"
+    start = query.rfind(marker) + 1
+    if start == 0 or not answer:
+        return (0, 0)
+    end = start + len(answer)
+
+    def common(prefix: str) -> int:
+        enc = encode(tokenizer, prefix)
+        n = 0
+        while n < min(len(enc), len(ids)) and enc[n] == ids[n]:
+            n += 1
+        return n
+
+    s = common(query[:start])
+    e = max(common(query[:end]), s)
+    return (s, e)
+
+
+# -- shared reads ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Query:
+    """One query as the reader reads it.
+
+    Attributes:
+        ids: token ids, left-truncated to the reader's ``max_length`` (the end of a query is
+            what the next token depends on).
+        span: ``[s, e)`` of the answer's tokens inside ``ids`` (``s >= 1``; empty when the
+            answer was not located or was cut off): positions ``s-1 .. e-2`` predict them.
+    """
+
+    ids: tuple[int, ...]
+    span: tuple[int, int] = (1, 0)
+
+
+def queries(
+    handle: ModelHandle, texts: Sequence[str], *, max_length: int | None = None
+) -> list[Query]:
+    """``Query`` of every text (no answer span), encoded as the query estimators encode."""
+    tok = handle.tokenizer
+    out = []
+    for t in texts:
+        ids = encode(tok, t)
+        out.append(Query(tuple(ids[-max_length:] if max_length else ids)))
+    return out
+
+
+def zsc_queries(
+    handle: ModelHandle,
+    gens: GenerationSet,
+    questions: Sequence[str] | None = None,
+    *,
+    use_chat_template: bool = True,
+    max_length: int | None = None,
+) -> list[Query]:
+    """The Zero-Shot Classifier query of every row as ``handle`` reads it, with the answer's
+    token span (LoRA + Prompt's JS positions); left truncation shifts the span."""
+    tok = handle.tokenizer
+    texts = zsc_texts(handle, gens, questions, use_chat_template=use_chat_template)
+    out = []
+    for q, g in zip(texts, gens.rows, strict=True):
+        ids = encode(tok, q)
+        s, e = answer_token_span(tok, q, g.answer.strip(), ids)
+        cut = max(0, len(ids) - max_length) if max_length else 0
+        out.append(Query(tuple(ids[cut:]), (max(s - cut, 1), e - cut)))
+    return out
+
+
+@dataclass
+class QueryRead:
+    """What :meth:`QueryReads.read` returns, rows in request order.
+
+    Attributes:
+        probs: ``(n, n_labels)`` float64 label probabilities of the next token.
+        last: ``{layer: (n, d_model) float32}`` hidden state at each query's last token.
+        answer: per row, ``(e - s, d_model)`` float32 final-norm states at positions
+            ``s-1 .. e-2`` (those that predict the answer tokens; empty for an empty span).
+    """
+
+    probs: np.ndarray
+    last: dict[int, np.ndarray]
+    answer: list[np.ndarray]
+
+
+@dataclass
+class _Entry:
+    probs: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
+    last: dict[int, np.ndarray] = field(default_factory=dict)
+    answer: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+
+
+class QueryReads:
+    """The frozen readers' forward passes over query texts, shared for one run.
+
+    Each distinct (reader ``target_id``, token ids) is run once; the pass keeps the label
+    probabilities asked for, the last token's hidden state at the requested layers (always
+    ``n_layers``, after the final norm: what the LM head reads, and the MLP probe's default
+    feature) and the final-norm states at the answer tokens. A later request that needs
+    something a pass did not keep (other labels, another layer) runs those queries again.
+    Rows are batched longest-last in length order (left padding, ``pad_batch``), as
+    ``batched_label_probs``: a request whose queries are all new gets bit-identical
+    probabilities. Only the *frozen* model is read: never use it under attached adapters.
+
+    Attributes:
+        rows_run: sequences run through a model (tests and benchmarks count them).
+        tokens_run, slots_run: real tokens and padded token slots of those passes.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, tuple[int, ...]], _Entry] = {}
+        self.rows_run = 0
+        self.tokens_run = 0
+        self.slots_run = 0
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> QueryReads:
+        return self  # a run's shared cache: clones of an estimator share it, as ``model``
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def read(
+        self,
+        handle: ModelHandle,
+        items: Sequence[Query],
+        labels: Sequence[str],
+        *,
+        layers: Sequence[int] = (),
+        batch_size: int = 8,
+        progress: bool = False,
+        description: str = "query",
+    ) -> QueryRead:
+        """Label probabilities, last-token states at ``layers`` (+ ``n_layers``) and answer
+        states of ``items`` under ``handle`` (inference mode), running only what is new."""
+        labels = tuple(labels)
+        label_ids = label_token_ids(handle.tokenizer, labels)
+        n = int(handle.n_layers)
+        want = tuple(sorted({int(x) for x in layers} | {n}))
+        tid = handle.target_id
+        todo: dict[Query, None] = {}  # ordered, unique
+        for q in items:
+            e = self._entries.get((tid, q.ids))
+            if (
+                e is None
+                or labels not in e.probs
+                or any(x not in e.last for x in want)
+                or (_nonempty(q.span) and q.span not in e.answer)
+            ):
+                todo[q] = None
+        if todo:
+            self._run(
+                handle, list(todo), labels, label_ids, want, batch_size, progress, description
+            )
+        rows = [self._entries[(tid, q.ids)] for q in items]
+        d = int(handle.d_model)
+        return QueryRead(
+            probs=np.stack([r.probs[labels] for r in rows]) if rows else np.empty((0, 2)),
+            last={
+                x: np.stack([r.last[x] for r in rows]) if rows else np.empty((0, d)) for x in want
+            },
+            answer=[
+                r.answer[q.span] if _nonempty(q.span) else np.empty((0, d), np.float32)
+                for r, q in zip(rows, items, strict=True)
+            ],
+        )
+
+    def _run(
+        self,
+        handle: ModelHandle,
+        todo: list[Query],
+        labels: tuple[str, ...],
+        label_ids: list[list[int]],
+        layers: tuple[int, ...],
+        batch_size: int,
+        progress: bool,
+        description: str,
+    ) -> None:
+        import torch
+        from rich.progress import Progress
+
+        from knowlens.activations import Trace, hook_points
+
+        if int(batch_size) < 1:
+            raise ConfigError(f"QueryReads: batch_size must be >= 1; got {batch_size}.")
+        lm = handle.model
+        if any("lora_" in name for name, _ in lm.named_modules()):
+            raise KnowlensError(
+                f"QueryReads read {handle.name} with LoRA adapters attached; its reads are "
+                "of the frozen model. Read before attaching adapters (or without reads=)."
+            )
+        dev = next(lm.parameters()).device
+        pad = pad_id(handle.tokenizer)
+        points = hook_points(handle, layers)
+        final = layers.index(int(handle.n_layers))  # answer states: the final norm's output
+        order = np.argsort([len(q.ids) for q in todo], kind="stable")
+        with (
+            torch.inference_mode(),
+            Progress(disable=not progress, transient=True) as bar,
+        ):
+            task = bar.add_task(description, total=len(todo))
+            for i in range(0, len(order), batch_size):
+                batch = [todo[j] for j in order[i : i + batch_size]]
+                ids, mask, pos = pad_batch([q.ids for q in batch], pad)
+                width = ids.shape[1]
+                held: dict[int, torch.Tensor] = {}
+
+                def keep(k: int, h: torch.Tensor, held: dict[int, torch.Tensor] = held) -> None:
+                    held[k] = h.detach().float().cpu()  # copied: the network reuses h
+
+                with Trace(points, keep):
+                    out = lm(
+                        input_ids=ids.to(dev),
+                        attention_mask=mask.to(dev),
+                        position_ids=pos.to(dev),
+                        logits_to_keep=1,
+                        use_cache=False,
+                    )
+                probs = label_probs(out.logits[:, -1, :], label_ids).double().cpu().numpy()
+                for b, q in enumerate(batch):
+                    e = self._entries.setdefault((handle.target_id, q.ids), _Entry())
+                    e.probs[labels] = probs[b]
+                    for k, layer in enumerate(layers):
+                        e.last[layer] = held[k][b, -1].numpy().copy()
+                    if _nonempty(q.span):
+                        off = width - len(q.ids)  # left padding
+                        s, t = q.span
+                        e.answer[q.span] = held[final][b, off + s - 1 : off + t - 1].numpy().copy()
+                self.rows_run += len(batch)
+                self.tokens_run += int(mask.sum())
+                self.slots_run += int(mask.numel())
+                bar.advance(task, len(batch))
+
+
+def _nonempty(span: tuple[int, int]) -> bool:
+    return span[1] > span[0]
+
+
+def query_activations(
+    reads: QueryReads,
+    handle: ModelHandle,
+    gens: GenerationSet,
+    *,
+    layer: int | None = None,
+    questions: Sequence[str] | None = None,
+    use_chat_template: bool = True,
+    max_length: int = 1024,
+    batch_size: int = 8,
+) -> ActivationSet:
+    """The reader's hidden state at the last token of each row's Zero-Shot Classifier query
+    (the probe read on the query, calibration-tuning's ``with_query``), as an
+    ``ActivationSet`` ``(n, 1, 1, d_model)`` float32 at ``layer`` (default ``n_layers``:
+    after the final norm). Read through ``reads``: one pass shared with the Zero-Shot
+    Classifier and LoRA + Prompt's frozen states; tokens as ``ZeroShotClassifier`` reads them
+    (same ``max_length``), so its queries and these are the same passes."""
+    layer = int(handle.n_layers if layer is None else layer)
+    items = zsc_queries(
+        handle, gens, questions, use_chat_template=use_chat_template, max_length=max_length
+    )
+    got = reads.read(handle, items, ZSC_LABELS, layers=[layer], batch_size=batch_size)
+    n = len(items)
+    return ActivationSet(
+        values=got.last[layer][:, None, None, :],
+        mask=np.ones((n, 1), dtype=bool),
+        layers=[layer],
+        tokens="last",
+        example_ids=list(gens.example_ids),
+        positions=np.array([[len(q.ids) - 1] for q in items], dtype=np.int64).reshape(n, 1),
+        meta={
+            "cache_key": stable_hash(
+                {
+                    "kind": "query_activations",
+                    "model": handle.target_id,
+                    "ids": gens.example_ids,
+                    "queries": stable_hash([list(q.ids) for q in items]),
+                    "layer": layer,
+                    "code": QUERY_READS_VERSION,
+                }
+            ),
+            "text": "query",
+            "model_name": handle.name,
+            "target_id": handle.target_id,
+            "dtype": "float32",
+        },
+    )
+
+
 Q = TypeVar("Q", bound="_QueryEstimator")
 
 
@@ -162,6 +488,7 @@ class _QueryEstimator(Estimator[GenerationSet]):
     _OBJECT_PARAMS: ClassVar[tuple[str, ...]] = ("model",)
 
     model: ModelHandle | None
+    reads: QueryReads | None
     batch_size: int
 
     def __init__(
@@ -172,12 +499,41 @@ class _QueryEstimator(Estimator[GenerationSet]):
         batch_size: int = 8,
         max_length: int = 1024,
         progress: bool = True,
+        reads: QueryReads | None = None,
     ) -> None:
         self.model = model
         self.use_chat_template = use_chat_template
         self.batch_size = batch_size
         self.max_length = max_length
         self.progress = progress
+        self.reads = reads
+
+    def _json_params(self) -> dict[str, Any]:
+        # ``reads`` is a run's shared cache (a live object like ``model``): not a setting,
+        # so it stays out of saved parameters and cache keys; a loaded estimator reads alone
+        return {k: v for k, v in super()._json_params().items() if k != "reads"}
+
+    def _probs(self, items: list[Query], texts: list[str], description: str) -> np.ndarray:
+        """Label probabilities of the queries: through the shared ``reads`` when given
+        (one pass per query for the whole run), else one batched pass of their own."""
+        if self.reads is not None:
+            return self.reads.read(
+                self._handle,
+                items,
+                self._labels(),
+                batch_size=int(self.batch_size),
+                progress=self.progress,
+                description=description,
+            ).probs
+        return batched_label_probs(
+            self._handle,
+            texts,
+            self._labels(),
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            progress=self.progress,
+            description=description,
+        )
 
     @property
     def _handle(self) -> ModelHandle:
@@ -238,13 +594,15 @@ class ZeroShotClassifier(_QueryEstimator):
         batch_size: queries per forward pass.
         max_length: longest query in tokens (longer ones keep their last tokens).
         progress: show a progress bar.
+        reads: a run's shared :class:`QueryReads` (the analyses pass theirs): queries another
+            estimator already read (the probe's features, P(True)) are not run again.
 
     ``predict_proba(gens, questions=None)``: questions default to the user turn of each
     generation's prompt (``knowlens.estimators.user_turn``).
     """
 
     def _labels(self) -> tuple[str, str]:
-        return ("i", "ii")
+        return ZSC_LABELS
 
     def predict_proba(
         self, gens: GenerationSet, questions: Sequence[str] | None = None
@@ -252,17 +610,20 @@ class ZeroShotClassifier(_QueryEstimator):
         """P(correct) = p("ii"), shape (n,)."""
         self._check_fitted()
         check_gens(gens, "ZeroShotClassifier.predict_proba")
-        texts = zsc_texts(self._handle, gens, questions, use_chat_template=self.use_chat_template)
-        probs = batched_label_probs(
-            self._handle,
-            texts,
-            self._labels(),
-            batch_size=self.batch_size,
-            max_length=self.max_length,
-            progress=self.progress,
-            description="zero-shot classifier",
+        handle = self._handle
+        texts = zsc_texts(handle, gens, questions, use_chat_template=self.use_chat_template)
+        items = (
+            []
+            if self.reads is None
+            else zsc_queries(
+                handle,
+                gens,
+                questions,
+                use_chat_template=self.use_chat_template,
+                max_length=self.max_length,
+            )
         )
-        return probs[:, 1]
+        return self._probs(items, texts, "zero-shot classifier")[:, 1]
 
 
 @register_estimator(
@@ -308,13 +669,8 @@ class PTrue(_QueryEstimator):
         check_gens(gens, "PTrue.predict_proba")
         n = len(gens)
         texts = self._texts(gens, questions, False) + self._texts(gens, questions, True)
-        probs = batched_label_probs(
-            self._handle,
-            texts,
-            self._labels(),
-            batch_size=self.batch_size,
-            max_length=self.max_length,
-            progress=self.progress,
-            description="P(True)",
+        items = (
+            [] if self.reads is None else queries(self._handle, texts, max_length=self.max_length)
         )
+        probs = self._probs(items, texts, "P(True)")
         return 0.5 * (probs[:n, 0] + probs[n:, 1])

@@ -26,6 +26,8 @@ for every one (lm-polygraph's declared statistics, lm-evaluation-harness's regis
 * ``activations(layer=, tokens=)``: the reader's hidden states of the answers (re-read with
   the reader's tokenizer, ``retokenize``) at one layer (HF ``hidden_states`` index,
   ``"last"`` = ``n_layers``, negatives count from ``n_layers``) and token selector;
+  ``text="query"``: of the Zero-Shot Classifier query of each answer instead (last token;
+  the bench reads it in the pass the query estimators share, ``QueryReads``);
 * ``samples(model=False)``: a ``SampledGenerations`` (the greedy ``GenerationSet`` plus
   ``k`` sampled answers per example from the model that answered, aligned row by row;
   the bench draws them once per run and shares them); ``model=True`` when the estimator
@@ -80,6 +82,9 @@ class Inputs:
     layer: int | Literal["last"] | None = None
     tokens: str | None = None
     model: bool = False
+    #: activations only: read on prompt + answer ("answer") or on the Zero-Shot Classifier
+    #: query of the answer ("query": last token, shared with the query estimators' reads)
+    text: Literal["answer", "query"] = "answer"
 
     def resolve_layer(self, n_layers: int) -> int:
         """The hidden-state index for a model with ``n_layers`` blocks."""
@@ -99,7 +104,8 @@ class Inputs:
     def describe(self) -> str:
         if self.source in ("generations", "samples"):
             return self.source + (" + model" if self.model else "")
-        return f"activations (layer {self.layer}, tokens {self.tokens})"
+        on = " of the query" if self.text == "query" else ""
+        return f"activations{on} (layer {self.layer}, tokens {self.tokens})"
 
 
 def generations(*, model: bool = False) -> Inputs:
@@ -115,8 +121,22 @@ def samples(*, model: bool = False) -> Inputs:
     return Inputs("samples", model=model)
 
 
-def activations(*, layer: int | Literal["last"] = "last", tokens: str = "last") -> Inputs:
-    """The estimator reads the reader's hidden states at ``layer`` under selector ``tokens``."""
+def activations(
+    *,
+    layer: int | Literal["last"] = "last",
+    tokens: str = "last",
+    text: Literal["answer", "query"] = "answer",
+) -> Inputs:
+    """The estimator reads the reader's hidden states at ``layer`` under selector ``tokens``,
+    of prompt + answer (``text="answer"``) or of the Zero-Shot Classifier query of the answer
+    (``text="query"``, ``tokens="last"`` only; ``knowlens.estimators.query_activations``)."""
+    if text not in ("answer", "query"):
+        raise KnowlensError(f"activations(text=...) must be 'answer' or 'query'; got {text!r}.")
+    if text == "query" and tokens != "last":
+        raise KnowlensError(
+            f"activations(text='query') reads the query's last token; got tokens={tokens!r}. "
+            "Use tokens='last' (or text='answer' for other selectors)."
+        )
     if not (layer == "last" or (isinstance(layer, int) and not isinstance(layer, bool))):
         raise KnowlensError(
             f"activations(layer=...) must be an int (hidden-state index) or 'last'; got {layer!r}."
@@ -125,7 +145,7 @@ def activations(*, layer: int | Literal["last"] = "last", tokens: str = "last") 
         raise KnowlensError(
             f"activations(tokens=...) must name a token selector (e.g. 'last'); got {tokens!r}."
         )
-    return Inputs("activations", layer=layer, tokens=tokens)
+    return Inputs("activations", layer=layer, tokens=tokens, text=text)
 
 
 @dataclass(frozen=True)

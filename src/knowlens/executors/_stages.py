@@ -5,9 +5,10 @@
 reproduce the local path's batches exactly, so the merged result is the same table and the
 same bytes:
 
-* generation sorts prompts longest first, ties by input order, and decodes them
-  ``batch_size`` at a time; blocks are consecutive runs of that order, a multiple of
-  ``batch_size`` long, and ``generate_examples`` re-sorts each block into the same batches;
+* generation sorts prompts longest first, ties by input order, and decodes them in windows of
+  ``generation.decode_window(batch_size)`` (continuous batching inside a window); blocks are
+  consecutive runs of that order, a multiple of the window long, and ``generate_examples``
+  re-sorts each block into the same windows;
 * sampling cuts ``sample_items``' order (the same rule) the same way; each sample's RNG is
   seeded by (seed, example id, sample index), not by its batch or worker;
 * extraction sorts each local shard's rows by the tokens they need, longest first, and runs
@@ -214,12 +215,14 @@ def generate(
     Args:
         executor: ``"local"`` / ``None`` (this process), ``"ray"`` (a local Ray instance, or the
             one already initialised), or an ``Executor`` from ``get_executor``.
-        block_size: examples per block (rounded up to a multiple of ``batch_size``; default:
+        block_size: examples per block (rounded up to a multiple of
+            ``generation.decode_window(batch_size)``, the decoder's resume window; default:
             about four blocks per worker).
         Others: as in ``knowlens.generation.generate``.
     """
     from knowlens.generation import (
         GenerationSettings,
+        decode_window,
         generation_cache_entry,
         resolve_max_new_tokens,
     )
@@ -271,7 +274,8 @@ def generate(
             {**parts, "n": len(examples)},
             numerics=ex.numerics(model),  # the workers' threads / device, not the driver's
         )
-        size = _block_size(block_size, len(examples), batch_size, _workers_hint(ex))
+        window = decode_window(batch_size)  # blocks of whole windows: the local numbers
+        size = _block_size(block_size, len(examples), window, _workers_hint(ex))
         stage = GenerationStage(model, examples, task.prompt, task.grade, settings, key, meta, size)
         gens, _ = run_stage(
             stage,
@@ -426,12 +430,13 @@ def sample(
 
     Args:
         executor: ``"local"`` / ``None``, ``"ray"`` or an ``Executor`` (see :func:`generate`).
-        block_size: examples per block (rounded up to a multiple of ``batch_size``; default:
+        block_size: examples per block (rounded up to a multiple of
+            ``generation.decode_window(batch_size)``, the decoder's resume window; default:
             about four blocks per worker).
         Others: as in ``knowlens.generation.sample``. The merged ``SampleSet`` is stored in
         the local path's entry (same key and files), so either path reuses the other's.
     """
-    from knowlens.generation import SampleSettings, sample_cache_entry
+    from knowlens.generation import SampleSettings, decode_window, sample_cache_entry
     from knowlens.generation import sample as local_sample
 
     ex = resolve_executor(executor)
@@ -470,7 +475,8 @@ def sample(
         key, meta = sample_cache_entry(
             handle, items, resolved, decode, parts, meta, numerics=ex.numerics(handle)
         )
-        size = _block_size(block_size, len(items), resolved.batch_size, _workers_hint(ex))
+        window = decode_window(resolved.batch_size)  # whole windows, as for generate
+        size = _block_size(block_size, len(items), window, _workers_hint(ex))
         stage = SampleStage(handle, items, grade_fn, resolved, decode, key, meta, size)
         smp, _ = run_stage(
             stage,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +21,7 @@ __all__ = [
     "DISPLAY",
     "METRIC_LABEL",
     "accuracy_row",
+    "activation_needs",
     "activations",
     "decided",
     "frame",
@@ -57,26 +59,90 @@ def load_split(name: str, split: str, limit: int | None, seed: int, **kwargs: An
     return load_task(name, split=split, limit=limit, seed=seed, **kwargs)
 
 
-def generations(ctx: Any, model: ModelHandle, task: Task, split: str) -> GenerationSet:
-    """Greedy answers of ``model`` on ``task`` (cached by the generation stage), recorded;
-    computed on the run's executor (``ctx.executor``: local or Ray, same rows)."""
-    from knowlens.executors import generate
+# Hidden states captured while generating, per run context (dropped with it): what
+# ``activations`` copies rows from instead of running the model again.
+_CAPTURED: dict[int, list[tuple[GenerationSet, ActivationSet]]] = {}
 
+
+def _local(ctx: Any) -> bool:
+    # the in-process executor (the only one that decodes here, so the only one to observe)
+    return getattr(getattr(ctx, "executor", None), "name", None) == "local"
+
+
+def _keep_for(ctx: Any) -> bool:
+    """Open ``_CAPTURED[id(ctx)]``, dropped when ``ctx`` is (False: it cannot be watched)."""
+    if id(ctx) not in _CAPTURED:
+        try:
+            weakref.finalize(ctx, _CAPTURED.pop, id(ctx), None)
+        except TypeError:
+            return False
+        _CAPTURED[id(ctx)] = []
+    return True
+
+
+def generations(
+    ctx: Any,
+    model: ModelHandle,
+    task: Task,
+    split: str,
+    *,
+    capture: Sequence[tuple[Any, str]] = (),
+) -> GenerationSet:
+    """Greedy answers of ``model`` on ``task`` (cached by the generation stage), recorded;
+    computed on the run's executor (``ctx.executor``: local or Ray, same rows).
+
+    ``capture``: ``(layers, tokens)`` that ``activations`` will ask of ``model`` for these
+    answers (or a subset / concatenation of them). On the local executor, when the answers
+    are not cached, their hidden states are read while generating (one pass) and later
+    ``activations`` calls copy them instead of running the model again."""
     ctx.record_task(task, split=split)
     what = f"generate {model.name} · {task.name}/{split} ({len(task.examples)})"
     with ctx.step(what, kind="generate", model=model.name):
-        gens = generate(model, task, executor=ctx.executor, cache=ctx.use_cache, progress=False)
+        if capture and _local(ctx):
+            from knowlens.activations import generate_capturing
+
+            gens, sets = generate_capturing(
+                model, task, capture, cache=ctx.use_cache, progress=False, extract_on_hit=False
+            )
+            if sets and _keep_for(ctx):
+                _CAPTURED[id(ctx)].extend((gens, a) for a in sets)
+        else:
+            from knowlens.executors._stages import generate
+
+            gens = generate(model, task, executor=ctx.executor, cache=ctx.use_cache, progress=False)
         ctx.count_cache("generations", hit=bool(gens.meta.get("cache_hit")))
     return gens
 
 
-def activations(ctx: Any, model: ModelHandle, gens: GenerationSet, **kwargs: Any) -> ActivationSet:
-    """Hidden states of ``gens`` under ``model`` (cached), on the run's executor."""
-    from knowlens.executors import extract
+def activation_needs(estimators: Sequence[str], model: ModelHandle) -> list[tuple[Any, str]]:
+    """``(layers, tokens)`` that the activation readers among ``estimators`` ask of
+    ``model`` (``EstimatorBench.inputs``), for ``generations(..., capture=)``."""
+    from knowlens.estimators import get_estimator
 
-    acts = extract(
-        model, gens, executor=ctx.executor, cache=ctx.use_cache, progress=False, **kwargs
-    )
+    out: list[tuple[Any, str]] = []
+    for name in estimators:
+        need = get_estimator(name).inputs
+        if need.source == "activations" and need.text == "answer":  # not query reads
+            req = ([need.resolve_layer(int(model.n_layers))], str(need.tokens))
+            if req not in out:
+                out.append(req)
+    return out
+
+
+def activations(ctx: Any, model: ModelHandle, gens: GenerationSet, **kwargs: Any) -> ActivationSet:
+    """Hidden states of ``gens`` under ``model`` (cached), on the run's executor; rows
+    captured while generating (``generations(..., capture=)``) are copied, not rerun."""
+    captured = _CAPTURED.get(id(ctx))
+    if captured and _local(ctx):
+        from knowlens.activations import extract_reusing
+
+        acts = extract_reusing(model, gens, captured, cache=ctx.use_cache, progress=False, **kwargs)
+    else:
+        from knowlens.executors._stages import extract
+
+        acts = extract(
+            model, gens, executor=ctx.executor, cache=ctx.use_cache, progress=False, **kwargs
+        )
     ctx.count_cache("activations", hit=bool(acts.meta.get("cache_hit")))  # in the open step
     return acts
 

@@ -179,7 +179,16 @@ class EstimatorBench:
     """Fits and scores registered estimators for one analysis run (see the module docstring).
 
     Inputs are prepared once per (reader, answers, declared input) for the whole run, so
-    two estimators that read the same activations share one extraction."""
+    two estimators that read the same activations share one extraction. Reads of query
+    texts by the frozen reader are shared the same way, through one
+    ``knowlens.estimators.QueryReads`` per run (:attr:`reads`): estimators that take
+    ``reads=`` get it (Zero-Shot Classifier, P(True), LoRA + Prompt's frozen states) and
+    activations declared ``text="query"`` (the probe) are read through it, so one forward
+    pass over a query serves all of them.
+
+    ``share_reads=False`` gives every estimator its own passes (same values to ~1e-7; the
+    benchmark's "before"); ``estimator_params`` sets constructor parameters on every
+    estimator that has them (e.g. ``{"length_window": 1}``: unbucketed LoRA batches)."""
 
     def __init__(
         self,
@@ -187,12 +196,29 @@ class EstimatorBench:
         settings: TrainSettings,
         seed: int,
         sampling: SamplingSettings | None = None,
+        *,
+        share_reads: bool = True,
+        estimator_params: dict[str, Any] | None = None,
     ) -> None:
         self.ctx = ctx
         self.settings = settings
         self.seed = seed
         self.sampling = sampling
+        self.share_reads = share_reads
+        self.estimator_params = dict(estimator_params or {})
         self._inputs: dict[tuple[Any, ...], Any] = {}
+        self._reads: Any = None
+
+    @property
+    def reads(self) -> Any:
+        """The run's shared ``QueryReads`` (a fresh private one per use when not sharing)."""
+        from knowlens.estimators import QueryReads
+
+        if not self.share_reads:
+            return QueryReads()
+        if self._reads is None:
+            self._reads = QueryReads()
+        return self._reads
 
     def inputs(self, spec: Any, reader: Any, gens: Any, answerer: Any = None) -> Any:
         """What ``spec`` reads for ``gens`` under ``reader``: the GenerationSet itself, the
@@ -205,7 +231,12 @@ class EstimatorBench:
         if need.source == "samples":
             return self.sampled(gens, answerer or self.answerer(gens, reader), who=spec.name)
         layer = need.resolve_layer(int(reader.n_layers))
-        key = (reader.target_id, gens_identity(gens), layer, need.tokens)
+        key: tuple[Any, ...] = (reader.target_id, gens_identity(gens), layer, need.tokens)
+        if need.text == "query":
+            key = ("query", *key)
+            if key not in self._inputs:
+                self._inputs[key] = self.query_activations(reader, gens, layer)
+            return self._inputs[key]
         if key not in self._inputs:
             from knowlens.estimators import retokenize
             from knowlens.experiments._common import activations
@@ -215,6 +246,26 @@ class EstimatorBench:
                 self.ctx, reader, view, layers=[layer], tokens=need.tokens
             )
         return self._inputs[key]
+
+    def query_activations(self, reader: Any, gens: Any, layer: int) -> Any:
+        """The reader's last-token states of the answers' Zero-Shot Classifier queries
+        (``knowlens.estimators.query_activations``), read through the run's shared reads and
+        cached across runs under ``query_activations/`` (a warm rerun runs no model)."""
+        from knowlens.estimators import QUERY_READS_VERSION, query_activations
+
+        key = {
+            "reader": reader.target_id,
+            "gens": gens_identity(gens),
+            "layer": layer,
+            "code": QUERY_READS_VERSION,
+        }
+        return self.ctx.cached(
+            "query_activations",
+            key,
+            lambda: query_activations(self.reads, reader, gens, layer=layer),
+            _save_activations,
+            _load_activations,
+        )
 
     def sampling_settings(self, who: str) -> SamplingSettings:
         if self.sampling is None:
@@ -282,7 +333,11 @@ class EstimatorBench:
         spec = get_estimator(name)
         if spec.train_limit is not None:
             train = _cap(train, getattr(self.settings, spec.train_limit), self.seed)
-        est = spec.make(model=reader, settings=self.settings, seed=self.seed)
+        shared = {"reads": self.reads} if "reads" in spec.cls._param_names() else {}
+        est = spec.make(model=reader, settings=self.settings, seed=self.seed, **shared)
+        own = {k: v for k, v in self.estimator_params.items() if k in est.get_params()}
+        if own:
+            est.set_params(**own)
         if "cache" in est.get_params():  # its own cache use (EigenScore's states) obeys --no-cache
             est.set_params(cache=self.ctx.use_cache)
         what = f"train {spec.name} · {reader.name} on {len(train)} answers"
@@ -303,7 +358,7 @@ class EstimatorBench:
         key: dict[str, Any] = {
             "estimator": fitted.key,
             "reader": fitted.reader.target_id,
-            "inputs": asdict(fitted.spec.inputs),
+            "inputs": _inputs_key(fitted.spec.inputs),
             "gens": gens_identity(gens),
             "code": SCORES_VERSION,
         }
@@ -316,3 +371,39 @@ class EstimatorBench:
         with self.ctx.step(what, kind="score", model=fitted.reader.name):
             df = self.ctx.cached_frame("estimator_scores", key, compute)
         return df["p"].to_numpy(dtype=float)
+
+
+def _inputs_key(inputs: Any) -> dict[str, Any]:
+    """A registry ``Inputs`` in score keys (``text="answer"``, the default, left out: the keys
+    of scores cached before the field existed stay valid)."""
+    out = asdict(inputs)
+    if out.get("text") == "answer":
+        del out["text"]
+    return out
+
+
+def _save_activations(acts: Any, d: Any) -> None:
+    import json
+
+    np.save(d / "values.npy", np.ascontiguousarray(acts.values))
+    np.save(d / "mask.npy", acts.mask)
+    np.save(d / "positions.npy", acts.positions)
+    fields = {"layers": acts.layers, "tokens": acts.tokens, "example_ids": acts.example_ids}
+    (d / "activations.json").write_text(json.dumps({**fields, "meta": acts.meta}, default=str))
+
+
+def _load_activations(d: Any) -> Any:
+    import json
+
+    from knowlens._types import ActivationSet
+
+    rec = json.loads((d / "activations.json").read_text())
+    return ActivationSet(
+        values=np.load(d / "values.npy"),
+        mask=np.load(d / "mask.npy"),
+        layers=list(rec["layers"]),
+        tokens=rec["tokens"],
+        example_ids=list(rec["example_ids"]),
+        positions=np.load(d / "positions.npy"),
+        meta=dict(rec["meta"]) | {"cache_hit": True},
+    )

@@ -24,6 +24,7 @@ from knowlens.config import AnalysisConfig, Section
 from knowlens.experiments._common import (
     METRIC_LABEL,
     accuracy_row,
+    activation_needs,
     decided,
     frame,
     generations,
@@ -107,11 +108,12 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     acc_rows: list[dict[str, Any]] = []
     for spec in specs:
         model = ctx.load_model(spec)
+        needs = activation_needs(cfg.estimators, model)  # its own answers: read while generating
         for split, store in (("train", train), ("test", test)):
             parts = []
             for name in cfg.tasks:
                 task = load_split(name, split, cfg.limit, cfg.seed)
-                g = decided(generations(ctx, model, task, split))
+                g = decided(generations(ctx, model, task, split, capture=needs))
                 acc_rows.append(accuracy_row(spec, task, split, g))
                 parts.append(g)
             store[spec] = concat(parts)

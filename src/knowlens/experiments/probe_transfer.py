@@ -10,7 +10,22 @@ or fixed in the config. Every probe is scored on every dataset's test split:
 The baseline (default: mean log-probability of the exact-answer tokens) is named in the
 figure. Tables: ``probe_transfer`` (metric ``auroc_minus_baseline``, and for each of
 ``metrics``, default AUROC, ECE and PRR, the probe's ``m`` and the baseline's
-``baseline_m``, each with a bootstrap 95% CI), ``layers`` (the sweep), ``accuracy``.
+``baseline_m``, each with a bootstrap 95% CI), ``layers`` (the sweep), ``accuracy``,
+``scores`` (per answer of every cell: label, the probe's P(correct), the logit baseline's
+and each further baseline's; columns ``SCORE_COLUMNS``, ``role`` = probe / baseline (the
+logit one the difference subtracts) / extra, ``scorer`` = the name the main table gives it),
+so every cell can be recomputed and the seed claim bootstrapped over answers.
+
+Further baselines (``baselines:``, registered estimator names as ``topic_calibration``'s
+``estimators:``, e.g. ``[max_entropy, mc_entropy, semantic_entropy, mahalanobis,
+verbalized]``) go beside the logit baseline: each is fitted, like the probe, on the train
+dataset's training split (through the one estimator cache; an estimator that learns
+nothing just scores) and scored on every test split, giving ``baseline_m`` rows whose
+``baseline`` column names it (its display name). Every row of one test split is
+bootstrapped on the same resamples, so probe and baselines are compared on equal terms.
+Sample estimators draw their answers with the ``sampling:`` settings, learned ones train
+with ``train:`` (``SamplingSettings`` / ``TrainSettings``, as in the other analyses).
+``layer`` / ``position`` name the cell's probe on every row.
 """
 
 from __future__ import annotations
@@ -23,7 +38,7 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from knowlens.config import AnalysisConfig, Section
-from knowlens.errors import ConfigError
+from knowlens.errors import ConfigError, DataError
 from knowlens.experiments._common import (
     METRIC_LABEL,
     accuracy_row,
@@ -38,21 +53,31 @@ from knowlens.experiments._common import (
     require_models,
     short_model,
 )
+from knowlens.experiments._estimators import (
+    ESTIMATORS_HELP,
+    EstimatorBench,
+    SamplingSettings,
+    TrainSettings,
+    display_name,
+    known_estimators,
+)
 
 __all__ = [
     "CODE_VERSION",
     "COLUMNS",
+    "SCORE_COLUMNS",
     "STAT_LABEL",
     "Config",
     "Statistic",
     "baseline_label",
+    "baseline_summary",
     "figures",
     "headline",
     "report_sections",
     "run",
 ]
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: scores table (cached results without it are recomputed)
 COLUMNS = [
     "analysis",
     "model",
@@ -68,6 +93,19 @@ COLUMNS = [
     "ci_high",
     "n",
     "n_correct",
+]
+#: the ``scores`` table: one row per (cell, scorer, test answer)
+SCORE_COLUMNS = [
+    "model",
+    "train_task",
+    "test_task",
+    "layer",
+    "position",
+    "role",
+    "scorer",
+    "example_id",
+    "correct",
+    "p",
 ]
 
 Statistic = Literal[
@@ -139,6 +177,23 @@ class Config(AnalysisConfig):
         min_length=1,
         description="Metrics of the probe and of the baseline (with CIs); must include auroc.",
     )
+    baselines: list[str] = Field(
+        default_factory=list,
+        description="Further baselines beside the logit one: " + ESTIMATORS_HELP,
+    )
+    train: TrainSettings = Field(
+        default_factory=TrainSettings,
+        description="Training settings of learned baselines (as topic_calibration's train:).",
+    )
+    sampling: SamplingSettings = Field(
+        default_factory=SamplingSettings,
+        description="How sample baselines' answers are drawn (k, temperature, ...).",
+    )
+
+    @field_validator("baselines")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        return known_estimators(v)
 
     @field_validator("metrics")
     @classmethod
@@ -224,7 +279,9 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     rows: list[dict[str, Any]] = []
     sweep_rows: list[dict[str, Any]] = []
     acc_rows: list[dict[str, Any]] = []
+    score_parts: list[pd.DataFrame] = []
     baseline = LogitBaseline(statistic=cfg.baseline, span=cfg.baseline_span)
+    bench = EstimatorBench(ctx, cfg.train, cfg.seed, cfg.sampling)
     for spec in require_models(cfg):
         model = ctx.load_model(spec)
         layers = _candidate_layers(cfg, model.n_layers)
@@ -233,7 +290,9 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
             data[name] = {}
             for split in ("train", "test"):
                 task = load_split(name, split, cfg.limit, cfg.seed)
-                gens = decided(generations(ctx, model, task, split))
+                # hidden states read while generating (one pass) when both are uncached
+                needs = [(layers, tok) for tok in cfg.tokens]
+                gens = decided(generations(ctx, model, task, split, capture=needs))
                 acc_rows.append(accuracy_row(spec, task, split, gens))
                 acts = {}
                 for tok in cfg.tokens:
@@ -285,6 +344,9 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
                 probe = LogisticProbe(layer=best_layer, max_iter=cfg.max_iter)
                 probes[name], _ = fit_recorded(ctx, probe, acts[best_tok], gens)
 
+        fitted = _fit_baselines(cfg, ctx, bench, spec, model, data)
+        scored: dict[tuple[str, str], np.ndarray] = {}
+
         for j, test_name in enumerate(cfg.tasks):
             gens, acts = data[test_name]["test"]
             y = gens.correct
@@ -324,6 +386,25 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
                     )
                 for c in cells:
                     rows.append({**key, "layer": layer, "position": tok, **c})
+                cell = (spec, train_name, test_name, layer, tok, gens.example_ids, y)
+                score_parts.append(_scores(*cell, "probe", key["estimator"], p))
+                score_parts.append(_scores(*cell, "baseline", key["baseline"], base))
+                for b in cfg.baselines:  # after the primary's rows: old tables unchanged
+                    fb = fitted[b, train_name]
+                    if fb is None or not len(gens):
+                        pb = np.full(len(y), np.nan)
+                    else:  # a fit that learns nothing has one key for every train task
+                        if (fb.key, test_name) not in scored:
+                            scored[fb.key, test_name] = bench.score(fb, gens)
+                        pb = scored[fb.key, test_name]
+                    score_parts.append(_scores(*cell, "extra", display_name(b), pb))
+                    for m in cfg.metrics:
+                        c = metric_cell(m, y, pb, n_boot=cfg.n_bootstrap, seed=seed)
+                        rows.append(
+                            {**key, "baseline": display_name(b), "layer": layer, "position": tok}
+                            | c
+                            | {"metric": f"baseline_{m}"}
+                        )
     return {
         "probe_transfer": frame(rows, COLUMNS),
         "layers": frame(
@@ -332,7 +413,63 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
         ),
         "accuracy": frame(acc_rows, ["model", "task", "split", "n", "n_correct", "accuracy"]),
         "settings": pd.DataFrame([{"min_n": cfg.min_n}]),
+        "scores": pd.concat(score_parts, ignore_index=True)
+        if score_parts
+        else frame([], SCORE_COLUMNS),
     }
+
+
+def _scores(
+    model: str,
+    train_task: str,
+    test_task: str,
+    layer: int,
+    position: str,
+    example_ids: list[str],
+    y: np.ndarray,
+    role: str,
+    scorer: str,
+    p: np.ndarray,
+) -> pd.DataFrame:
+    """One scorer's P(correct) on one cell's test answers (rows of the ``scores`` table)."""
+    n = len(example_ids)
+    return pd.DataFrame(
+        {
+            "model": [model] * n,
+            "train_task": [train_task] * n,
+            "test_task": [test_task] * n,
+            "layer": np.full(n, layer, dtype=np.int64),
+            "position": [position] * n,
+            "role": [role] * n,
+            "scorer": [scorer] * n,
+            "example_id": list(example_ids),
+            "correct": np.asarray(y, dtype=float),
+            "p": np.asarray(p, dtype=float),
+        },
+        columns=SCORE_COLUMNS,
+    )
+
+
+def _fit_baselines(
+    cfg: Config, ctx: Any, bench: EstimatorBench, spec: str, model: Any, data: dict[str, Any]
+) -> dict[tuple[str, str], Any]:
+    """Each of ``cfg.baselines`` fitted on each train dataset's training split (the probe's
+    examples); None (rows n/a, noted) where the split cannot fit it, e.g. one class for a
+    calibrated estimator; one that learns nothing fits anyway and scores."""
+    out: dict[tuple[str, str], Any] = {}
+    if not cfg.baselines:
+        return out
+    for b in ctx.track(cfg.baselines, f"{short_model(spec)}: baselines"):
+        for name in cfg.tasks:
+            gens = data[name]["train"][0]
+            try:
+                if not len(gens):
+                    raise DataError("the train split has no graded answers")
+                out[b, name] = bench.fit(b, model, gens)
+            except DataError as e:
+                ctx.note(f"{spec}:{name}:{b}", f"baseline not fitted: {e} (its rows are n/a)")
+                out[b, name] = None
+    return out
 
 
 def _matrix(t: pd.DataFrame, model: str, metric: str, col: str = "value") -> pd.DataFrame:
@@ -350,6 +487,30 @@ def _matrix(t: pd.DataFrame, model: str, metric: str, col: str = "value") -> pd.
     )
 
 
+def _primary(t: pd.DataFrame, model: str) -> str:
+    """The logit baseline the difference matrix subtracts (``baseline``/``baseline_span``)."""
+    sub = t[(t["model"] == model) & (t["metric"] == "auroc_minus_baseline")]
+    return str((sub if len(sub) else t[t["model"] == model])["baseline"].iloc[0])
+
+
+def baseline_summary(t: pd.DataFrame, model: str) -> dict[str, dict[str, tuple[float, ...]]]:
+    """Per scorer (the probe, then each baseline in table order) and metric: the mean over
+    the matrix cells of the value and of the two bootstrap bounds."""
+    sub = t[t["model"] == model]
+    probe = sub[
+        ~sub["metric"].str.startswith("baseline_") & (sub["metric"] != "auroc_minus_baseline")
+    ]
+    base = sub[sub["metric"].str.startswith("baseline_")]
+    groups = [(str(probe["estimator"].iloc[0]), probe)] if len(probe) else []
+    groups += [(str(b), g) for b, g in base.groupby("baseline", sort=False)]
+    out: dict[str, dict[str, tuple[float, ...]]] = {}
+    for label, g in groups:
+        g = g.assign(metric=g["metric"].str.removeprefix("baseline_"))
+        mean = g.groupby("metric", sort=False)[["value", "ci_low", "ci_high"]].mean()
+        out[label] = {str(m): tuple(float(x) for x in r) for m, r in mean.iterrows()}
+    return out
+
+
 def figures(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
@@ -360,7 +521,7 @@ def figures(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
     min_n = min_n_of(tables)
     for model in dict.fromkeys(t["model"]):
         m = short_model(model)
-        baseline = str(t[t["model"] == model]["baseline"].iloc[0])
+        baseline = _primary(t, model)
         diff = _matrix(t, model, "auroc_minus_baseline")
         n = _matrix(t, model, "auroc_minus_baseline", "n")
         # Hatch only real cells with few test examples; a row whose probe could not be
@@ -401,6 +562,8 @@ def figures(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
         )
         paths += plots.save_figure(fig, out_dir, f"probe_transfer_raw_{m}")
 
+        paths += _baselines_figure(t, model, out_dir, min_n)
+
         lay = tables.get("layers")
         if lay is not None and len(lay[lay["model"] == model]):
             sub = lay[lay["model"] == model].copy()
@@ -427,6 +590,46 @@ def figures(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
     return paths
 
 
+def _baselines_figure(t: pd.DataFrame, model: str, out_dir: Path, min_n: int) -> list[Path]:
+    """In-domain AUROC (train = test dataset) of the probe and of every baseline, per test
+    dataset; drawn only when the config lists further baselines."""
+    import matplotlib.pyplot as plt
+
+    from knowlens import plots
+
+    sub = t[(t["model"] == model) & (t["train_task"] == t["test_task"])]
+    base = sub[sub["metric"] == "baseline_auroc"]
+    if base["baseline"].nunique() < 2:
+        return []
+    probe = sub[sub["metric"] == "auroc"]
+    cells = pd.concat(
+        [probe.assign(scorer=probe["estimator"]), base.assign(scorer=base["baseline"])]
+    )
+    order = list(dict.fromkeys(t.loc[t["model"] == model, "test_task"]))
+    mat = plots.pivot(cells, index="scorer", columns="test_task", column_order=order)
+    n = plots.pivot(cells, index="scorer", columns="test_task", value="n", column_order=order)
+    lo = plots.pivot(cells, index="scorer", columns="test_task", value="ci_low", column_order=order)
+    hi = plots.pivot(
+        cells, index="scorer", columns="test_task", value="ci_high", column_order=order
+    )
+    m = short_model(model)
+    fig, ax = plt.subplots(figsize=plots.heatmap_size(mat, cell=0.85))
+    plots.heatmap(
+        ax,
+        mat,
+        fmt=".2f",
+        ci_low=lo,
+        ci_high=hi,
+        cbar_label="AUROC",
+        xlabel="Dataset (trained and tested on)",
+        ylabel="Scorer",
+        title=f"{m}: in-domain AUROC, probe and baselines",
+        hatch_mask=(n < min_n) & mat.notna(),
+        hatch_label=f"n < {min_n} test examples",
+    )
+    return plots.save_figure(fig, out_dir, f"probe_baselines_{m}")
+
+
 def headline(t: pd.DataFrame, model: str) -> dict[str, float]:
     """Diagonal vs off-diagonal mean of the difference matrix."""
     d = _matrix(t, model, "auroc_minus_baseline").to_numpy(dtype=float)
@@ -443,7 +646,7 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
     for model in dict.fromkeys(t["model"]):
         m = short_model(model)
         h = headline(t, model)
-        base = str(t[t["model"] == model]["baseline"].iloc[0])
+        base = _primary(t, model)
         lay = tables.get("layers")
         chosen = {}
         if lay is not None and "chosen" in lay:
@@ -459,9 +662,15 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
                 continue
             sub = t[t["model"] == model]
             probe_v = sub.loc[sub["metric"] == met, "value"].mean()
-            base_v = sub.loc[sub["metric"] == f"baseline_{met}", "value"].mean()
+            prim = sub["baseline"] == base  # the logit baseline's; the others are listed below
+            base_v = sub.loc[prim & (sub["metric"] == f"baseline_{met}"), "value"].mean()
             keys[f"{METRIC_LABEL.get(met, met)} (mean over cells)"] = (
                 f"probe {probe_v:.3f}, baseline {base_v:.3f}"
+            )
+        for label, mets in baseline_summary(t, model).items():
+            keys[f"{label} (mean over cells)"] = " · ".join(
+                f"{METRIC_LABEL.get(k, k)} {v:.3f} [{lo:.3f}, {hi:.3f}]"
+                for k, (v, lo, hi) in mets.items()
             )
         keys.update({f"chosen layer · {k}": v for k, v in chosen.items()})
         out.append(
@@ -474,7 +683,13 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
                     "split; red = the probe beats the baseline. Diagonal cells are outlined. "
                     "The table also gives the probe's and the baseline's metrics (default "
                     "AUROC, ECE and PRR, the prediction-rejection ratio: 1 = oracle ranking, "
-                    "0 = random), each with a bootstrap 95% interval."
+                    "0 = random), each with a bootstrap 95% interval; the summary lines give, for "
+                    "the probe and each baseline, the mean over the cells of each metric and of "
+                    "its interval bounds. Further baselines (config 'baselines') are registered "
+                    "estimators fitted on the train dataset's training split and scored on the "
+                    "test split; their rows (baseline_<metric>) name them in column 'baseline', "
+                    "and all rows of a test split share the bootstrap resamples. Table scores "
+                    "(CSV) holds every scorer's P(correct) per test answer of every cell."
                 ),
                 figures=[f for f in figs if f.suffix == ".png" and f.stem.endswith(f"_{m}")],
                 key_numbers=keys,

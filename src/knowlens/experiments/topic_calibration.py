@@ -44,6 +44,7 @@ from knowlens.config import AnalysisConfig, Section
 from knowlens.experiments._common import (
     METRIC_LABEL,
     accuracy_row,
+    activation_needs,
     decided,
     frame,
     generations,
@@ -188,16 +189,17 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     kw = {} if cfg.eval_k_shot is None else {"k_shot": cfg.eval_k_shot}
     for spec in require_models(cfg):
         model = ctx.load_model(spec)
+        needs = activation_needs(cfg.estimators, model)  # read while generating (one pass)
         parts = []
         for task in _train_split(cfg, kw):
-            g = decided(generations(ctx, model, task, "train"))
+            g = decided(generations(ctx, model, task, "train", capture=needs))
             acc_rows.append(accuracy_row(spec, task, "train", g))
             parts.append(g)
         train = concat(parts)
         require_labels(train.correct, f"topic_calibration ({spec})")
 
         task = load_split(cfg.eval_task, "test", cfg.eval_limit or cfg.limit, cfg.seed, **kw)
-        ev = decided(generations(ctx, model, task, "test"))
+        ev = decided(generations(ctx, model, task, "test", capture=needs))
         acc_rows.append(accuracy_row(spec, task, "test", ev))
         topics = np.array([r.topic or "(none)" for r in ev.rows])
         y = ev.correct

@@ -1,0 +1,802 @@
+"""Hidden states captured while generating: the answers and their activations in one pass.
+
+    gens, acts = kl.generate(model, task, layers="all", tokens="exact_answer")
+    gens = kl.generate(model, task)                  # no layers: generation only, as before
+
+The decoder tells a ``DecodeObserver`` about every forward (``generation.DecodeObserver``):
+each prompt token is consumed by its prefill, answer token ``t`` by the decode step after it
+was chosen (a length-capped row's last token by one extra forward). ``HiddenStateCapture``
+reads those forwards through the same hook points as ``extract`` (``Trace`` on
+``hook_points``: block inputs / outputs, the final norm for ``n_layers``), keeps per row only
+the positions a selector can still need (``last_prompt``: the last prompt token; ``last`` and
+the exact-answer selectors: the last prompt token and the answer; ``all``: the first
+``max_positions``), and once ``generate_examples`` has graded the row (so its exact-answer
+span is known) selects with ``extract``'s own ``selected_positions``, writes the row to a
+spool and frees its states. Memory holds the rows in flight only; the spool is a memmap under
+the cache (an array with ``cache=False``).
+
+When the decode is done the spool becomes exactly the entry ``extract`` would write for these
+generations: same ``plan_extraction`` (key, shape, shards, manifest), same ``ShardStore``
+publish, same dtype rules (``auto``: float16 unless a hooked value exceeds +-65504, checked over
+every consumed position as ``extract`` checks its batches; then float32 and the model is
+remembered; explicit ``float16`` clamps and records ``fp16_overflow_max``). Either path reuses
+the other's entries: an existing generation entry means no decode, so ``extract`` runs (a cache
+hit if it ran before); rows reused from a resume record had no forward and are teacher-forced
+by ``extract_batch``.
+
+Parity with a separate teacher-forced ``extract`` (float32 storage; KV-cached incremental
+attention over left-padded batches is not bit-identical to one right-padded full pass).
+Measured by ``benchmarks/generate_extract.py --parity`` on 24 ``capitals`` answers as
+max |captured - extract| divided by the largest |value| of that layer, worst layer of
+``layers="all"`` (tests hold tiny < 1e-6, embedded < 2e-5)::
+
+    selector              tiny Llama (4 layers)   SmolLM2-135M   Gemma 3 270M
+    last_prompt           1.5e-7                  5.6e-7         1.5e-6
+    last                  1.7e-7                  1.1e-6         9.8e-7
+    exact_answer          1.3e-7                  2.5e-6         8.3e-7
+    exact_answer_first    2.0e-7                  1.2e-6         2.0e-6
+    exact_answer_mean     1.8e-7                  1.1e-6         8.8e-7
+    all                   2.7e-7                  1.4e-6         1.6e-6
+
+In float16 storage (``auto``'s usual choice) the paths differ by at most 1 ulp, where a value
+sits on a rounding boundary.
+
+``extract_reusing`` builds the entry of another view of captured rows (a subset, rows renamed
+by ``concat``) by copying them, so analyses that pass the joint path's output on do not run
+the model again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias, overload
+
+import numpy as np
+import torch
+
+from knowlens._cache import _tmp_name, cache_root, entry_lock
+from knowlens._types import ActivationSet, GenerationSet
+from knowlens.activations._api import (
+    ExtractionPlan,
+    _check_common,
+    _result,
+    _warn_overflow,
+    check_extract_inputs,
+    extract,
+    items_from_generations,
+    plan_extraction,
+    remember_float16_overflow,
+    resolve_dtype,
+)
+from knowlens.activations._extract import (
+    DTYPES,
+    FP16_MAX,
+    SELECTORS,
+    ExtractItem,
+    ExtractSpec,
+    Float16Overflow,
+    check_dtype,
+    check_tokens,
+    extract_batch,
+    hook_points,
+    plan_positions,
+    resolve_layers,
+    selected_positions,
+)
+from knowlens.activations._hooks import Trace
+from knowlens.activations._store import ShardStore
+from knowlens.errors import KnowlensError
+
+if TYPE_CHECKING:
+    from knowlens._types import Generation
+    from knowlens.models import ModelHandle
+    from knowlens.tasks import TaskLike
+
+__all__ = [
+    "CaptureRequest",
+    "HiddenStateCapture",
+    "extract_reusing",
+    "generate",
+    "generate_capturing",
+    "generate_with_activations",
+]
+
+Layers: TypeAlias = str | int | Sequence[int]
+_ANSWER_SELECTORS = frozenset(SELECTORS) - {"last_prompt", "all"}
+_CHUNK_BYTES = 64 * 2**20  # spool -> entry copies move about this much at a time
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    """One ``extract`` to answer from the decode: resolved layers, selector, ``all``'s cap."""
+
+    layers: tuple[int, ...]
+    tokens: str
+    max_positions: int = 512
+
+
+class HiddenStateCapture:
+    """A ``DecodeObserver`` that keeps the requested hidden states of every decoded row.
+
+    Args:
+        model: the ``ModelHandle`` that decodes.
+        requests: what to keep (several selectors / layer sets share one decode).
+        prompt_lens: prompt tokens of row ``r`` (the decoder's row numbers).
+        outputs: one array per request, ``(rows, len(layers), K, d_model)``, written at
+            ``rows_done`` (positions past a row's own count stay as they are: zeros).
+        track_range: keep the largest |value| of every hooked tensor (``max_abs``) over the
+            consumed positions, as ``extract`` checks its batches for float16.
+
+    Use ``with capture.hooks(): generate(..., observer=capture)``; ``captured[r]`` tells
+    which rows were handed over (a resumed batch's rows were not decoded).
+    """
+
+    def __init__(
+        self,
+        model: ModelHandle,
+        requests: Sequence[CaptureRequest],
+        prompt_lens: Sequence[int],
+        outputs: Sequence[np.ndarray],
+        *,
+        track_range: bool = False,
+    ) -> None:
+        self.requests, self.outputs = list(requests), list(outputs)
+        self.prompt_lens = [int(p) for p in prompt_lens]
+        union = sorted({layer for r in self.requests for layer in r.layers})
+        self.points = hook_points(model, union)
+        col = {layer: j for j, layer in enumerate(union)}
+        self._cols: list[list[int] | None] = [
+            None if list(r.layers) == union else [col[layer] for layer in r.layers]
+            for r in self.requests
+        ]  # None: all of them, no gather
+        self._all_below = max((r.max_positions for r in requests if r.tokens == "all"), default=0)
+        self._answer = any(r.tokens in _ANSWER_SELECTORS for r in requests)
+        self._last_prompt = any(r.tokens == "last_prompt" for r in requests)
+        self._buf: list[torch.Tensor | None] = [None] * len(self.points)
+        self._consumed: dict[int, int] = {}
+        self._pieces: dict[int, list[tuple[np.ndarray, torch.Tensor]]] = {}
+        self._track = track_range
+        self._max: torch.Tensor | None = None
+        self.captured = np.zeros(len(self.prompt_lens), dtype=bool)
+        self.seconds = 0.0  # spent in the observer's own calls (the capture's overhead)
+
+    # -- hooks ------------------------------------------------------------------------------
+    def hooks(self) -> Trace:
+        """The hooks to hold installed around the decode (always removed on exit)."""
+        return Trace(self.points, self._on_output)
+
+    def _on_output(self, i: int, h: torch.Tensor) -> None:
+        # Read at forward_done, right after this forward returns: HF blocks and norms return
+        # fresh tensors (the parity tests would see an in-place change). A forward that no
+        # forward_done follows (e.g. a judge model call while grading) is overwritten.
+        self._buf[i] = h
+
+    @property
+    def max_abs(self) -> float:
+        return 0.0 if self._max is None else float(self._max)
+
+    def _keep(self, row: int, pos: np.ndarray) -> np.ndarray:
+        p = self.prompt_lens[row]
+        keep = pos < self._all_below
+        if self._answer:
+            keep |= pos >= p - 1
+        elif self._last_prompt:
+            keep |= pos == p - 1
+        return keep
+
+    # -- DecodeObserver ---------------------------------------------------------------------
+    def forward_done(self, rows: Sequence[int], mask: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        hs, self._buf = self._buf, [None] * len(self.points)
+        rows = [int(r) for r in rows]
+        shape = (len(rows), int(mask.shape[1]))
+        if any(h is None or tuple(h.shape[:2]) != shape for h in hs):
+            raise RuntimeError(
+                "HiddenStateCapture: a forward_done without matching hook outputs; install "
+                "the hooks around the decode (`with capture.hooks(): ...`)"
+            )
+        states = [h for h in hs if h is not None]
+        m = mask.to(torch.bool)
+        if self._track:  # max |x| per position first: no full-size temporaries
+            dense = bool(m.all())
+            peaks = []
+            for h in states:
+                a = torch.maximum(h.amax(-1), -h.amin(-1))
+                peaks.append(a.amax() if dense else a[m].amax())
+            peak = torch.stack(peaks).amax().float()
+            self._max = peak if self._max is None else torch.maximum(self._max, peak)
+        m_np = m.cpu().numpy()
+        ents: list[int] = []
+        cols: list[int] = []
+        owners: list[tuple[int, np.ndarray]] = []
+        for i, r in enumerate(rows):
+            where = np.flatnonzero(m_np[i])
+            start = self._consumed.get(r, 0)
+            if start == 0 and len(where) != self.prompt_lens[r]:
+                raise RuntimeError(
+                    f"HiddenStateCapture: row {r}'s first forward fed {len(where)} tokens, its "
+                    f"prompt has {self.prompt_lens[r]} (the decoder must prefill whole prompts)"
+                )
+            pos = start + np.arange(len(where))
+            self._consumed[r] = start + len(where)
+            keep = self._keep(r, pos)
+            if keep.any():
+                ents.extend([i] * int(keep.sum()))
+                cols.extend(where[keep].tolist())
+                owners.append((r, pos[keep]))
+        if owners:
+            dev, width = states[0].device, int(mask.shape[1])
+            flat = torch.tensor(
+                [e * width + c for e, c in zip(ents, cols, strict=True)], device=dev
+            )
+            kept = torch.stack(  # (k, layers, d); index_select beats advanced indexing on CPU
+                [h.reshape(-1, h.shape[-1]).index_select(0, flat) for h in states], dim=1
+            )
+            at = 0
+            for r, pos in owners:  # views of one small tensor per forward, no copies
+                self._pieces.setdefault(r, []).append((pos, kept[at : at + len(pos)]))
+                at += len(pos)
+        self.seconds += time.perf_counter() - t0
+
+    def rows_done(self, rows: Sequence[int], gens: Sequence[Generation]) -> None:
+        t0 = time.perf_counter()
+        for r, g in zip(rows, gens, strict=True):
+            r = int(r)
+            pieces = self._pieces.pop(r, [])
+            consumed = self._consumed.pop(r, 0)
+            item = items_from_generations([g])[0]
+            if consumed != len(item.ids) or not pieces:
+                raise RuntimeError(
+                    f"HiddenStateCapture: row {r} ({g.example_id}) consumed {consumed} tokens, "
+                    f"its prompt + answer has {len(item.ids)}"
+                )
+            pos = np.concatenate([p for p, _ in pieces])
+            states = torch.cat([t for _, t in pieces])  # (kept positions, union layers, d)
+            for j, req in enumerate(self.requests):
+                self._write(j, r, item, req, pos, states)
+            self.captured[r] = True
+        self.seconds += time.perf_counter() - t0
+
+    def _write(
+        self,
+        j: int,
+        r: int,
+        item: ExtractItem,
+        req: CaptureRequest,
+        pos: np.ndarray,
+        states: torch.Tensor,
+    ) -> None:
+        sel, _ = selected_positions(item, req.tokens, req.max_positions)
+        idx = np.searchsorted(pos, sel)
+        if (idx >= len(pos)).any() or (pos[np.minimum(idx, len(pos) - 1)] != sel).any():
+            raise RuntimeError(f"HiddenStateCapture: row {r} lacks positions {sel}")
+        h = states.index_select(0, torch.as_tensor(idx, device=states.device))  # (s, L, d)
+        if self._cols[j] is not None:
+            h = h[:, self._cols[j]]
+        if req.tokens == "exact_answer_mean":  # extract's weighted sum in float32
+            w = torch.full((1, len(sel)), 1.0 / len(sel), device=h.device)
+            h = (w @ h.float().flatten(1)).view(1, *h.shape[1:])
+        elif req.tokens != "all":
+            h = h[-1:]
+        out = self.outputs[j]
+        v = h.transpose(0, 1)  # (L, positions, d)
+        if out.dtype == np.float16:
+            v = v.float().clamp(-FP16_MAX, FP16_MAX)
+        out[r, :, : v.shape[1]] = v.to(device="cpu", dtype=DTYPES[out.dtype.name][1]).numpy()
+
+
+# -- publishing an entry exactly as extract does ----------------------------------------------
+def _publish(
+    model: ModelHandle,
+    plan: ExtractionPlan,
+    fill: Callable[[np.ndarray], None],
+    extras: dict[str, Any],
+    *,
+    cache: bool,
+    watch: bool,
+) -> ActivationSet | None:
+    """``fill`` the plan's values and publish them as ``extract``'s entry (or return the
+    verified entry that is already there). None: a clamped float16 entry exists and
+    ``auto`` must not be served it (the caller switches to float32, as ``extract`` does)."""
+    manifest = {**plan.manifest, **extras}
+    np_dtype = DTYPES[plan.spec.dtype][0]
+    if not cache:
+        values = np.zeros(plan.shape, dtype=np_dtype)
+        fill(values)
+        return _result(values, plan.mask, plan.positions, manifest, cache_hit=False, path=None)
+    with entry_lock("activations", plan.key):
+        store = ShardStore(plan.key, plan.shape, np_dtype, plan.plan_hash)
+        hit = store.cached()
+        if hit is not None:
+            values, mask_, pos_, man = hit
+            if watch and float(man.get("fp16_overflow_max") or 0.0) > 0:
+                return None
+            store.discard()
+            return _result(values, mask_, pos_, man, cache_hit=True, path=str(store.final))
+        mm, _ = store.open()  # every row is written below: no shard record is needed
+        fill(mm)
+        mm.flush()
+        del mm
+        manifest.update(shards=len(plan.shards), shards_reused=0)
+        store.finish(plan.mask, plan.positions, manifest)
+        values, mask_, pos_, man = store.load(deep=False)
+    return _result(values, mask_, pos_, man, cache_hit=False, path=str(store.final))
+
+
+def _copy_rows(target: np.ndarray, source: np.ndarray) -> None:
+    """``target[:] = source[:, :, :K]`` (cast) a bounded number of rows at a time."""
+    n, k = target.shape[0], target.shape[2]
+    step = max(1, _CHUNK_BYTES // max(1, source[:1].nbytes))
+    for s in range(0, n, step):
+        target[s : s + step] = source[s : s + step, :, :k]
+
+
+def _assemble(
+    model: ModelHandle,
+    gens: GenerationSet,
+    req: CaptureRequest,
+    spool: np.ndarray,
+    capture: HiddenStateCapture,
+    *,
+    dtype: str,
+    extract_batch_size: int,
+    shard_size: int | None,
+    cache: bool,
+    progress: bool,
+) -> ActivationSet:
+    """The captured rows of one request (+ teacher-forced rows a resume skipped) as the entry
+    ``extract(model, gens, ...)`` writes."""
+    t0 = time.perf_counter()
+    items = items_from_generations(gens.rows)
+    missing = np.flatnonzero(~capture.captured)
+    gmeta = {"generations_key": gens.meta.get("cache_key"), "task": gens.meta.get("task")}
+    resolved, note = resolve_dtype(model, dtype)
+    watch = dtype == "auto" and resolved == "float16"
+    big = capture.max_abs
+    forced: dict[str, dict[str, Any]] = {}
+
+    def force(dt: str, stop: bool) -> dict[str, Any]:
+        sub = [items[int(i)] for i in missing]
+        k = plan_positions(sub, req.tokens, req.max_positions)[3]
+        spec = ExtractSpec(req.layers, req.tokens, dt, req.max_positions, k, extract_batch_size)
+        return extract_batch(model, sub, spec, stop_on_overflow=stop)
+
+    final = resolved
+    if watch:
+        over = big > FP16_MAX
+        if not over and len(missing):
+            try:
+                forced["float16"] = force("float16", True)
+            except Float16Overflow as e:
+                over, big = True, max(big, e.max_abs)
+        if over:
+            remember_float16_overflow(model, big)
+            final, note = "float32", f"float32 (float16 overflow: max |x| = {big:.4g})"
+    while True:
+        plan = plan_extraction(
+            model,
+            items,
+            layers=req.layers,
+            tokens=req.tokens,
+            dtype=final,
+            max_positions=req.max_positions,
+            batch_size=extract_batch_size,
+            shard_size=shard_size,
+            meta={**gmeta, **({"dtype_auto": note} if note else {})},
+        )
+        if len(missing) and final not in forced:
+            forced[final] = force(final, False)
+        clamped = 0.0
+        if final == "float16" and not watch:  # explicit float16: clamped, recorded, warned
+            clamped = big if big > FP16_MAX else 0.0
+            clamped = max(clamped, float(forced.get("float16", {}).get("fp16_overflow_max", 0)))
+
+        def fill(target: np.ndarray, final: str = final) -> None:
+            _copy_rows(target, spool)
+            if len(missing):
+                got = forced[final]["values"]
+                target[missing] = 0
+                target[missing, :, : got.shape[2]] = got
+
+        extras = {
+            "seconds": round(time.perf_counter() - t0 + capture.seconds, 3),
+            "tokens_run": int(forced[final]["tokens"]) if len(missing) else 0,
+            "fp16_overflow_max": _warn_overflow(clamped, model),
+            "captured_while_generating": int(len(items) - len(missing)),
+            "teacher_forced_rows": len(missing),
+        }
+        out = _publish(model, plan, fill, extras, cache=cache, watch=watch and final == "float16")
+        if out is not None:
+            return out
+        # an earlier explicit float16 run clamped these values: auto stores float32 (as extract)
+        remember_float16_overflow(model, FP16_MAX)
+        final, note = "float32", f"float32 (float16 overflow: max |x| >= {FP16_MAX:g})"
+
+
+# -- front ends --------------------------------------------------------------------------------
+def _requests(
+    model: ModelHandle, wanted: Sequence[tuple[Layers, str]], max_positions: int
+) -> list[CaptureRequest]:
+    out: list[CaptureRequest] = []
+    for layers, tokens in wanted:
+        check_tokens(tokens, SELECTORS)
+        req = CaptureRequest(resolve_layers(model, layers), tokens, max_positions)
+        if req not in out:
+            out.append(req)
+    if not out:
+        raise KnowlensError("capture needs at least one (layers, tokens) request; pass layers=.")
+    return out
+
+
+def generate_capturing(
+    model: ModelHandle,
+    task: TaskLike,
+    requests: Sequence[tuple[Layers, str]],
+    *,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    use_chat_template: bool = True,
+    stop_on_newline: bool = True,
+    dtype: str = "auto",
+    max_positions: int = 512,
+    extract_batch_size: int = 8,
+    shard_size: int | None = None,
+    cache: bool = True,
+    progress: bool = True,
+    extract_on_hit: bool = True,
+) -> tuple[GenerationSet, list[ActivationSet] | None]:
+    """``generate`` plus one ``extract`` per ``(layers, tokens)`` request from the same pass.
+
+    Returns the generations and the activation sets in request order (duplicates merged).
+    When the generation entry already exists nothing is decoded: with ``extract_on_hit`` the
+    sets come from ``extract`` (cache hits if they exist), else None (the caller extracts
+    what it needs)."""
+    from knowlens.generation import _encode, resolve_max_new_tokens
+    from knowlens.generation import generate as generate_answers
+
+    check_dtype(dtype)
+    b = extract_batch_size
+    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+        raise KnowlensError(
+            f"extract_batch_size must be a positive integer; got {b!r}. Pass e.g. "
+            "extract_batch_size=8 (extract's batch_size, part of the activations' cache key)."
+        )
+    _check_common(model, max_positions, b)
+    reqs = _requests(model, requests, max_positions)
+    gen_kw: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        use_chat_template=use_chat_template,
+        stop_on_newline=stop_on_newline,
+        cache=cache,
+        progress=progress,
+    )
+    examples = list(getattr(task, "examples", None) or [])
+    if not examples or not hasattr(model, "format_prompt"):
+        return generate_answers(model, task, **gen_kw), None  # raises its one-line error
+    templated = use_chat_template and model.has_chat_template
+    prompt_lens = [
+        len(
+            _encode(
+                model, model.format_prompt(task.prompt(ex), use_chat_template=use_chat_template),
+                templated,
+            )
+        )
+        for ex in examples
+    ]  # fmt: skip
+    answer_cap = resolve_max_new_tokens(max_new_tokens, task)
+    resolved, _ = resolve_dtype(model, dtype)
+    # auto keeps float32 until the whole pass shows the values fit float16 (no second pass)
+    work = "float32" if dtype == "auto" or resolved == "float32" else "float16"
+    n, d = len(examples), model.d_model
+    shapes = [
+        (n, len(r.layers), min(r.max_positions, max(prompt_lens) + answer_cap), d)
+        if r.tokens == "all"
+        else (n, len(r.layers), 1, d)
+        for r in reqs
+    ]
+    spool_dir: Path | None = None
+    if cache:
+        spool_dir = cache_root() / "activations" / _tmp_name("capture")
+        spool_dir.mkdir(parents=True)
+    try:
+        spools = [
+            np.lib.format.open_memmap(
+                spool_dir / f"{j}.npy", mode="w+", dtype=DTYPES[work][0], shape=shape
+            )
+            if spool_dir is not None
+            else np.zeros(shape, dtype=DTYPES[work][0])
+            for j, shape in enumerate(shapes)
+        ]
+        capture = HiddenStateCapture(
+            model, reqs, prompt_lens, spools, track_range=resolved == "float16"
+        )
+        with capture.hooks():
+            gens = generate_answers(model, task, **gen_kw, observer=capture)
+        if gens.meta.get("cache_hit"):
+            if not extract_on_hit:
+                return gens, None
+            acts = [
+                extract(
+                    model,
+                    gens,
+                    layers=list(r.layers),
+                    tokens=r.tokens,
+                    dtype=dtype,
+                    max_positions=max_positions,
+                    batch_size=extract_batch_size,
+                    cache=cache,
+                    progress=progress,
+                    shard_size=shard_size,
+                )
+                for r in reqs
+            ]
+            return gens, acts
+        sets = [
+            _assemble(
+                model,
+                gens,
+                r,
+                spools[j],
+                capture,
+                dtype=dtype,
+                extract_batch_size=extract_batch_size,
+                shard_size=shard_size,
+                cache=cache,
+                progress=progress,
+            )
+            for j, r in enumerate(reqs)
+        ]
+        return gens, sets
+    finally:
+        spools = []
+        if spool_dir is not None:
+            shutil.rmtree(spool_dir, ignore_errors=True)
+
+
+def generate_with_activations(
+    model: ModelHandle,
+    task: TaskLike,
+    *,
+    layers: Layers = "all",
+    tokens: str = "exact_answer",
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    use_chat_template: bool = True,
+    stop_on_newline: bool = True,
+    dtype: str = "auto",
+    max_positions: int = 512,
+    extract_batch_size: int = 8,
+    shard_size: int | None = None,
+    cache: bool = True,
+    progress: bool = True,
+) -> tuple[GenerationSet, ActivationSet]:
+    """Greedy answers and their hidden states from the same forward passes.
+
+    >>> gens, acts = generate_with_activations(model, task, layers=[8, -1], tokens="last")
+
+    Arguments as ``knowlens.generate`` (decoding, ``batch_size`` rows per decode batch) and
+    ``knowlens.extract`` (``layers``, ``tokens``, ``dtype``, ``max_positions``,
+    ``shard_size``; ``extract_batch_size`` is extract's ``batch_size``, which its cache key
+    names). Returns what ``generate(model, task, ...)`` and then ``extract(model, gens, ...)``
+    return, from the same cache entries; the values equal the teacher-forced ones within the
+    tolerances in this module's docstring.
+    """
+    gens, sets = generate_capturing(
+        model,
+        task,
+        [(layers, tokens)],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        use_chat_template=use_chat_template,
+        stop_on_newline=stop_on_newline,
+        dtype=dtype,
+        max_positions=max_positions,
+        extract_batch_size=extract_batch_size,
+        shard_size=shard_size,
+        cache=cache,
+        progress=progress,
+    )
+    assert sets is not None  # extract_on_hit
+    return gens, sets[0]
+
+
+@overload
+def generate(
+    model: ModelHandle,
+    task: TaskLike,
+    *,
+    layers: None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    use_chat_template: bool = True,
+    stop_on_newline: bool = True,
+    cache: bool = True,
+    progress: bool = True,
+) -> GenerationSet: ...
+
+
+@overload
+def generate(
+    model: ModelHandle,
+    task: TaskLike,
+    *,
+    layers: Layers,
+    tokens: str | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    use_chat_template: bool = True,
+    stop_on_newline: bool = True,
+    dtype: str | None = None,
+    max_positions: int | None = None,
+    extract_batch_size: int | None = None,
+    shard_size: int | None = None,
+    cache: bool = True,
+    progress: bool = True,
+) -> tuple[GenerationSet, ActivationSet]: ...
+
+
+def generate(
+    model: ModelHandle,
+    task: TaskLike,
+    *,
+    layers: Layers | None = None,
+    tokens: str | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    use_chat_template: bool = True,
+    stop_on_newline: bool = True,
+    dtype: str | None = None,
+    max_positions: int | None = None,
+    extract_batch_size: int | None = None,
+    shard_size: int | None = None,
+    cache: bool = True,
+    progress: bool = True,
+) -> GenerationSet | tuple[GenerationSet, ActivationSet]:
+    """``knowlens.generate``: greedy answers, and with ``layers=`` their hidden states too.
+
+    >>> gens = kl.generate(model, task)
+    >>> gens, acts = kl.generate(model, task, layers="all", tokens="exact_answer")
+
+    Without ``layers`` this is ``knowlens.generation.generate``. With it, the hidden states
+    are read while generating (``generate_with_activations``; ``tokens`` default
+    ``exact_answer``, ``dtype`` ``auto``, ``max_positions`` 512, ``extract_batch_size`` 8 as
+    in ``extract``) and ``(GenerationSet, ActivationSet)`` is returned.
+    """
+    from knowlens.generation import generate as generate_answers
+
+    gen_kw: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        use_chat_template=use_chat_template,
+        stop_on_newline=stop_on_newline,
+        cache=cache,
+        progress=progress,
+    )
+    if layers is None:
+        given = {
+            "tokens": tokens,
+            "dtype": dtype,
+            "max_positions": max_positions,
+            "extract_batch_size": extract_batch_size,
+            "shard_size": shard_size,
+        }
+        named = [k for k, v in given.items() if v is not None]
+        if named:
+            raise KnowlensError(
+                f"generate: {', '.join(named)}= choose which hidden states to keep, but no "
+                "layers= was given; pass layers='all' (or e.g. layers=[8, -1]) to get "
+                f"(gens, acts), or drop {named[0]}=."
+            )
+        return generate_answers(model, task, **gen_kw)
+    return generate_with_activations(
+        model,
+        task,
+        layers=layers,
+        tokens="exact_answer" if tokens is None else tokens,
+        dtype="auto" if dtype is None else dtype,
+        max_positions=512 if max_positions is None else max_positions,
+        extract_batch_size=8 if extract_batch_size is None else extract_batch_size,
+        shard_size=shard_size,
+        **gen_kw,
+    )
+
+
+# -- other views of captured rows -------------------------------------------------------------
+def extract_reusing(
+    model: ModelHandle,
+    gens: GenerationSet | Sequence[Generation],
+    sources: Sequence[tuple[GenerationSet, ActivationSet]],
+    *,
+    layers: Layers = "all",
+    tokens: str = "exact_answer",
+    dtype: str = "auto",
+    max_positions: int = 512,
+    batch_size: int = 8,
+    cache: bool = True,
+    progress: bool = True,
+    shard_size: int | None = None,
+) -> ActivationSet:
+    """``extract(model, gens, ...)``, with rows copied from ``sources`` (generations and the
+    activation sets captured for them) instead of run again when every row of ``gens`` is
+    among them (matched by content: token ids, prompt length, exact-answer span, so subsets
+    and renamed rows match) at the same model, numerics, selector, stored dtype and a
+    superset of the layers; otherwise plain ``extract``. The entry is ``extract``'s."""
+    from knowlens.generation import compute_numerics
+
+    kw: dict[str, Any] = dict(
+        layers=layers,
+        tokens=tokens,
+        dtype=dtype,
+        max_positions=max_positions,
+        batch_size=batch_size,
+        cache=cache,
+        progress=progress,
+        shard_size=shard_size,
+    )
+    rows = check_extract_inputs(model, gens, tokens, dtype, max_positions, batch_size)
+    layer_idx = resolve_layers(model, layers)
+    resolved, note = resolve_dtype(model, dtype)
+    numerics = compute_numerics(model.device)
+    index: dict[tuple[Any, ...], tuple[ActivationSet, list[int], int]] = {}
+    used: list[ActivationSet] = []
+    for src_gens, acts in sources:
+        ok = (
+            acts.meta.get("model_fingerprint") == model.fingerprint
+            and acts.meta.get("numerics") == numerics
+            and acts.tokens == tokens
+            and acts.values.dtype == DTYPES[resolved][0]
+            and (tokens != "all" or acts.meta.get("max_positions") == max_positions)
+            and set(layer_idx) <= set(acts.layers)
+            and len(src_gens) == len(acts)
+        )
+        if not ok:
+            continue
+        cols = [acts.layers.index(layer) for layer in layer_idx]
+        for j, it in enumerate(items_from_generations(src_gens)):
+            index.setdefault((it.ids, it.prompt_len, it.span), (acts, cols, j))
+    items = items_from_generations(rows)
+    found = [index.get((it.ids, it.prompt_len, it.span)) for it in items]
+    if not found or any(f is None for f in found):
+        return extract(model, gens, **kw)
+    t0 = time.perf_counter()
+    meta = dict(gens.meta) if isinstance(gens, GenerationSet) else {}
+    gmeta = {"generations_key": meta.get("cache_key"), "task": meta.get("task")}
+    plan = plan_extraction(
+        model,
+        items,
+        layers=layer_idx,
+        tokens=tokens,
+        dtype=resolved,
+        max_positions=max_positions,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        meta={**gmeta, **({"dtype_auto": note} if note else {})},
+    )
+    for f in found:
+        if f is not None and not any(f[0] is u for u in used):
+            used.append(f[0])
+
+    def fill(target: np.ndarray) -> None:
+        k = target.shape[2]
+        for i, f in enumerate(found):
+            assert f is not None
+            acts, cols, j = f
+            got = np.asarray(acts.values[j])[cols][:, :k]
+            target[i] = 0
+            target[i, :, : got.shape[1]] = got
+
+    clamped = max(float(u.meta.get("fp16_overflow_max") or 0.0) for u in used)
+    extras = {
+        "seconds": round(time.perf_counter() - t0, 3),
+        "tokens_run": 0,
+        "fp16_overflow_max": clamped,
+        "copied_from": [u.meta.get("cache_key") for u in used],
+    }
+    watch = dtype == "auto" and resolved == "float16"
+    out = _publish(model, plan, fill, extras, cache=cache, watch=watch)
+    return out if out is not None else extract(model, gens, **kw)
