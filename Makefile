@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/generate_extract.py
 	$(BIN)/python benchmarks/estimators.py
+	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/scale.py --threads 1
 
 lint: setup
