@@ -98,6 +98,7 @@ __all__ = [
     "sample",
     "sample_cache_entry",
     "sample_items",
+    "sample_plan",
     "sample_seed",
     "top_p_filter",
 ]
@@ -1619,6 +1620,64 @@ def _generations_plan(
     return items, grade_fn, resolved, decode, parts
 
 
+def sample_plan(
+    model: Any,
+    source: Any,
+    settings: SampleSettings,
+    limit: int | None,
+    split: str | None,
+    task: Any,
+) -> tuple[Any, list[Any], Any, Any, Any, dict[str, Any], dict[str, Any]]:
+    """``sample``'s checks and plan, shared with the executors' sample stage so both key the
+    same entry: (model handle, items, grade_fn, resolved settings, decode settings, key parts,
+    meta). ``model`` / ``source`` may be specs (loaded here, after the cheap checks)."""
+    settings.validate()  # before any model or task is loaded
+    _check_limit(limit)
+    settings = replace(
+        settings,
+        temperature=float(settings.temperature),
+        top_p=float(settings.top_p),
+        seed=int(settings.seed),
+    )
+    if split is not None and not isinstance(split, str):
+        raise KnowlensError(f"split must be a split name; got {split!r}. Pass e.g. split='test'.")
+    if isinstance(source, (str, os.PathLike)):
+        from knowlens.tasks import load_task
+
+        source = load_task(os.fspath(source), split=split or "test", limit=limit)
+    is_gens = isinstance(source, GenerationSet)
+    if not is_gens and not all(hasattr(source, a) for a in ("examples", "prompt", "grade")):
+        raise KnowlensError(
+            f"sample: source must be a Task, a task name or a GenerationSet; got "
+            f"{type(source).__name__}. Pass e.g. kl.load_task('capitals', limit=32)."
+        )
+    have = source.meta.get("split") if is_gens else getattr(source, "split", None)
+    if split is not None and have != split:
+        raise KnowlensError(
+            f"sample: split='{split}' was given, but the {'answers are' if is_gens else 'task is'} "
+            f"of split {have!r}; drop split= or pass the task name with split='{split}'."
+        )
+    if task is not None and not is_gens:
+        raise KnowlensError(
+            "sample: task= grades the samples of a GenerationSet; with a task source drop task=."
+        )
+    if isinstance(model, (str, os.PathLike)):
+        from knowlens.models import load_model
+
+        model = load_model(model)
+    _check_handle(model)
+    if is_gens:
+        items, grade_fn, resolved, decode, parts = _generations_plan(
+            model, source, settings, limit, task
+        )
+        extra = {"source": "generations", "generations_key": source.meta.get("cache_key")}
+    else:
+        items, grade_fn, resolved, decode, parts = _task_plan(model, source, settings, limit)
+        extra = {"source": "task"}
+    parts = {**parts, "graded": grade_fn is not None}
+    return model, items, grade_fn, resolved, decode, parts, {**parts, **extra, "n": len(items)}
+
+
 def sample(
     model: ModelHandle | str,
     source: Any,
@@ -1675,53 +1734,9 @@ def sample(
         batch_size=batch_size,
         stop_on_newline=stop_on_newline,
     )
-    settings.validate()  # before any model or task is loaded
-    _check_limit(limit)
-    settings = replace(settings, temperature=float(temperature), top_p=float(top_p), seed=int(seed))
-    if split is not None and not isinstance(split, str):
-        raise KnowlensError(f"split must be a split name; got {split!r}. Pass e.g. split='test'.")
-    if isinstance(source, (str, os.PathLike)):
-        from knowlens.tasks import load_task
-
-        source = load_task(os.fspath(source), split=split or "test", limit=limit)
-    is_gens = isinstance(source, GenerationSet)
-    if not is_gens and not all(hasattr(source, a) for a in ("examples", "prompt", "grade")):
-        raise KnowlensError(
-            f"sample: source must be a Task, a task name or a GenerationSet; got "
-            f"{type(source).__name__}. Pass e.g. kl.load_task('capitals', limit=32)."
-        )
-    have = source.meta.get("split") if is_gens else getattr(source, "split", None)
-    if split is not None and have != split:
-        raise KnowlensError(
-            f"sample: split='{split}' was given, but the {'answers are' if is_gens else 'task is'} "
-            f"of split {have!r}; drop split= or pass the task name with split='{split}'."
-        )
-    if task is not None and not is_gens:
-        raise KnowlensError(
-            "sample: task= grades the samples of a GenerationSet; with a task source drop task=."
-        )
-    if isinstance(model, (str, os.PathLike)):
-        from knowlens.models import load_model
-
-        model = load_model(model)
-    _check_handle(model)
-    if is_gens:
-        items, grade_fn, resolved, decode, parts = _generations_plan(
-            model, source, settings, limit, task
-        )
-        extra = {"source": "generations", "generations_key": source.meta.get("cache_key")}
-    else:
-        items, grade_fn, resolved, decode, parts = _task_plan(model, source, settings, limit)
-        extra = {"source": "task"}
-    parts = {**parts, "graded": grade_fn is not None}
+    model, items, grade_fn, resolved, decode, parts, meta = sample_plan(
+        model, source, settings, limit, split, task
+    )
     return _run_sample_cached(
-        model,
-        items,
-        grade_fn,
-        resolved,
-        decode,
-        parts,
-        {**parts, **extra, "n": len(items)},
-        cache=cache,
-        progress=progress,
+        model, items, grade_fn, resolved, decode, parts, meta, cache=cache, progress=progress
     )

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -345,65 +343,6 @@ class SampleStage(_RowStage):
         return self._shard(sample_items(model, items, self.grade_fn, self.settings, self.decode))
 
 
-def _sample_plan(
-    model: Any,
-    source: Any,
-    settings: Any,
-    limit: int | None,
-    split: str | None,
-    task: Any,
-) -> tuple[Any, list[Any], Any, Any, Any, dict[str, Any], dict[str, Any]]:
-    """``knowlens.sample``'s checks and plan (model, items, grade_fn, resolved settings,
-    decode settings, key parts, meta), step for step, so both paths key the same entry."""
-    from knowlens.generation import _check_handle, _check_limit, _generations_plan, _task_plan
-
-    settings.validate()  # before any model or task is loaded
-    _check_limit(limit)
-    settings = replace(
-        settings,
-        temperature=float(settings.temperature),
-        top_p=float(settings.top_p),
-        seed=int(settings.seed),
-    )
-    if split is not None and not isinstance(split, str):
-        raise KnowlensError(f"split must be a split name; got {split!r}. Pass e.g. split='test'.")
-    if isinstance(source, (str, os.PathLike)):
-        from knowlens.tasks import load_task
-
-        source = load_task(os.fspath(source), split=split or "test", limit=limit)
-    is_gens = isinstance(source, GenerationSet)
-    if not is_gens and not all(hasattr(source, a) for a in ("examples", "prompt", "grade")):
-        raise KnowlensError(
-            f"sample: source must be a Task, a task name or a GenerationSet; got "
-            f"{type(source).__name__}. Pass e.g. kl.load_task('capitals', limit=32)."
-        )
-    have = source.meta.get("split") if is_gens else getattr(source, "split", None)
-    if split is not None and have != split:
-        raise KnowlensError(
-            f"sample: split='{split}' was given, but the {'answers are' if is_gens else 'task is'} "
-            f"of split {have!r}; drop split= or pass the task name with split='{split}'."
-        )
-    if task is not None and not is_gens:
-        raise KnowlensError(
-            "sample: task= grades the samples of a GenerationSet; with a task source drop task=."
-        )
-    if isinstance(model, (str, os.PathLike)):
-        from knowlens.models import load_model
-
-        model = load_model(model)
-    _check_handle(model)
-    if is_gens:
-        items, grade_fn, resolved, decode, parts = _generations_plan(
-            model, source, settings, limit, task
-        )
-        extra = {"source": "generations", "generations_key": source.meta.get("cache_key")}
-    else:
-        items, grade_fn, resolved, decode, parts = _task_plan(model, source, settings, limit)
-        extra = {"source": "task"}
-    parts = {**parts, "graded": grade_fn is not None}
-    return model, items, grade_fn, resolved, decode, parts, {**parts, **extra, "n": len(items)}
-
-
 def sample(
     model: ModelHandle | str,
     source: Any,
@@ -436,7 +375,7 @@ def sample(
         Others: as in ``knowlens.generation.sample``. The merged ``SampleSet`` is stored in
         the local path's entry (same key and files), so either path reuses the other's.
     """
-    from knowlens.generation import SampleSettings, decode_window, sample_cache_entry
+    from knowlens.generation import SampleSettings, decode_window, sample_cache_entry, sample_plan
     from knowlens.generation import sample as local_sample
 
     ex = resolve_executor(executor)
@@ -468,7 +407,7 @@ def sample(
             batch_size=batch_size,
             stop_on_newline=stop_on_newline,
         )
-        handle, items, grade_fn, resolved, decode, parts, meta = _sample_plan(
+        handle, items, grade_fn, resolved, decode, parts, meta = sample_plan(
             model, source, settings, limit, split, task
         )
         # The local path's own key + meta, so either path reuses the other's entry.
