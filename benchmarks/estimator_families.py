@@ -63,6 +63,8 @@ def main() -> None:
     ks = [int(x) for x in a.k.split(",")]
     settings = TrainSettings()
     rows = []
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for spec_m in a.models.split(","):
         model = kl.load_model(spec_m)
         for tname in a.tasks.split(","):
@@ -107,14 +109,13 @@ def main() -> None:
                         iv = metrics.bootstrap(m, y, p, n_resamples=a.n_bootstrap, seed=0)
                         row[m], row[f"{m}_low"], row[f"{m}_high"] = iv.value, iv.low, iv.high
                     rows.append(row)
+                    pd.DataFrame(rows).to_csv(out, index=False)  # a stopped run keeps its rows
                     print(
                         f"  {spec.display_name:28s} k={k!s:4s} AUROC {row['auroc']:.3f} "
                         f"[{row['auroc_low']:.3f}, {row['auroc_high']:.3f}]  PRR {row['prr']:.3f} "
                         f"ECE {row['ece']:.3f}  ({fit_s:.1f}s)",
                         flush=True,
                     )
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out, index=False)
     print(f"wrote {out}")
 

@@ -236,7 +236,30 @@ def test_topic_calibration_and_rerun_hits_cache(tasks, tiny_model, tiny_model_di
         "topic_calibration.png",
         "topic_calibration.svg",
         "reliability.png",
+        "learning_curves.png",
     }
+    # the LoRA estimator's learning curve: evaluations at step 0 and its last step (budget 2)
+    lc = tabs["learning_curves"]
+    assert set(lc["estimator"]) == {"LoRA + Prompt"} and list(lc["step"]) == [0, 2]
+    assert (lc["max_steps"] == 2).all() and (lc["stopped_step"] == 2).all()
+    assert lc["best_step"].iloc[0] == lc.loc[lc["val_loss"].idxmin(), "step"]
+    # paired differences to the Zero-Shot Classifier on the same answers (shown topics)
+    d = tabs["differences"].set_index(["estimator", "metric"])
+    assert set(d.index) == {(e, m) for e in ("Probe", "LoRA + Prompt") for m in ("auroc", "ece")}
+    for est in ("Probe", "LoRA + Prompt"):
+        a_, b_ = s[s["estimator"] == est], s[s["estimator"] == "Zero-Shot Classifier"]
+        assert list(a_["example_id"]) == list(b_["example_id"])
+        for m in ("auroc", "ece"):
+            want = metrics.METRICS[m](a_["correct"], a_["p"]) - metrics.METRICS[m](
+                b_["correct"], b_["p"]
+            )
+            row = d.loc[(est, m)]
+            assert row["value"] == pytest.approx(want) and row["n"] == len(a_)
+            assert row["ci_low"] <= row["value"] <= row["ci_high"]
+    html = res.report.read_text()
+    assert "LoRA + Prompt minus Zero-Shot Classifier" in html
+    assert "Learning curves of the trained estimators" in html
+    assert "ran out of steps: raise lora_steps" in html
 
     # Rerun, unchanged config: tables come from the result cache, nothing recomputed.
     res2 = run(res.run_dir / "config.yaml", progress=False)

@@ -134,7 +134,16 @@ def test_probe_features_come_from_the_zero_shot_pass(tiny_model, forwards):
 
 def test_lora_prompt_frozen_states_are_read_once(tiny_model, forwards, monkeypatch):
     gens = tiny_gens(tiny_model, n=8)
-    kw = dict(model=tiny_model, steps=6, batch_size=4, lr=3e-3, progress=False, cache=False)
+    # no validation split: the passes counted are the training steps' and the frozen reads
+    kw = dict(
+        model=tiny_model,
+        steps=6,
+        batch_size=4,
+        lr=3e-3,
+        validation_fraction=0,
+        progress=False,
+        cache=False,
+    )
     # the frozen states at the answer tokens equal the frozen pass of the training batch
     items = LoRAPrompt(**kw)._prepare(gens, None)
     qs = zsc_queries(tiny_model, gens, max_length=512)
@@ -205,7 +214,8 @@ def test_bench_shares_one_pass_between_zero_shot_probe_and_lora_prompt(
     train, ev = tiny_gens(tiny_model, n=10, seed=1), tiny_gens(tiny_model, n=6, seed=2)
     for g in (train, ev):
         g.meta["target_id"] = tiny_model.target_id
-    settings = TrainSettings(probe_epochs=5, lora_steps=3)
+    # no LoRA validation split: the passes counted are training steps, reads and scoring
+    settings = TrainSettings(probe_epochs=5, lora_steps=3, lora_validation_fraction=0)
     names = ("zero_shot", "probe", "lora_prompt")
 
     def stage(share, use_cache=False):

@@ -384,6 +384,63 @@ def reliability_diagram(
         ax.set_title(title, fontsize=9.5)
 
 
+def learning_curves(curves: pd.DataFrame) -> plt.Figure:
+    """One panel per (model, estimator) of a ``learning_curves`` table: training loss (mean
+    over the steps since the previous evaluation) and validation loss against the step, the
+    validation AUROC on the right axis, the step whose parameters were kept dashed."""
+    need = {"model", "estimator", "step", "val_loss", "val_auroc", "best_step"}
+    if not need <= set(curves.columns):
+        raise KnowlensError(
+            f"learning_curves(): the table needs columns {sorted(need)}; got {list(curves)}."
+        )
+    models = list(dict.fromkeys(curves["model"]))
+    ests = list(dict.fromkeys(curves["estimator"]))
+    fig, axes = plt.subplots(
+        len(models), len(ests), figsize=(3.6 * len(ests), 2.6 * len(models) + 0.5), squeeze=False
+    )
+    handles: dict[str, Any] = {}
+    for i, model in enumerate(models):
+        for j, est in enumerate(ests):
+            ax = axes[i, j]
+            g = curves[(curves["model"] == model) & (curves["estimator"] == est)]
+            if g.empty:
+                ax.set_visible(False)
+                continue
+            g = g.sort_values("step")
+            if "train_loss" in g:
+                ax.plot(g["step"], g["train_loss"], "o-", ms=3, color="#9e9ac8", label="train loss")
+            ax.plot(g["step"], g["val_loss"], "o-", ms=3, color="#54278f", label="validation loss")
+            ax.axvline(
+                float(g["best_step"].iloc[0]), ls="--", lw=1, color="#444444", label="step kept"
+            )
+            ax.set_xlabel("step", fontsize=8.5)
+            ax.set_ylabel("loss", fontsize=8.5)
+            ax.tick_params(labelsize=7.5)
+            right = ax.twinx()
+            right.plot(g["step"], g["val_auroc"], "s:", ms=3, color="#e6550d", label="val. AUROC")
+            right.set_ylim(0, 1)
+            right.set_ylabel("validation AUROC", fontsize=8.5, color="#e6550d")
+            right.tick_params(labelsize=7.5, colors="#e6550d")
+            n = ""
+            if {"n_train", "n_validation"} <= set(g.columns):
+                r = g.iloc[0]
+                n = f" (train {int(r['n_train'])}, val. {int(r['n_validation'])})"
+            ax.set_title(f"{model}\n{est}{n}", fontsize=8.5)
+            for a in (ax, right):
+                for h, lab in zip(*a.get_legend_handles_labels(), strict=True):
+                    handles.setdefault(lab, h)
+    fig.legend(
+        list(handles.values()),
+        list(handles.keys()),
+        loc="lower center",
+        ncol=len(handles),
+        fontsize=7.5,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
 def save_figure(fig: plt.Figure, out_dir: str | Path, stem: str, *, dpi: int = 150) -> list[Path]:
     """Write ``<out_dir>/<stem>.png`` and ``.svg`` atomically, close ``fig``, return the paths."""
     out = Path(out_dir)

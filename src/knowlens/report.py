@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from knowlens import plots
 from knowlens._cache import atomic_write_text
 from knowlens.claims import CLAIMS_FILE, ClaimRow, check_run, write_claims
 from knowlens.config import AnalysisConfig, RunConfig, Section, report_sections
@@ -134,9 +135,50 @@ def _img(path: Path, alt: str) -> str:
 def draw_figures(
     run_dir: Path, analysis: AnalysisConfig, tables: dict[str, pd.DataFrame]
 ) -> list[Path]:
-    """An analysis' figures, drawn from its tables into ``figures/<id>/`` (no models)."""
+    """An analysis' figures, drawn from its tables into ``figures/<id>/`` (no models), and
+    the learning curves of its trained estimators when it has any."""
     module = get_analysis(analysis.analysis)
-    return list(module.figures(tables, figures_dir(run_dir, analysis.key)))
+    out_dir = figures_dir(run_dir, analysis.key)
+    figs = list(module.figures(tables, out_dir))
+    curves = tables.get("learning_curves")
+    if curves is not None and len(curves):
+        figs += plots.save_figure(plots.learning_curves(curves), out_dir, "learning_curves")
+    return figs
+
+
+def curves_section(curves: pd.DataFrame, figs: list[Path]) -> Section:
+    """The report section of a ``learning_curves`` table: where each estimator stopped."""
+    keys = {}
+    for (model, est), g in curves.groupby(["model", "estimator"], sort=False):
+        r = g.iloc[0]
+        best = g.loc[g["step"] == r["best_step"]]
+        at = (
+            f", validation loss {best['val_loss'].iloc[0]:.3f}, AUROC {best['val_auroc'].iloc[0]:.3f}"
+            if len(best)
+            else ""
+        )
+        why = (
+            "stopped early"
+            if r["stopped_step"] < r["max_steps"]
+            else "ran out of steps: raise lora_steps"
+        )
+        keys[f"{model} · {est}"] = (
+            f"kept step {r['best_step']:.0f}{at}; {why} at step {r['stopped_step']:.0f} of "
+            f"{r['max_steps']:.0f} (train {r['n_train']:.0f}, validation {r['n_validation']:.0f})"
+        )
+    return Section(
+        title="Learning curves of the trained estimators",
+        caption=(
+            "Training loss (mean over the steps since the previous evaluation) and loss on a "
+            "held-out validation split of the training answers (stratified, dropout off), "
+            "with the validation AUROC on the right axis. Training stops once the validation "
+            "loss has not improved for `patience` evaluations; the dashed line is the step "
+            "whose weights the estimator keeps."
+        ),
+        figures=[f for f in figs if f.stem == "learning_curves"],
+        key_numbers=keys,
+        tables=["learning_curves"],
+    )
 
 
 def _default_sections(key: str, tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[Section]:
@@ -387,6 +429,9 @@ def build_report(run_dir: str | Path, *, redraw: bool = True) -> Path:
         figs = draw_figures(run_dir, acfg, tables) if redraw else figure_files(run_dir, acfg.key)
         maker = report_sections(get_analysis(acfg.analysis))
         sections = maker(tables, figs) if maker else _default_sections(acfg.key, tables, figs)
+        curves = tables.get("learning_curves")
+        if maker and curves is not None and len(curves):
+            sections = [*sections, curves_section(curves, figs)]
         blocks.append(f'<h2 id="{_esc(acfg.key)}">{_esc(acfg.key)}</h2>')
         blocks.append(_metric_legend(tables))
         for sec in sections:

@@ -21,6 +21,13 @@ schedule is a pure function of the step (``lr = initial lr x lr_lambda(step)``, 
 ``LambdaLR`` computes), so the step is the whole scheduler state; the result is bit-identical
 to an uninterrupted run.
 
+Early stopping (``EarlyStopping``): the loop evaluates ``evaluate(model)`` on a validation
+split before the first step, every ``every`` steps and after the last, keeps a copy of the
+parameters with the lowest validation loss, stops once ``patience`` evaluations in a row have
+not lowered it by more than ``min_delta``, and puts the best parameters back. The evaluations
+(the learning curve), the best parameters and the patience counter are part of every
+checkpoint, so a resumed run stops where the uninterrupted one stops.
+
 Pure: imports torch / peft and knowlens' foundation (``_cache``, ``_progress``, ``errors``)
 only; the "training" stage of docs/ARCHITECTURE.md, below estimators and jailbreak.
 """
@@ -60,6 +67,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKPOINT_FORMAT",
     "LENGTH_WINDOW",
+    "EarlyStopping",
     "ParamGroup",
     "TrainResult",
     "adapter_state",
@@ -73,7 +81,7 @@ __all__ = [
     "unfilled_fraction",
 ]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: early-stopping state (evaluations, best parameters)
 _log = logging.getLogger("knowlens.training")
 
 
@@ -277,12 +285,37 @@ class ParamGroup:
 
 
 @dataclass
+class EarlyStopping:
+    """Stop when the validation loss stops improving (see the module docstring).
+
+    ``evaluate(model) -> {"loss": float, ...}`` runs under ``torch.no_grad`` in a forked RNG
+    (it never moves the training's random stream); it puts modules in eval mode itself if it
+    wants dropout off. Extra keys (e.g. ``"auroc"``) go into the learning curve as they are.
+    ``patience`` counts evaluations, so the run trains at least ``patience x every`` steps past
+    its best one before it stops (unless ``steps`` ends it first).
+    """
+
+    evaluate: Callable[[Any], Mapping[str, float]]
+    every: int = 20
+    patience: int = 3
+    min_delta: float = 0.0
+    restore_best: bool = True
+
+
+@dataclass
 class TrainResult:
     history: list[float]
     resumed_from: int
     steps: int
     seconds: float
     checkpoints_skipped: list[str] = field(default_factory=list)
+    #: one dict per evaluation: step, train_loss (mean since the previous one; not at step
+    #: 0), loss and what ``evaluate`` returned
+    evals: list[dict[str, float]] = field(default_factory=list)
+    #: step whose parameters the model holds at the end (the best evaluation's, or ``steps``)
+    best_step: int | None = None
+    #: steps actually taken (< ``steps`` when early stopping ended the run)
+    stopped_step: int | None = None
 
 
 def train_loop(
@@ -302,6 +335,7 @@ def train_loop(
     progress: bool = False,
     description: str = "train",
     on_step: Callable[[int, float], None] | None = None,
+    early_stopping: EarlyStopping | None = None,
 ) -> TrainResult:
     """AdamW over ``groups`` for ``steps`` steps of ``loss_fn(model, batch)``; resumable.
 
@@ -325,10 +359,16 @@ def train_loop(
             newest one).
         progress: show a progress bar (``knowlens._progress.progress_bar``, as generation).
         on_step: called as ``on_step(step_done, loss)`` after each step (and its checkpoint).
+        early_stopping: validation-loss early stopping (``EarlyStopping``); ``steps`` is then
+            the most steps the run may take.
     """
     _check_int("steps", steps, 1)
     _check_int("checkpoint_every", checkpoint_every, 0)
     _check_int("keep_checkpoints", keep_checkpoints, 1)
+    es = early_stopping
+    if es is not None:
+        _check_int("early_stopping.every", es.every, 1)
+        _check_int("early_stopping.patience", es.patience, 1)
     names: list[str] = []
     params: list[Any] = []
     for g in groups:
@@ -346,14 +386,39 @@ def train_loop(
     start = 0
     history: list[float] = []
     skipped: list[str] = []
+    stop = _StopState()
     if ckpt is not None:
         clean_stale_tmp(ckpt)  # checkpoint folders cut off mid-write by a kill
-        start, history, skipped = _resume(ckpt, names, params, opt, steps)
+        start, history, skipped = _resume(ckpt, names, params, opt, steps, stop)
     t0 = time.perf_counter()
+
+    def evaluate(done: int) -> None:
+        assert es is not None
+        with torch.random.fork_rng(), torch.no_grad():
+            got = {k: float(v) for k, v in es.evaluate(model).items()}
+        if "loss" not in got:
+            raise KnowlensError("early_stopping.evaluate must return a dict with a 'loss' key.")
+        since = history[stop.last_eval_step : done]
+        row = {"step": float(done)}
+        if since:  # none before the first step
+            row["train_loss"] = float(np.mean(since))
+        stop.evals.append(row | got)
+        stop.last_eval_step = done
+        if stop.best_loss is None or got["loss"] < stop.best_loss - es.min_delta:
+            stop.best_loss, stop.best_step, stop.bad = got["loss"], done, 0
+            stop.best = [p.detach().clone() for p in params]
+        else:
+            stop.bad += 1
+            stop.stopped = stop.bad >= es.patience
+
+    if es is not None and start == 0:
+        evaluate(0)  # the untrained model: where the curve starts
     it = batches(start)
     what = description if start == 0 else f"{description} (resumed at step {start})"
     with progress_bar(steps - start, what, progress) as advance:
         for step in range(start, steps):
+            if stop.stopped:
+                break
             factor = 1.0 if lr_lambda is None else lr_lambda(step)
             for pg in opt.param_groups:
                 pg["lr"] = pg["initial_lr"] * factor
@@ -376,15 +441,64 @@ def train_loop(
             opt.step()
             history.append(float(loss.detach()))
             done = step + 1
+            if es is not None and (done % es.every == 0 or done == steps):
+                evaluate(done)
             if ckpt is not None and (
-                done == steps or (checkpoint_every and done % checkpoint_every == 0)
+                done == steps or stop.stopped or (checkpoint_every and done % checkpoint_every == 0)
             ):
-                _save(ckpt, done, steps, names, params, opt, history, keep_checkpoints)
+                _save(ckpt, done, steps, names, params, opt, history, keep_checkpoints, stop)
             advance(1)
             if on_step is not None:
                 on_step(done, history[-1])
     opt.zero_grad(set_to_none=True)
-    return TrainResult(history, start, steps, time.perf_counter() - t0, skipped)
+    best_step: int | None = len(history)
+    if es is not None and es.restore_best and stop.best is not None:
+        with torch.no_grad():
+            for p, b in zip(params, stop.best, strict=True):
+                p.copy_(b)
+        best_step = stop.best_step
+    return TrainResult(
+        history,
+        start,
+        steps,
+        time.perf_counter() - t0,
+        skipped,
+        evals=list(stop.evals),
+        best_step=best_step,
+        stopped_step=len(history),
+    )
+
+
+@dataclass
+class _StopState:
+    """Early stopping's state: what a checkpoint has to carry for an exact resume."""
+
+    evals: list[dict[str, float]] = field(default_factory=list)
+    best: list[torch.Tensor] | None = None
+    best_loss: float | None = None
+    best_step: int = 0
+    bad: int = 0
+    last_eval_step: int = 0
+    stopped: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "evals": self.evals,
+            "best_loss": self.best_loss,
+            "best_step": self.best_step,
+            "bad": self.bad,
+            "last_eval_step": self.last_eval_step,
+            "stopped": self.stopped,
+        }
+
+    def load(self, js: Mapping[str, Any], best: list[torch.Tensor] | None) -> None:
+        self.evals = [dict(e) for e in js.get("evals", [])]
+        self.best_loss = js.get("best_loss")
+        self.best_step = int(js.get("best_step", 0))
+        self.bad = int(js.get("bad", 0))
+        self.last_eval_step = int(js.get("last_eval_step", 0))
+        self.stopped = bool(js.get("stopped", False))
+        self.best = best
 
 
 def _check_int(name: str, v: Any, lo: int) -> None:
@@ -430,6 +544,7 @@ def _save(
     opt: Any,
     history: list[float],
     keep: int,
+    stop: _StopState,
 ) -> None:
     from safetensors.torch import save_file
 
@@ -437,6 +552,13 @@ def _save(
         f"param.{n}": p.detach().cpu().clone().contiguous()
         for n, p in zip(names, params, strict=True)
     }
+    if stop.best is not None:
+        tensors.update(
+            {
+                f"best.{n}": b.detach().cpu().clone().contiguous()
+                for n, b in zip(names, stop.best, strict=True)
+            }
+        )
     scalars: dict[str, Any] = {}
     for pid, st in opt.state_dict()["state"].items():
         for k, v in st.items():
@@ -460,6 +582,7 @@ def _save(
                 "lrs": [g["lr"] for g in opt.param_groups],
                 "opt_scalars": scalars,
                 "rng": rng_js,
+                "early_stopping": stop.to_json(),
             },
         )
     for old in sorted(root.glob("step-*"))[:-keep]:
@@ -487,15 +610,17 @@ def _load(
         raise DamagedEntryError(f"step {step!r} of {prog.get('steps')!r} does not fit {steps}")
     if len(prog.get("history", ())) != step or "rng.torch" not in tensors:
         raise DamagedEntryError("loss history or RNG state incomplete")
+    has_best = f"best.{names[0]}" in tensors
     for n, p in zip(names, params, strict=True):
-        t = tensors.get(f"param.{n}")
-        if t is None or t.shape != p.shape or t.dtype != p.dtype:
-            raise DamagedEntryError(f"parameter {n} missing or of another shape / dtype")
+        for kind in ("param", "best") if has_best else ("param",):
+            t = tensors.get(f"{kind}.{n}")
+            if t is None or t.shape != p.shape or t.dtype != p.dtype:
+                raise DamagedEntryError(f"{kind} {n} missing or of another shape / dtype")
     return prog, tensors
 
 
 def _resume(
-    root: Path, names: list[str], params: list[Any], opt: Any, steps: int
+    root: Path, names: list[str], params: list[Any], opt: Any, steps: int, stop: _StopState
 ) -> tuple[int, list[float], list[str]]:
     """Restore the newest valid checkpoint; (0, [], skipped) if there is none."""
     skipped = []
@@ -514,6 +639,8 @@ def _resume(
         with torch.no_grad():
             for n, p in zip(names, params, strict=True):
                 p.copy_(tensors[f"param.{n}"])
+        best = [tensors[f"best.{n}"] for n in names] if f"best.{names[0]}" in tensors else None
+        stop.load(prog.get("early_stopping", {}), best)
         sd = opt.state_dict()
         state: dict[int, dict[str, Any]] = {}
         for k, v in tensors.items():

@@ -26,7 +26,9 @@ attributes through the registry, ``__getattr__`` below, so the built-in entries 
 in ``estimator_names()``). Scores of K sampled answers
 (``samples()`` input, ``SampledGenerations``): ``mc_entropy``, ``mc_normalized_entropy``,
 ``lexical_similarity``, ``eigenscore``, ``p_true_sampling`` (``_sampling.py``) and the
-semantic ones (``_semantic.py``).
+semantic ones (``_semantic.py``). ``TemperatureScaled(estimator)`` adds temperature scaling
+fitted on a validation split to any of them (``fit_temperature`` / ``apply_temperature``,
+``_calibrate.py``).
 
     import knowlens as kl
     from knowlens.estimators import LogisticProbe, ZeroShotClassifier, fit_cached
@@ -63,6 +65,11 @@ from knowlens.estimators._base import (
     NotFittedError,
     clone,
     fit_cached,
+)
+from knowlens.estimators._calibrate import (
+    TemperatureScaled,
+    apply_temperature,
+    fit_temperature,
 )
 from knowlens.estimators._entailment import load_judge
 from knowlens.estimators._logit import (
@@ -174,13 +181,16 @@ __all__ = [
     "QueryRead",
     "QueryReads",
     "SemanticEntropy",
+    "TemperatureScaled",
     "ZeroShotClassifier",
     "activations",
+    "apply_temperature",
     "canonical_estimator_names",
     "clone",
     "cross_model_texts",
     "estimator_names",
     "fit_cached",
+    "fit_temperature",
     "generations",
     "get_estimator",
     "js_divergence",

@@ -300,7 +300,11 @@ def clone(estimator: E) -> E:
     if not isinstance(estimator, Estimator):
         raise KnowlensError(f"clone() takes a knowlens Estimator; got {type(estimator).__name__}.")
     shared = type(estimator)._OBJECT_PARAMS
-    params = {k: v if k in shared else copy.deepcopy(v) for k, v in estimator.get_params().items()}
+    # a nested estimator (TemperatureScaled's base) is cloned, so its live objects stay shared
+    params = {
+        k: v if k in shared else clone(v) if isinstance(v, Estimator) else copy.deepcopy(v)
+        for k, v in estimator.get_params().items()
+    }
     new = type(estimator)(**params)
     for k, v in new.get_params().items():
         if v is not params[k]:

@@ -16,7 +16,17 @@
   applied only at those positions (full-vocabulary JS, no truncation).
 
 Paper defaults: r=8, alpha=32, dropout 0.1, AdamW lr 1e-4 with cosine decay, batch 4.
-``steps`` defaults to a CPU-sized 60. Adapters are injected into the shared model only inside
+
+Trained to convergence on a validation split: ``validation_fraction`` of the training
+answers (stratified by label, seeded) is held out; every ``eval_every`` steps the loop
+computes the training loss (dropout off) on it and its AUROC, keeps the adapters (and head)
+with the lowest validation loss, stops after ``patience`` evaluations without a lower one, and
+ends with the best ones (``training.EarlyStopping``); ``steps`` (default 400) is only the
+budget. The learning curve (``learning_curve_``: step, mean training loss since the
+previous evaluation, validation loss, validation AUROC), ``best_step_`` and ``stopped_step_``
+are kept with the fit, and the best step's validation scores (``validation_scores_``,
+``validation_labels_``) are what temperature scaling fits on. ``validation_fraction=0``
+trains exactly ``steps`` steps on every answer (no curve). Adapters are injected into the shared model only inside
 ``fit`` / ``predict_proba`` and always removed on exit (``knowlens.training.lora_attached``:
 peft ``unload()`` in a ``finally``), so other code keeps seeing the base model.
 
@@ -76,6 +86,7 @@ from knowlens.estimators._text import retokenize
 from knowlens.models._batch import pad_batch, pad_id
 from knowlens.training import (
     LENGTH_WINDOW,
+    EarlyStopping,
     ParamGroup,
     adapter_state,
     batch_schedule,
@@ -112,6 +123,9 @@ class _LoRABase(Estimator[GenerationSet]):
     seed: int
     length_window: int
     checkpoint_every: int
+    validation_fraction: float
+    eval_every: int
+    patience: int
     cache: bool
     progress: bool
     use_chat_template: bool
@@ -126,6 +140,10 @@ class _LoRABase(Estimator[GenerationSet]):
         return None
 
     def _loss(self, pm: Any, head: Any, items: list[Any], y: Any) -> Any:
+        return self._loss_and_scores(pm, head, items, y)[0]
+
+    def _loss_and_scores(self, pm: Any, head: Any, items: list[Any], y: Any) -> tuple[Any, Any]:
+        """(training loss of the batch, P(correct) per row) from one forward pass."""
         raise NotImplementedError  # pragma: no cover
 
     def _length(self, item: Any) -> int:
@@ -156,10 +174,24 @@ class _LoRABase(Estimator[GenerationSet]):
         who = type(self).__name__
         if self.model is None:
             raise ConfigError(f"{who} needs model=ModelHandle (the model that gets adapters).")
-        for name in ("r", "steps", "batch_size", "checkpoint_every", "max_length", "length_window"):
+        for name in (
+            "r",
+            "steps",
+            "batch_size",
+            "checkpoint_every",
+            "max_length",
+            "length_window",
+            "eval_every",
+            "patience",
+        ):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < 1:
                 raise ConfigError(f"{who}: {name} must be an integer >= 1; got {v!r}.")
+        if not 0 <= self.validation_fraction < 1:
+            raise ConfigError(
+                f"{who}: validation_fraction must be in [0, 1) (0: no early stopping); got "
+                f"{self.validation_fraction}."
+            )
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"{who}: dropout must be in [0, 1); got {self.dropout}.")
         if not self.lr > 0:
@@ -172,6 +204,52 @@ class _LoRABase(Estimator[GenerationSet]):
             "dropout": float(self.dropout),
             "target_modules": tuple(self.target_modules),
         }
+
+    def _split(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(train rows, validation rows): stratified by label, seeded; no validation rows when
+        ``validation_fraction`` is 0."""
+        n = len(y)
+        if self.validation_fraction == 0:
+            return np.arange(n), np.arange(0)
+        from sklearn.model_selection import train_test_split
+
+        n_val = max(2, round(self.validation_fraction * n))
+        counts = np.bincount(y.astype(np.int64), minlength=2)
+        if n - n_val < 2 or counts.min() < 2:
+            raise ConfigError(
+                f"{type(self).__name__}: {n} training answers ({counts[1]} correct, "
+                f"{counts[0]} wrong) are too few to hold out a validation split with both "
+                "labels for early stopping; give more answers or pass validation_fraction=0 "
+                "(a fixed number of steps)."
+            )
+        tr, va = train_test_split(
+            np.arange(n), test_size=n_val, stratify=y, random_state=int(self.seed)
+        )
+        return np.sort(tr), np.sort(va)
+
+    def _evaluate(self, pm: Any, head: Any, items: list[Any], y: Any) -> dict[str, float]:
+        """Validation loss (dropout off, batches in length order) and AUROC of ``items``."""
+        from sklearn.metrics import roc_auc_score
+
+        pm.eval()
+        if head is not None:
+            head.eval()
+        order = np.argsort([self._length(it) for it in items], kind="stable")
+        total, scores = 0.0, np.empty(len(items))
+        try:
+            for i in range(0, len(order), int(self.batch_size)):
+                idx = order[i : i + int(self.batch_size)]
+                loss, p = self._loss_and_scores(pm, head, [items[j] for j in idx], y[idx])
+                total += float(loss) * len(idx)
+                scores[idx] = p.double().cpu().numpy()
+        finally:
+            pm.train()
+            if head is not None:
+                head.train()
+        self._val_scores.append(scores)
+        yv = y.numpy()
+        auroc = float(roc_auc_score(yv, scores)) if 0 < yv.sum() < len(yv) else math.nan
+        return {"loss": total / len(items), "auroc": auroc}
 
     # -- fit ------------------------------------------------------------------------------------
     def fit(
@@ -194,28 +272,33 @@ class _LoRABase(Estimator[GenerationSet]):
         yy = yy[keep]
         qs = None if questions is None else [q for q, k in zip(questions, keep, strict=True) if k]
         items = self._prepare(gens, qs)
+        tr, va = self._split(yy)
         self.train_key_ = data_key(gens, yy)
         key = self.cache_key()
         # one writer of this fit's checkpoints across processes
         lock = entry_lock("estimator-checkpoints", key) if self.cache else contextlib.nullcontext()
         with lock:
             t0 = time.perf_counter()
-            lengths = [self._length(it) for it in items]
+            lengths = [self._length(items[i]) for i in tr]
             # length-bucketed batches: little padding, same seed -> same batches (resumable)
-            schedule = batch_schedule(
-                len(items),
-                self.batch_size,
-                self.steps,
-                self.seed,
-                lengths=lengths,
-                window=int(self.length_window),
-            )
+            schedule = [
+                tr[b]
+                for b in batch_schedule(
+                    len(tr),
+                    self.batch_size,
+                    self.steps,
+                    self.seed,
+                    lengths=lengths,
+                    window=int(self.length_window),
+                )
+            ]
             yt = torch.as_tensor(yy, dtype=torch.long)
             with torch.random.fork_rng():
                 torch.manual_seed(self.seed)
                 head = self._make_head()
             ckpt_root = entry_dir("estimator-checkpoints", key) if self.cache else None
-            self._before_training(items, schedule)
+            self._before_training(items, [*schedule, va])
+            self._val_scores: list[np.ndarray] = []
             try:
                 with lora_attached(self._handle, **self._lora_kwargs(), train=True) as pm:
                     groups = [ParamGroup(trainable_parameters(pm), self.lr)]
@@ -223,6 +306,14 @@ class _LoRABase(Estimator[GenerationSet]):
                         head.train()
                         groups.append(
                             ParamGroup(trainable_parameters(head, "head."), self._head_lr())
+                        )
+                    stopping = None
+                    if len(va):
+                        val_items, y_val = [items[i] for i in va], yt[va]
+                        stopping = EarlyStopping(
+                            lambda m: self._evaluate(m, head, val_items, y_val),
+                            every=int(self.eval_every),
+                            patience=int(self.patience),
                         )
                     result = train_loop(
                         pm,
@@ -237,8 +328,12 @@ class _LoRABase(Estimator[GenerationSet]):
                         checkpoint_every=int(self.checkpoint_every),
                         progress=self.progress,
                         description=f"{self.display_name} training",
+                        early_stopping=stopping,
                     )
                     self.adapter_ = adapter_state(pm)
+                    if stopping is not None:  # the scores of the parameters kept (the best)
+                        with torch.no_grad():
+                            self._evaluate(pm, head, val_items, y_val)
             finally:
                 self._after_training()
             self.resumed_from_ = result.resumed_from
@@ -246,8 +341,19 @@ class _LoRABase(Estimator[GenerationSet]):
                 head.eval()
                 self.head_ = head
             self.loss_history_ = result.history
-            self.n_train_ = len(items)
-            self.train_padding_ = unfilled_fraction(lengths, schedule)
+            self.learning_curve_ = result.evals
+            self.best_step_ = result.best_step
+            self.stopped_step_ = result.stopped_step
+            best = self._val_scores[-1] if len(va) else None
+            self.validation_scores_ = None if best is None else best.tolist()
+            self.validation_labels_ = None if best is None else yy[va].astype(int).tolist()
+            self._val_scores = []
+            self.n_train_ = len(tr)
+            self.n_validation_ = len(va)
+            used = schedule[: result.stopped_step]
+            self.train_padding_ = unfilled_fraction(
+                [self._length(it) for it in items], used if used else schedule
+            )
             self.train_time_s_ = time.perf_counter() - t0
             self.model_id_ = self._handle.target_id
             if ckpt_root is not None:  # set exactly when self.cache
@@ -261,6 +367,12 @@ class _LoRABase(Estimator[GenerationSet]):
             "train_key": self.train_key_,
             "loss_history": self.loss_history_,
             "n_train": self.n_train_,
+            "n_validation": self.n_validation_,
+            "learning_curve": self.learning_curve_,
+            "best_step": self.best_step_,
+            "stopped_step": self.stopped_step_,
+            "validation_scores": self.validation_scores_,
+            "validation_labels": self.validation_labels_,
             "train_time_s": self.train_time_s_,
             "train_padding": self.train_padding_,
             "d_model": int(self._handle.d_model),
@@ -285,6 +397,12 @@ class _LoRABase(Estimator[GenerationSet]):
         self.train_key_ = state["train_key"]
         self.loss_history_ = state["loss_history"]
         self.n_train_ = state["n_train"]
+        self.n_validation_ = state.get("n_validation", 0)
+        self.learning_curve_ = state.get("learning_curve", [])
+        self.best_step_ = state.get("best_step")
+        self.stopped_step_ = state.get("stopped_step")
+        self.validation_scores_ = state.get("validation_scores")
+        self.validation_labels_ = state.get("validation_labels")
         self.train_time_s_ = state["train_time_s"]
         self.train_padding_ = state.get("train_padding")  # None in fits saved before it
         self.adapter_ = {k[8:]: v for k, v in weights.items() if k.startswith("adapter.")}
@@ -302,6 +420,9 @@ _LORA_SETTINGS = {
     "alpha": "lora_alpha",
     "lr": "lora_lr",
     "batch_size": "batch_size",
+    "validation_fraction": "lora_validation_fraction",
+    "eval_every": "lora_eval_every",
+    "patience": "lora_patience",
 }
 
 
@@ -328,13 +449,18 @@ class LoRAProbe(_LoRABase):
         lr: AdamW learning rate of the adapters (paper 1e-4), cosine decay over ``steps``.
         head_lr: learning rate of the freshly initialised head (default 1e-3: with CPU-sized
             step counts the head would barely move at 1e-4).
-        steps, batch_size: optimisation steps and examples per step (paper batch 4).
+        steps, batch_size: most optimisation steps (early stopping usually ends sooner) and
+            examples per step (paper batch 4).
         max_length: longest prompt + answer in tokens (longer keep their last tokens).
         seed: batch order, dropout and head initialisation.
         length_window: batches per length-sorting window (``training.batch_schedule``):
             rows of similar length are batched together, so little compute goes to padding;
             1 = plain shuffled batches.
         checkpoint_every: steps between resumable checkpoints.
+        validation_fraction: share of the training answers held out for early stopping
+            (stratified, seeded); 0 = train exactly ``steps`` steps on all of them.
+        eval_every, patience: steps between validation evaluations, and evaluations without
+            a lower validation loss before training stops (3 x 20 steps by default).
         cache: write resumable checkpoints (under the cache); finished fits are cached by
             ``knowlens.estimators.fit_cached``.
         progress: rich progress bar with the running loss.
@@ -350,13 +476,16 @@ class LoRAProbe(_LoRABase):
         dropout: float = 0.1,
         lr: float = 1e-4,
         head_lr: float = 1e-3,
-        steps: int = 60,
+        steps: int = 400,
         batch_size: int = 4,
         target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
         max_length: int = 384,
         seed: int = 0,
         length_window: int = LENGTH_WINDOW,
         checkpoint_every: int = 20,
+        validation_fraction: float = 0.2,
+        eval_every: int = 20,
+        patience: int = 3,
         cache: bool = True,
         progress: bool = True,
         use_chat_template: bool = True,
@@ -374,6 +503,9 @@ class LoRAProbe(_LoRABase):
         self.seed = seed
         self.length_window = length_window
         self.checkpoint_every = checkpoint_every
+        self.validation_fraction = validation_fraction
+        self.eval_every = eval_every
+        self.patience = patience
         self.cache = cache
         self.progress = progress
         self.use_chat_template = use_chat_template
@@ -406,10 +538,12 @@ class LoRAProbe(_LoRABase):
         )
         return head(out.hidden_states[-1][:, -1, :].float())
 
-    def _loss(self, pm: Any, head: Any, items: list[Any], y: Any) -> Any:
+    def _loss_and_scores(self, pm: Any, head: Any, items: list[Any], y: Any) -> tuple[Any, Any]:
         import torch
 
-        return torch.nn.functional.cross_entropy(self._forward(pm, head, items), y)
+        logits = self._forward(pm, head, items)
+        p = torch.softmax(logits.detach(), -1)[:, 1]
+        return torch.nn.functional.cross_entropy(logits, y), p
 
     def predict_proba(
         self,
@@ -483,13 +617,16 @@ class LoRAPrompt(_LoRABase):
         dropout: float = 0.1,
         lr: float = 1e-4,
         js_weight: float = 1.0,
-        steps: int = 60,
+        steps: int = 400,
         batch_size: int = 4,
         target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
         max_length: int = 512,
         seed: int = 0,
         length_window: int = LENGTH_WINDOW,
         checkpoint_every: int = 20,
+        validation_fraction: float = 0.2,
+        eval_every: int = 20,
+        patience: int = 3,
         cache: bool = True,
         progress: bool = True,
         use_chat_template: bool = True,
@@ -509,6 +646,9 @@ class LoRAPrompt(_LoRABase):
         self.seed = seed
         self.length_window = length_window
         self.checkpoint_every = checkpoint_every
+        self.validation_fraction = validation_fraction
+        self.eval_every = eval_every
+        self.patience = patience
         self.cache = cache
         self.progress = progress
         self.use_chat_template = use_chat_template
@@ -554,7 +694,7 @@ class LoRAPrompt(_LoRABase):
     def _after_training(self) -> None:
         self._frozen = {}
 
-    def _loss(self, pm: Any, head: Any, items: list[Any], y: Any) -> Any:
+    def _loss_and_scores(self, pm: Any, head: Any, items: list[Any], y: Any) -> tuple[Any, Any]:
         import torch
 
         lm = self._handle.model
@@ -581,8 +721,9 @@ class LoRAPrompt(_LoRABase):
             for t in range(s, e):
                 rows.append(b)
                 cols.append(off + t - 1)
+        p = probs.detach()[:, 1]
         if self.js_weight == 0 or not rows:
-            return ce
+            return ce, p
         head_w = lm.get_output_embeddings()
         logp = torch.log_softmax(head_w(out.hidden_states[-1][rows, cols]).float(), -1)
         read = getattr(self, "_frozen", {})
@@ -594,7 +735,7 @@ class LoRAPrompt(_LoRABase):
                 with pm.disable_adapter():
                     frozen = pm(**kw).hidden_states[-1][rows, cols]
             logq = torch.log_softmax(head_w(frozen).float(), -1)
-        return ce + self.js_weight * js_divergence(logp, logq).mean()
+        return ce + self.js_weight * js_divergence(logp, logq).mean(), p
 
     def predict_proba(
         self,

@@ -73,18 +73,20 @@ class LogisticProbe(_FeatureProbe):
     """Orgad et al. (2024) error-detection probe (FIGURES.md section 3).
 
     scikit-learn ``LogisticRegression`` with its default settings (L2, C=1, lbfgs), fitted
-    on raw hidden states of one layer.
+    on raw hidden states of one layer, except ``max_iter``: 1000, not sklearn's 100, at which
+    lbfgs stops before convergence on 576- to 2048-dimensional raw states (ConvergenceWarning
+    on SmolLM2's); the fit is then the regularised optimum LLMsKnow's probe aims at.
 
     Args:
         layer: hidden-state index held in the ActivationSet (negative = from the last held).
         reduce: how to reduce an example's positions: ``"last"`` (for ``exact_answer`` this is
             the last token of the span), ``"first"`` or ``"mean"``.
         C: inverse regularisation strength (sklearn default 1.0).
-        max_iter: lbfgs iterations (sklearn default 100).
+        max_iter: most lbfgs iterations (default 1000; sklearn's 100 does not converge here).
     """
 
     def __init__(
-        self, *, layer: int = -1, reduce: str = "last", C: float = 1.0, max_iter: int = 100
+        self, *, layer: int = -1, reduce: str = "last", C: float = 1.0, max_iter: int = 1000
     ) -> None:
         self.layer = layer
         self.reduce = reduce

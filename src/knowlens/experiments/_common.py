@@ -230,7 +230,8 @@ def resolution(cells: pd.DataFrame, min_n: int, metric: str = "auroc") -> dict[s
     drawn = sub[(sub["n"] >= min_n) & np.isfinite(sub["value"].to_numpy(dtype=float))]
     half = (drawn["ci_high"] - drawn["ci_low"]).to_numpy(dtype=float) / 2
     half = half[np.isfinite(half)]
-    name = metric.upper() if metric in ("auroc", "ece", "prr") else metric
+    name = {"auroc_minus_baseline": "AUROC - baseline"}.get(metric, metric)
+    name = name.upper() if metric in ("auroc", "ece", "prr") else name
     return {
         f"{name} cells drawn (n >= {min_n})": f"{len(drawn)} of {len(sub)}",
         f"smallest n of a drawn {name} cell": str(int(drawn["n"].min())) if len(drawn) else "-",

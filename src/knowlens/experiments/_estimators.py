@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from knowlens._cache import stable_hash
 from knowlens.errors import ConfigError
@@ -45,6 +45,7 @@ from knowlens.errors import ConfigError
 __all__ = [
     "ESTIMATORS_HELP",
     "SCORES_VERSION",
+    "TEMPERATURE_COLUMNS",
     "EstimatorBench",
     "Fitted",
     "SamplingSettings",
@@ -57,6 +58,11 @@ __all__ = [
 ]
 
 SCORES_VERSION = "1"
+#: columns of an analysis' ``temperatures`` table (``train.temperature_scaling``), after
+#: its own leading ones (``model``, ...): :attr:`Fitted.calibration`
+TEMPERATURE_COLUMNS = ["estimator", "temperature", "validation", "n_validation", "n_correct"]
+#: share of the training answers the bench holds out to fit a temperature (stratified, seeded)
+VALIDATION_FRACTION = 0.2
 #: what the ``estimators`` field of an analysis config accepts
 ESTIMATORS_HELP = (
     "Registered estimator names (knowlens.estimators.estimator_names(); aliases allowed)."
@@ -70,7 +76,21 @@ class TrainSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     probe_epochs: int = Field(default=100, ge=1, description="MLP probe epochs.")
-    lora_steps: int = Field(default=60, ge=1, description="Optimiser steps of the LoRA estimators.")
+    lora_steps: int = Field(
+        default=400,
+        ge=1,
+        description="Most optimiser steps of the LoRA estimators (early stopping ends sooner).",
+    )
+    lora_validation_fraction: float = Field(
+        default=0.2,
+        ge=0,
+        lt=1,
+        description="Training answers held out for LoRA early stopping (0: exactly lora_steps).",
+    )
+    lora_eval_every: int = Field(default=20, ge=1, description="Steps between LoRA validations.")
+    lora_patience: int = Field(
+        default=3, ge=1, description="LoRA validations without a lower loss before stopping."
+    )
     lora_r: int = Field(default=8, ge=1, description="LoRA rank (paper: 8).")
     lora_alpha: int = Field(default=32, ge=1, description="LoRA alpha (paper: 32).")
     lora_lr: float = Field(default=1e-4, gt=0, description="AdamW learning rate (paper: 1e-4).")
@@ -78,6 +98,19 @@ class TrainSettings(BaseModel):
     max_train: int | None = Field(
         default=None, ge=2, description="Cap on training answers for LoRA estimators."
     )
+    temperature_scaling: bool = Field(
+        default=False,
+        description="Fit a temperature on a held-out validation split and report each "
+        'estimator also as "<name> + TS".',
+    )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        # Left out while off: a config without it dumps (and keys the result cache) as before.
+        out: dict[str, Any] = handler(self)
+        if not self.temperature_scaling:
+            out.pop("temperature_scaling", None)
+        return out
 
 
 class SamplingSettings(BaseModel):
@@ -162,17 +195,26 @@ def fit_recorded(ctx: Any, estimator: Any, X: Any, y: Any) -> tuple[Any, str]:
 @dataclass
 class Fitted:
     """A fitted estimator of an analysis: config name, registry entry, estimator, its cache
-    key (which keys its scores) and the reader model it belongs to."""
+    key (which keys its scores) and the reader model it belongs to.
+
+    A temperature-scaled variant (``EstimatorBench.fit_variants``) is the same fit with
+    ``temperature`` set: labelled "<display name> + TS", scored as its base through
+    ``apply_temperature``; ``calibration`` is its ``temperatures`` row: ``temperature``,
+    ``validation`` ("estimator": the split the estimator held out from its own training,
+    "held_out": the bench's), ``n_validation`` and ``n_correct`` (validation answers)."""
 
     name: str
     spec: Any
     estimator: Any
     key: str
     reader: Any
+    temperature: float | None = None
+    calibration: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
-        return str(self.spec.display_name)
+        base = str(self.spec.display_name)
+        return base if self.temperature is None else f"{base} + TS"
 
 
 class EstimatorBench:
@@ -333,6 +375,49 @@ class EstimatorBench:
         spec = get_estimator(name)
         if spec.train_limit is not None:
             train = _cap(train, getattr(self.settings, spec.train_limit), self.seed)
+        return self._fit(spec, reader, train, answerer)
+
+    def fit_variants(
+        self, name: str, reader: Any, train: Any, *, answerer: Any = None
+    ) -> list[Fitted]:
+        """``[fit(...)]``; with ``settings.temperature_scaling`` also its "+ TS" variant
+        (Guo et al. 2017; ``knowlens.estimators.fit_temperature``), sharing the one base fit.
+        An estimator whose fit holds out its own validation split (``validation_scores_`` /
+        ``validation_labels_``; ``declares_validation``) trains on all ``train`` answers and
+        ``T`` is fitted on that split. Any other trains on a stratified seeded 80 % of them
+        (``VALIDATION_FRACTION``; the raw variant's numbers then come from that fit too) and
+        ``T`` on its cached scores of the other 20 %."""
+        from knowlens.estimators import fit_temperature, get_estimator
+        from knowlens.estimators._calibrate import (
+            declares_validation,
+            own_validation,
+            subset_rows,
+            validation_split,
+        )
+
+        if not self.settings.temperature_scaling:
+            return [self.fit(name, reader, train, answerer=answerer)]
+        spec = get_estimator(name)
+        if spec.train_limit is not None:
+            train = _cap(train, getattr(self.settings, spec.train_limit), self.seed)
+        if declares_validation(spec.cls):
+            raw = self._fit(spec, reader, train, answerer)
+            own = own_validation(raw.estimator)
+            if own is not None:  # else (e.g. its split turned off) hold one out below
+                return [raw, _scaled(raw, fit_temperature(*own), *own, "estimator")]
+        who = f"{spec.name}: temperature scaling"
+        fit_rows, val_rows = validation_split(train.correct, VALIDATION_FRACTION, self.seed, who)
+        # the whole split's inputs, prepared (extracted, sampled) once and cut in two
+        X = self.inputs(spec, reader, train, answerer)
+        part = subset_rows(train, fit_rows)
+        raw = self._fit(spec, reader, part, answerer, X=subset_rows(X, fit_rows))
+        val = subset_rows(train, val_rows)
+        p = self.score(raw, val, answerer=answerer, X=subset_rows(X, val_rows))
+        return [raw, _scaled(raw, fit_temperature(p, val.correct), p, val.correct, "held_out")]
+
+    def _fit(self, spec: Any, reader: Any, train: Any, answerer: Any, X: Any = None) -> Fitted:
+        """``spec``'s estimator of ``reader`` fitted on ``train`` (inputs ``X``, by default
+        prepared here) through the one estimator cache."""
         shared = {"reads": self.reads} if "reads" in spec.cls._param_names() else {}
         est = spec.make(model=reader, settings=self.settings, seed=self.seed, **shared)
         own = {k: v for k, v in self.estimator_params.items() if k in est.get_params()}
@@ -342,17 +427,30 @@ class EstimatorBench:
             est.set_params(cache=self.ctx.use_cache)
         what = f"train {spec.name} · {reader.name} on {len(train)} answers"
         with self.ctx.step(what, kind="train", model=reader.name):
-            X = self.inputs(spec, reader, train, answerer)
+            if X is None:
+                X = self.inputs(spec, reader, train, answerer)
             est, key = fit_recorded(self.ctx, est, X, train.correct)
+        if getattr(est, "learning_curve_", None) and hasattr(self.ctx, "record_curve"):
+            self.ctx.record_curve(key, curve_frame(est, reader.name, spec.display_name))
         return Fitted(name=spec.name, spec=spec, estimator=est, key=key, reader=reader)
 
-    def score(self, fitted: Fitted, gens: Any, *, answerer: Any = None) -> np.ndarray:
+    def score(
+        self, fitted: Fitted, gens: Any, *, answerer: Any = None, X: Any = None
+    ) -> np.ndarray:
         """P(correct) of ``fitted`` for ``gens`` (answers of any model), cached per example;
-        ``answerer`` as in :meth:`fit` (sample estimators only)."""
+        ``answerer`` as in :meth:`fit` (sample estimators only); ``X``: ``gens``' inputs if
+        already prepared. A "+ TS" variant is its base's cached P(correct) through
+        ``apply_temperature``."""
+        if fitted.temperature is not None:
+            from knowlens.estimators import apply_temperature
+
+            base = replace(fitted, temperature=None, calibration=None)
+            p_base = self.score(base, gens, answerer=answerer, X=X)
+            return apply_temperature(p_base, fitted.temperature)
 
         def compute() -> pd.DataFrame:
-            X = self.inputs(fitted.spec, fitted.reader, gens, answerer)
-            p = fitted.estimator.predict_proba(X)
+            inputs = self.inputs(fitted.spec, fitted.reader, gens, answerer) if X is None else X
+            p = fitted.estimator.predict_proba(inputs)
             return pd.DataFrame({"example_id": gens.example_ids, "p": np.asarray(p, dtype=float)})
 
         key: dict[str, Any] = {
@@ -371,6 +469,59 @@ class EstimatorBench:
         with self.ctx.step(what, kind="score", model=fitted.reader.name):
             df = self.ctx.cached_frame("estimator_scores", key, compute)
         return df["p"].to_numpy(dtype=float)
+
+
+#: columns of an analysis' ``learning_curves`` table (one row per validation evaluation)
+CURVE_COLUMNS = [
+    "model",
+    "estimator",
+    "step",
+    "train_loss",
+    "val_loss",
+    "val_auroc",
+    "best_step",
+    "stopped_step",
+    "max_steps",
+    "n_train",
+    "n_validation",
+]
+
+
+def curve_frame(est: Any, model: str, label: str) -> pd.DataFrame:
+    """The learning curve of a fitted estimator with early stopping (``learning_curve_``,
+    ``best_step_``, ``stopped_step_``, as the LoRA estimators keep them) as table rows."""
+    rows = [
+        {
+            "model": model,
+            "estimator": label,
+            "step": int(e["step"]),
+            "train_loss": e.get("train_loss", np.nan),
+            "val_loss": e["loss"],
+            "val_auroc": e.get("auroc", np.nan),
+            "best_step": est.best_step_,
+            "stopped_step": est.stopped_step_,
+            "max_steps": int(est.steps),
+            "n_train": est.n_train_,
+            "n_validation": est.n_validation_,
+        }
+        for e in est.learning_curve_
+    ]
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+def _scaled(raw: Fitted, T: float, p: np.ndarray, y: np.ndarray, where: str) -> Fitted:
+    """The "+ TS" variant of ``raw``: temperature ``T``, fitted on validation ``p``, ``y``."""
+    p, y = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(p) & np.isfinite(y)
+    out = replace(raw, temperature=T)
+    out.calibration = {
+        "estimator": out.label,
+        "temperature": T,
+        "validation": where,
+        "n_validation": int(ok.sum()),
+        "n_correct": int(y[ok].sum()),
+    }
+    return out
 
 
 def _inputs_key(inputs: Any) -> dict[str, Any]:

@@ -101,7 +101,7 @@ __all__ = ["RESULTS_VERSION", "RunContext", "RunResult", "run", "run_config"]
 
 T = TypeVar("T")
 
-RESULTS_VERSION = "1"
+RESULTS_VERSION = "2"  # 2: a learning_curves table for every trained estimator
 _console = Console(stderr=True)
 
 
@@ -228,6 +228,16 @@ class RunContext:
     stages: StageClock = field(default_factory=StageClock)
     _models: dict[str, Any] = field(default_factory=dict)
     _progress: Progress | None = None
+    _curves: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    # ---- learning curves -------------------------------------------------------------------
+    def record_curve(self, key: str, curve: pd.DataFrame) -> None:
+        """Keep the learning curve of one fitted estimator (``key``: its cache key, so a fit
+        used twice is shown once); the runner writes them as the ``learning_curves`` table."""
+        self._curves.setdefault(key, curve)
+
+    def curves(self) -> pd.DataFrame | None:
+        return pd.concat(self._curves.values(), ignore_index=True) if self._curves else None
 
     # ---- models, tasks -------------------------------------------------------------------
     def load_model(self, spec: str) -> Any:
@@ -594,6 +604,9 @@ def _run_into(
                     )
                     with clock.stage(acfg.key, "compute", label) as op:
                         tables = dict(module.run(acfg, ctx))
+                    curves = ctx.curves()
+                    if curves is not None and "learning_curves" not in tables:
+                        tables["learning_curves"] = curves
                     done = clock.record(op.index)
                     ctx.log.compute_s = done.wall_s if done is not None else None
                     ctx.log.executor = _describe(ctx.executor, acfg.ray_address)

@@ -9,7 +9,10 @@ row model's question + answer; LoRA + Prompt runs T's adapters on them.
                                           of estimator_T's P(correct) on M's test answers
 
 Tables: ``estimator_transfer`` (one row per estimator x model x trained_on x metric, with n
-and a bootstrap 95% CI), ``scores`` (per-answer P(correct)), ``accuracy``.
+and a bootstrap 95% CI), ``scores`` (per-answer P(correct)), ``accuracy``. With
+``train.temperature_scaling`` every estimator also appears as "<name> + TS" (temperature
+fitted on the trained-on model's validation split, ``EstimatorBench.fit_variants``) and
+``temperatures`` records each fitted T.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from knowlens.experiments._common import (
 )
 from knowlens.experiments._estimators import (
     ESTIMATORS_HELP,
+    TEMPERATURE_COLUMNS,
     EstimatorBench,
     SamplingSettings,
     TrainSettings,
@@ -121,43 +125,53 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
 
     rows: list[dict[str, Any]] = []
     score_rows: list[pd.DataFrame] = []
+    temp_rows: list[dict[str, Any]] = []
     bench = EstimatorBench(ctx, cfg.train, cfg.seed, cfg.sampling)
     for est_name in cfg.estimators:
         for trained_on in ctx.track(specs, f"{display_name(est_name)}: train + judge"):
             reader = ctx.load_model(trained_on)
-            fitted = bench.fit(est_name, reader, train[trained_on])
-            for i, judged in enumerate(specs):
-                ev = test[judged]
-                p = bench.score(fitted, ev)
-                score_rows.append(
-                    pd.DataFrame(
-                        {
-                            "model": judged,
-                            "trained_on": trained_on,
-                            "estimator": fitted.label,
-                            "example_id": ev.example_ids,
-                            "correct": ev.correct,
-                            "p": p,
-                        }
+            for fitted in bench.fit_variants(est_name, reader, train[trained_on]):  # and "+ TS"
+                if fitted.calibration is not None:
+                    temp_rows.append({"trained_on": trained_on, **fitted.calibration})
+                for i, judged in enumerate(specs):
+                    ev = test[judged]
+                    p = bench.score(fitted, ev)
+                    score_rows.append(
+                        pd.DataFrame(
+                            {
+                                "model": judged,
+                                "trained_on": trained_on,
+                                "estimator": fitted.label,
+                                "example_id": ev.example_ids,
+                                "correct": ev.correct,
+                                "p": p,
+                            }
+                        )
                     )
-                )
-                for m in cfg.metrics:
-                    # Same resamples for one row model across columns and estimators.
-                    cell = metric_cell(m, ev.correct, p, n_boot=cfg.n_bootstrap, seed=cfg.seed + i)
-                    rows.append(
-                        {
-                            "analysis": "estimator_transfer",
-                            "model": judged,
-                            "trained_on": trained_on,
-                            "estimator": fitted.label,
-                            **cell,
-                        }
-                    )
+                    for m in cfg.metrics:
+                        # Same resamples for one row model across columns and estimators.
+                        cell = metric_cell(
+                            m, ev.correct, p, n_boot=cfg.n_bootstrap, seed=cfg.seed + i
+                        )
+                        rows.append(
+                            {
+                                "analysis": "estimator_transfer",
+                                "model": judged,
+                                "trained_on": trained_on,
+                                "estimator": fitted.label,
+                                **cell,
+                            }
+                        )
     return {
         "estimator_transfer": frame(rows, COLUMNS),
         "scores": pd.concat(score_rows, ignore_index=True) if score_rows else pd.DataFrame(),
         "accuracy": frame(acc_rows, ["model", "task", "split", "n", "n_correct", "accuracy"]),
         "settings": pd.DataFrame([{"min_n": cfg.min_n}]),
+        **(
+            {"temperatures": frame(temp_rows, ["trained_on", *TEMPERATURE_COLUMNS])}
+            if cfg.train.temperature_scaling
+            else {}
+        ),
     }
 
 
@@ -237,6 +251,12 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
                 f"own model {h['diag_mean']:.3f}, transferred {h['off_mean']:.3f}"
             )
     keys.update(resolution(t, min_n_of(tables)))
+    temps = tables.get("temperatures")
+    if temps is not None and len(temps):
+        keys["temperature scaling: fitted T"] = "; ".join(
+            f"{r.estimator} (trained on {short_model(r.trained_on)}) {r.temperature:.2f}"
+            for r in temps.itertuples()
+        )
     return [
         Section(
             title="Cross-model transfer of estimators",
@@ -250,6 +270,6 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
             ),
             figures=[f for f in figs if f.suffix == ".png"],
             key_numbers=keys,
-            tables=["estimator_transfer"],
+            tables=["estimator_transfer", *(["temperatures"] if temps is not None else [])],
         )
     ]

@@ -51,6 +51,7 @@ from knowlens.experiments._common import (
     min_n_of,
     paired_diff_cell,
     require_models,
+    resolution,
     short_model,
 )
 from knowlens.experiments._estimators import (
@@ -673,6 +674,8 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
                 for k, (v, lo, hi) in mets.items()
             )
         keys.update({f"chosen layer · {k}": v for k, v in chosen.items()})
+        # what one cell resolves: the probe-minus-baseline cells' n and CI half-width
+        keys.update(resolution(t[t["model"] == model], min_n_of(tables), "auroc_minus_baseline"))
         out.append(
             Section(
                 title=f"Probe transfer across datasets · {m}",

@@ -27,7 +27,9 @@ always pools every evaluated answer.
 Tables: ``topic_calibration`` (one row per topic x model x estimator x metric, with n and a
 bootstrap 95% CI; topic ``(all)`` pools the topics), ``reliability`` (bins per model x
 estimator, pooled), ``scores`` (per-answer P(correct), so every cell can be recomputed),
-``accuracy``, ``topics``, ``settings`` (setting, min_n).
+``accuracy``, ``topics``, ``settings`` (setting, min_n). With ``train.temperature_scaling``
+every estimator also appears as "<name> + TS" (temperature scaling fitted on a validation
+split, ``EstimatorBench.fit_variants``) and ``temperatures`` records each fitted T.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from knowlens.experiments._common import (
 )
 from knowlens.experiments._estimators import (
     ESTIMATORS_HELP,
+    TEMPERATURE_COLUMNS,
     EstimatorBench,
     SamplingSettings,
     TrainSettings,
@@ -79,7 +82,7 @@ __all__ = [
     "run",
 ]
 
-CODE_VERSION = "2"  # 2: topics table, setting, topic_accuracy
+CODE_VERSION = "3"  # 2: topics table, setting, topic_accuracy; 3: differences table
 ALL = "(all)"
 COLUMNS = [
     "analysis",
@@ -140,6 +143,11 @@ class Config(AnalysisConfig):
         description=ESTIMATORS_HELP,
     )
     metrics: list[Metric] = Field(default_factory=_default_metrics, min_length=1)
+    reference: str | None = Field(
+        default="zero_shot",
+        description="Estimator every other one is compared with (paired bootstrap of the "
+        "AUROC and ECE differences over the same answers, table 'differences'); None = none.",
+    )
     train: TrainSettings = Field(default_factory=TrainSettings)
     sampling: SamplingSettings = Field(
         default_factory=SamplingSettings,
@@ -157,6 +165,11 @@ class Config(AnalysisConfig):
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
         return known_estimators(v)
+
+    @field_validator("reference")
+    @classmethod
+    def _known_reference(cls, v: str | None) -> str | None:
+        return None if v is None else known_estimators([v])[0]
 
     @field_validator("topic_accuracy")
     @classmethod
@@ -185,6 +198,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     rel_rows: list[pd.DataFrame] = []
     score_rows: list[pd.DataFrame] = []
     acc_rows: list[dict[str, Any]] = []
+    temp_rows: list[dict[str, Any]] = []
     bench = EstimatorBench(ctx, cfg.train, cfg.seed, cfg.sampling)
     kw = {} if cfg.eval_k_shot is None else {"k_shot": cfg.eval_k_shot}
     for spec in require_models(cfg):
@@ -205,22 +219,24 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
         y = ev.correct
 
         for est_name in ctx.track(cfg.estimators, f"{short_model(spec)}: estimators"):
-            fitted = bench.fit(est_name, model, train)
-            p = bench.score(fitted, ev)
-            score_rows.append(
-                pd.DataFrame(
-                    {
-                        "model": spec,
-                        "estimator": fitted.label,
-                        "example_id": ev.example_ids,
-                        "topic": topics,
-                        "correct": y,
-                        "p": p,
-                    }
+            for fitted in bench.fit_variants(est_name, model, train):  # and its "+ TS"
+                p = bench.score(fitted, ev)
+                score_rows.append(
+                    pd.DataFrame(
+                        {
+                            "model": spec,
+                            "estimator": fitted.label,
+                            "example_id": ev.example_ids,
+                            "topic": topics,
+                            "correct": y,
+                            "p": p,
+                        }
+                    )
                 )
-            )
-            rel = metrics.reliability(y, p, 10)
-            rel_rows.append(rel.assign(model=spec, estimator=fitted.label))
+                rel = metrics.reliability(y, p, 10)
+                rel_rows.append(rel.assign(model=spec, estimator=fitted.label))
+                if fitted.calibration is not None:
+                    temp_rows.append({"model": spec, **fitted.calibration})
     scores = pd.concat(score_rows, ignore_index=True) if score_rows else pd.DataFrame()
     topic_tab = _topic_table(scores, cfg)
     return {
@@ -230,10 +246,58 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
         "accuracy": frame(acc_rows, ["model", "task", "split", "n", "n_correct", "accuracy"]),
         "topics": topic_tab,
         "settings": pd.DataFrame([{"min_n": cfg.min_n, "setting": cfg.setting}]),
+        "differences": frame(_differences(scores, topic_tab, cfg), DIFF_COLUMNS),
+        **(
+            {"temperatures": frame(temp_rows, ["model", *TEMPERATURE_COLUMNS])}
+            if cfg.train.temperature_scaling
+            else {}
+        ),
     }
 
 
 TOPIC_COLUMNS = ["model", "topic", "n", "n_correct", "accuracy", "shown"]
+DIFF_COLUMNS = ["model", "estimator", "reference", "metric", "value", "ci_low", "ci_high", "n"]
+
+
+def _differences(
+    scores: pd.DataFrame, topic_tab: pd.DataFrame, cfg: Config
+) -> list[dict[str, Any]]:
+    """Each estimator minus ``cfg.reference`` per model, AUROC and ECE, on the answers of the
+    shown topics pooled: a paired bootstrap (both scores on the same resampled answers), so
+    the interval is that of the difference."""
+    from knowlens.experiments._estimators import display_name
+    from knowlens.metrics import bootstrap_diff
+
+    if cfg.reference is None or scores.empty:
+        return []
+    ref = display_name(cfg.reference)
+    shown = set(topic_tab.loc[topic_tab["shown"].astype(bool), "topic"])
+    rows: list[dict[str, Any]] = []
+    for spec, s in scores[scores["topic"].isin(shown)].groupby("model", sort=False):
+        wide = s.pivot_table(index="example_id", columns="estimator", values="p", sort=False)
+        y = s.drop_duplicates("example_id").set_index("example_id")["correct"].loc[wide.index]
+        if ref not in wide:
+            continue
+        for label in wide.columns:
+            if label == ref:
+                continue
+            for m in ("auroc", "ece"):
+                d = bootstrap_diff(
+                    m, y, wide[label], wide[ref], n_resamples=cfg.n_bootstrap, seed=cfg.seed
+                )
+                rows.append(
+                    {
+                        "model": spec,
+                        "estimator": label,
+                        "reference": ref,
+                        "metric": m,
+                        "value": d.value,
+                        "ci_low": d.low,
+                        "ci_high": d.high,
+                        "n": d.n,
+                    }
+                )
+    return rows
 
 
 def _topic_table(scores: pd.DataFrame, cfg: Config) -> pd.DataFrame:
@@ -435,6 +499,19 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
     keys.update(resolution(t[t["topic"] != ALL], min_n_of(tables)))
     setting = _setting(tables)
     keys["setting"] = SETTING_TEXT[setting]
+    diffs = tables.get("differences")
+    if diffs is not None and len(diffs):
+        for r in diffs.itertuples():
+            keys[
+                f"{r.estimator} minus {r.reference}, {METRIC_LABEL.get(r.metric, r.metric)} "
+                f"({short_model(r.model)})"
+            ] = f"{r.value:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}], n={r.n} (paired bootstrap)"
+    temps = tables.get("temperatures")
+    if temps is not None and len(temps):
+        keys["temperature scaling: fitted T"] = "; ".join(
+            f"{r.estimator} ({short_model(r.model)}) {r.temperature:.2f}"
+            for r in temps.itertuples()
+        )
     hidden = tables.get("topics")
     if hidden is not None and len(hidden) and not hidden["shown"].astype(bool).all():
         gone = sorted(set(hidden.loc[~hidden["shown"].astype(bool), "topic"]))
@@ -455,7 +532,11 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
             ),
             figures=[png["topic_calibration"]] if "topic_calibration" in png else [],
             key_numbers=keys,
-            tables=["topic_calibration"],
+            tables=[
+                "topic_calibration",
+                "differences",
+                *(["temperatures"] if temps is not None else []),
+            ],
         )
     ]
     if "reliability" in png:
