@@ -44,6 +44,22 @@ def _inputs(spec, model, gens, task, samples_by_k, k, cache):
     return samples_by_k[key][0]
 
 
+def _note(est, n_train: int, n_test: int) -> str:
+    """What a reader of the table must know to read a row: statements not parsed
+    (verbalised confidence), a calibration slope clipped to 0 (constant P(correct))."""
+    out = []
+    if getattr(est, "n_unparsed_", None) is not None:
+        out.append(
+            f"unparsed {est.n_unparsed_}/{n_train} train, {est.last_n_unparsed}/{n_test} test"
+        )
+    cal = getattr(est, "calibration_", None)
+    if isinstance(cal, dict) and cal.get("slope_clipped"):
+        out.append("calibration slope clipped to 0 (constant)")
+    if getattr(est, "best_step_", None) is not None:
+        out.append(f"kept step {est.best_step_} of {est.stopped_step_} (budget {est.steps})")
+    return "; ".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="smollm2-135m-instruct")
@@ -54,6 +70,7 @@ def main() -> None:
     ap.add_argument("--estimators", default="", help="comma list; default: all but LoRA")
     ap.add_argument("--n-bootstrap", type=int, default=1000)
     ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument("--lora-steps", type=int, default=None, help="LoRA step budget")
     ap.add_argument("--out", default="benchmarks/results/estimator_families.csv")
     a = ap.parse_args()
     cache = not a.no_cache
@@ -61,7 +78,7 @@ def main() -> None:
         a.estimators.split(",") if a.estimators else [n for n in estimator_names() if n not in SLOW]
     )
     ks = [int(x) for x in a.k.split(",")]
-    settings = TrainSettings()
+    settings = TrainSettings() if a.lora_steps is None else TrainSettings(lora_steps=a.lora_steps)
     rows = []
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +122,7 @@ def main() -> None:
                         "greedy_s_per_question": round(greedy_s, 3),
                         "inputs_s": round(t1 - t0, 2),
                     }
+                    row["note"] = _note(est, len(g_tr), len(g_te))
                     for m in ("auroc", "prr", "ece"):
                         iv = metrics.bootstrap(m, y, p, n_resamples=a.n_bootstrap, seed=0)
                         row[m], row[f"{m}_low"], row[f"{m}_high"] = iv.value, iv.low, iv.high

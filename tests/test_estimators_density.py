@@ -89,6 +89,40 @@ def test_mahalanobis_fit_on_correct_and_calibration():
     assert metrics.prr(y, p) > 0.5
 
 
+def test_calibration_is_cross_fitted_when_answers_are_fewer_than_dimensions():
+    """m <= d (SmolLM2's 576-dim states, 140 answers): every training answer lies in the
+    fit's span, so in-sample distances are all alike and Platt on them would learn a constant.
+    The calibration is fitted on 5-fold out-of-fold distances instead."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from knowlens.estimators._score import platt_fit
+
+    rng = np.random.default_rng(3)
+    n, d = 60, 100
+    y = (np.arange(n) % 2).astype(float)
+    x = rng.normal(size=(n, d)) * np.where(y[:, None] == 1, 1.0, 2.0)  # wrong: further out
+    te_y = (np.arange(40) % 2).astype(float)
+    te = rng.normal(size=(40, d)) * np.where(te_y[:, None] == 1, 1.0, 2.0)
+    with pytest.warns(UserWarning, match="fitted on 60 answers of dimension 100"):
+        md = MahalanobisDistance(layer=2).fit(acts_of(x), y)
+    with pytest.warns(UserWarning, match="fitted on 60 answers"):
+        plain = MahalanobisDistance(layer=2, calibrate=False).fit(acts_of(x))
+    in_sample = plain.uncertainty(acts_of(x))
+    assert np.ptp(in_sample) < 1e-6 * in_sample.mean()  # all alike: useless for Platt
+    # the calibration equals Platt on the out-of-fold distances, computed by hand
+    oof = np.empty(n)
+    for fit_i, held_i in StratifiedKFold(5, shuffle=True, random_state=0).split(x, y):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            part = MahalanobisDistance(layer=2, calibrate=False).fit(acts_of(x[fit_i]))
+        oof[held_i] = part.uncertainty(acts_of(x[held_i]))
+    a, b, _ = platt_fit(-oof, y)
+    assert md.calibration_["a"] == pytest.approx(a, rel=1e-9) and a > 0
+    assert md.calibration_["b"] == pytest.approx(b, rel=1e-9)
+    p = md.predict_proba(acts_of(te))
+    assert np.ptp(p) > 0.1 and metrics.auroc(te_y, p) > 0.8
+
+
 def test_mahalanobis_rank_deficient_by_hand():
     """Zero training variance along 2 of 5 axes: S + eps I has eigenvalue eps there, so MD^2
     = the in-span form + (off-span part)^2 / eps, exactly (lm-polygraph's float32 inverse of

@@ -63,7 +63,7 @@ __all__ = [
     "layer_features",
 ]
 
-ESTIMATORS_VERSION = "1"
+ESTIMATORS_VERSION = "2"  # 2: early-stopped LoRA, cross-fitted density calibration
 #: cache kind of fitted estimators: ``cache_root()/estimators/<Estimator.cache_key()>/``
 CACHE_KIND = "estimators"
 

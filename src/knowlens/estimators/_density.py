@@ -50,7 +50,7 @@ import numpy as np
 from knowlens.errors import ConfigError, DataError
 from knowlens.estimators._base import Features, layer_features
 from knowlens.estimators._registry import activations, register_estimator
-from knowlens.estimators._score import ScoreEstimator
+from knowlens.estimators._score import CALIBRATION_FOLDS, ScoreEstimator
 
 __all__ = [
     "JITTERS",
@@ -101,10 +101,34 @@ def mahalanobis(h: np.ndarray, fit: GaussianFit) -> np.ndarray:
 class _DensityEstimator(ScoreEstimator):
     """Shared plumbing: features at (layer, reduce), fits, save / load."""
 
+    CROSS_FIT = True  # Platt on out-of-fold distances (ScoreEstimator)
     layer: int
     reduce: str
     fit_on: str
     _FITS: tuple[str, ...] = ()
+
+    def _out_of_fold(self, X: Features, y: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """Each labelled training answer's score under statistics fitted without its fold
+        (stratified, seeded); NaN for unlabelled rows."""
+        from sklearn.model_selection import StratifiedKFold
+
+        from knowlens.estimators._base import clone
+        from knowlens.estimators._calibrate import subset_rows  # features: an ActivationSet
+
+        rows = np.flatnonzero(keep)
+        labels = y[rows].astype(int)
+        folds = int(min(CALIBRATION_FOLDS, np.bincount(labels, minlength=2).min()))
+        if folds < 2:  # a class with one answer: nothing to hold out
+            return np.asarray(self.uncertainty(X), dtype=np.float64)
+        u = np.full(len(y), np.nan)
+        split = StratifiedKFold(folds, shuffle=True, random_state=0).split(rows, labels)
+        for fit_i, held_i in split:
+            part = clone(self)
+            with warnings.catch_warnings():  # the fit on every answer below warns, once
+                warnings.simplefilter("ignore", UserWarning)
+                part._fit_statistics(subset_rows(X, rows[fit_i]), y[rows[fit_i]])
+            u[rows[held_i]] = part.uncertainty(subset_rows(X, rows[held_i]))
+        return u
 
     def _features(self, acts: Any, who: str) -> np.ndarray:
         n = getattr(self, "n_features_in_", None)
@@ -204,8 +228,8 @@ class MahalanobisDistance(_DensityEstimator):
             token of the last layer: register a variant with ``tokens="all"`` and
             ``reduce="mean"`` for it).
         fit_on: ``"all"`` training answers (LM-Polygraph) or only those graded ``"correct"``.
-        calibrate: Platt scaling of ``-MD`` on the training labels (ScoreEstimator); with
-            False, P(correct) = exp(-MD).
+        calibrate: Platt scaling of ``-MD`` on the training labels, fitted on 5-fold
+            out-of-fold distances (ScoreEstimator); with False, P(correct) = exp(-MD).
     """
 
     def __init__(

@@ -9,7 +9,13 @@ class of the same name returns). ``predict_proba`` maps it to P(correct):
   never invert the method's orientation (an estimator whose uncertainty *rises* with
   correctness on the training split gets a constant P(correct) = the training accuracy and
   AUROC 0.5, instead of a silently flipped score); ``calibration_`` records ``a``, ``b``
-  and whether the slope was clipped.
+  and whether the slope was clipped. When the score itself is fitted on the training split
+  (``CROSS_FIT``: the Mahalanobis distances), Platt is fitted on out-of-fold scores
+  (``CALIBRATION_FOLDS``-fold stratified cross-fitting: each fold's scores come from
+  statistics fitted on the other folds), then the statistics are refitted on every training
+  answer. In-sample scores would mislead the calibration: with no more training answers
+  than hidden dimensions every training answer lies in the fit's span and gets nearly the
+  same distance, so Platt's slope would be 0 and P(correct) a constant.
 * ``calibrate=False``: the class's fixed map ``_uncalibrated(u)`` (``exp(-u)`` for
   non-negative uncertainties unless a subclass says otherwise); ``fit`` learns nothing.
 
@@ -20,7 +26,7 @@ is fitted on the training split, as Mahalanobis distances are).
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -33,7 +39,10 @@ from knowlens.estimators._base import (
     labels_for,
 )
 
-__all__ = ["ScoreEstimator", "platt_fit"]
+__all__ = ["CALIBRATION_FOLDS", "ScoreEstimator", "platt_fit"]
+
+#: folds of the cross-fitted calibration of scores with fitted statistics (``CROSS_FIT``)
+CALIBRATION_FOLDS = 5
 
 S = TypeVar("S", bound="ScoreEstimator")
 
@@ -65,6 +74,8 @@ class ScoreEstimator(Estimator):
     """An estimator whose P(correct) is a monotone map of one raw uncertainty score."""
 
     calibrate: bool
+    #: the score is fitted on the training split: calibrate on out-of-fold scores
+    CROSS_FIT: ClassVar[bool] = False
     #: Platt parameters (``a``, ``b``, ``slope_clipped``, ``base_logit``); None if uncalibrated
     calibration_: dict[str, Any] | None
 
@@ -100,7 +111,7 @@ class ScoreEstimator(Estimator):
                     "answers whose correctness is graded, or calibrate=False."
                 )
             keep = check_training_labels(yy, type(self).__name__)
-            u = self.uncertainty(X)
+            u = self._out_of_fold(X, yy, keep) if self.CROSS_FIT else self.uncertainty(X)
             a, b, clipped = platt_fit(-u[keep], yy[keep])
             rate = float(np.clip(yy[keep].mean(), 1e-6, 1 - 1e-6))
             self.calibration_ = {
@@ -113,6 +124,10 @@ class ScoreEstimator(Estimator):
             self.calibration_ = None
         self.train_key_ = self._train_key(X, y)
         return self
+
+    def _out_of_fold(self, X: Features, y: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """Out-of-fold training scores for a ``CROSS_FIT`` class (it overrides this)."""
+        raise NotImplementedError  # pragma: no cover
 
     def predict_proba(self, X: Features) -> np.ndarray:
         """P(correct), shape (n,). An example whose score is undefined (NaN: e.g. no
