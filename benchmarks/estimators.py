@@ -150,7 +150,14 @@ def run_model(name: str, args: argparse.Namespace) -> pd.DataFrame:
 
     # -- LoRA estimators ----------------------------------------------------------------------
     for cls in (LoRAProbe, LoRAPrompt):
-        est = cls(model=model, steps=args.lora_steps, seed=args.seed, cache=not args.no_cache)
+        # a fixed number of steps (no validation split): the table compares passes, not fits
+        est = cls(
+            model=model,
+            steps=args.lora_steps,
+            validation_fraction=0,
+            seed=args.seed,
+            cache=not args.no_cache,
+        )
         est, t = _timed(lambda est=est: est.fit(gens_tr, questions=q_tr))
         fit_s = est.train_time_s_ if getattr(est, "from_cache_", False) else t
         p = est.predict_proba(gens_te, q_te)
@@ -206,7 +213,11 @@ def stage_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
         eval_k_shot=args.eval_k_shot,
         train_tasks=args.train_tasks,
         estimators=list(STAGE_ESTIMATORS),
-        train={"probe_epochs": args.probe_epochs, "lora_steps": args.lora_steps},
+        train={
+            "probe_epochs": args.probe_epochs,
+            "lora_steps": args.lora_steps,
+            "lora_validation_fraction": 0,  # fixed steps: before / after do the same work
+        },
     )
     ctx = RunContext(run_dir=Path(tempfile.mkdtemp()), cfg=cfg, seed=args.seed)
     model = ctx.load_model(args.model)
