@@ -279,7 +279,8 @@ class _LoRABase(Estimator[GenerationSet]):
         lock = entry_lock("estimator-checkpoints", key) if self.cache else contextlib.nullcontext()
         with lock:
             t0 = time.perf_counter()
-            lengths = [self._length(items[i]) for i in tr]
+            all_lengths = [self._length(it) for it in items]
+            lengths = [all_lengths[i] for i in tr]
             # length-bucketed batches: little padding, same seed -> same batches (resumable)
             schedule = [
                 tr[b]
@@ -351,9 +352,7 @@ class _LoRABase(Estimator[GenerationSet]):
             self.n_train_ = len(tr)
             self.n_validation_ = len(va)
             used = schedule[: result.stopped_step]
-            self.train_padding_ = unfilled_fraction(
-                [self._length(it) for it in items], used if used else schedule
-            )
+            self.train_padding_ = unfilled_fraction(all_lengths, used if used else schedule)
             self.train_time_s_ = time.perf_counter() - t0
             self.model_id_ = self._handle.target_id
             if ckpt_root is not None:  # set exactly when self.cache
