@@ -44,6 +44,36 @@ def _inputs(spec, model, gens, task, samples_by_k, k, cache):
     return samples_by_k[key][0]
 
 
+def _remember_uncertainty(est) -> dict[int, np.ndarray]:
+    """Make ``est.uncertainty`` remember its value per input object, so the raw score of the
+    test answers is the one ``predict_proba`` computed (sample judges, P(True) reads: not
+    paid twice). Returns the memo; empty for estimators without one raw score."""
+    memo: dict[int, np.ndarray] = {}
+    orig = getattr(est, "uncertainty", None)
+    if orig is None:
+        return memo
+
+    def uncertainty(X):
+        if id(X) not in memo:
+            memo[id(X)] = np.asarray(orig(X), dtype=float)
+        return memo[id(X)]
+
+    est.uncertainty = uncertainty  # instance attribute: this run only
+    return memo
+
+
+def _raw_confidence(u: np.ndarray | None) -> np.ndarray | None:
+    """The raw score's ranking as a confidence in (0, 1) (``-uncertainty`` ranked: AUROC and
+    PRR depend only on the order; undefined scores at the median). Its AUROC is the method's
+    own (what LM-Polygraph reports), whatever calibration did: a clipped calibration slope
+    makes P(correct) constant (AUROC 0.5), not the raw score."""
+    from scipy.stats import rankdata
+
+    if u is None:
+        return None
+    return rankdata(np.where(np.isnan(u), np.nanmedian(u), -u)) / (len(u) + 1)
+
+
 def _note(est, n_train: int, n_test: int) -> str:
     """What a reader of the table must know to read a row: statements not parsed
     (verbalised confidence), a calibration slope clipped to 0 (constant P(correct))."""
@@ -105,6 +135,7 @@ def main() -> None:
                     X_tr = _inputs(spec, model, g_tr, tr_task, samples, k, cache)
                     X_te = _inputs(spec, model, g_te, te_task, samples, k, cache)
                     sample_s = sum(v[1] for kk, v in samples.items() if kk[1] == k) if k else 0.0
+                    memo = _remember_uncertainty(est)
                     t1 = time.perf_counter()
                     est.fit(X_tr, g_tr.correct)
                     p = np.asarray(est.predict_proba(X_te), dtype=float)
@@ -126,12 +157,21 @@ def main() -> None:
                     for m in ("auroc", "prr", "ece"):
                         iv = metrics.bootstrap(m, y, p, n_resamples=a.n_bootstrap, seed=0)
                         row[m], row[f"{m}_low"], row[f"{m}_high"] = iv.value, iv.low, iv.high
+                    raw = _raw_confidence(memo.get(id(X_te)))
+                    for m in ("auroc", "prr") if raw is not None else ():
+                        iv = metrics.bootstrap(m, y, raw, n_resamples=a.n_bootstrap, seed=0)
+                        row[f"{m}_raw"], row[f"{m}_raw_low"], row[f"{m}_raw_high"] = (
+                            iv.value,
+                            iv.low,
+                            iv.high,
+                        )
                     rows.append(row)
                     pd.DataFrame(rows).to_csv(out, index=False)  # a stopped run keeps its rows
                     print(
                         f"  {spec.display_name:28s} k={k!s:4s} AUROC {row['auroc']:.3f} "
                         f"[{row['auroc_low']:.3f}, {row['auroc_high']:.3f}]  PRR {row['prr']:.3f} "
-                        f"ECE {row['ece']:.3f}  ({fit_s:.1f}s)",
+                        f"ECE {row['ece']:.3f}  raw AUROC {row.get('auroc_raw', float('nan')):.3f}"
+                        f"  ({fit_s:.1f}s)",
                         flush=True,
                     )
     pd.DataFrame(rows).to_csv(out, index=False)

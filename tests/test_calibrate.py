@@ -377,6 +377,65 @@ class ToyOwnSplit(Estimator):
         self.validation_labels_ = state["validation_labels"]
 
 
+@register_estimator(
+    "toy_fraction_split",
+    display_name="Toy fraction split",
+    inputs=activations(layer="last", tokens="last"),
+)
+class ToyFractionSplit(ToyOwnSplit):
+    """ToyOwnSplit whose split is a parameter, as the LoRA estimators' ``validation_fraction``:
+    at 0 it trains on every answer and keeps no validation scores."""
+
+    def __init__(self, *, layer: int = -1, validation_fraction: float = 0.25) -> None:
+        self.layer = layer
+        self.validation_fraction = validation_fraction
+
+    def fit(self, X, y=None):
+        if self.validation_fraction > 0:
+            return super().fit(X, y)
+        x = X.features(self.layer, "last").astype(np.float64)
+        yy = labels_for(y, len(x), X.example_ids, "ToyFractionSplit")
+        self.mean_, self.std_ = x.mean(0), x.std(0) + 1e-6
+        z = (x - self.mean_) / self.std_
+        self.direction_ = z[yy == 1].mean(0) - z[yy == 0].mean(0)
+        self.n_seen_ = len(x)
+        self.validation_scores_ = self.validation_labels_ = None
+        return self
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.0])
+def test_ts_uses_the_configured_split_and_fits_once(fraction, tiny_model, tmp_path):
+    """With its split switched off (validation_fraction 0, as lora_validation_fraction: 0)
+    the estimator is fitted once, on 80 %, and T on the other 20 %; with it on, once on all
+    answers and T on its own split. Never a second, discarded fit."""
+    from knowlens.experiments import RunContext
+    from knowlens.experiments._estimators import EstimatorBench, TrainSettings
+    from knowlens.experiments.topic_calibration import Config
+    from test_estimators_model import tiny_gens
+
+    train = tiny_gens(tiny_model, n=20, seed=1)
+    ctx = RunContext(run_dir=tmp_path, cfg=Config(models=["tiny"]), seed=0, use_cache=False)
+    bench = EstimatorBench(
+        ctx,
+        TrainSettings(temperature_scaling=True),
+        0,
+        estimator_params={"validation_fraction": fraction},
+    )
+    fits = []
+    orig = ToyFractionSplit.fit
+    ToyFractionSplit.fit = lambda self, X, y=None: (fits.append(len(X)), orig(self, X, y))[1]
+    try:
+        raw, ts = bench.fit_variants("toy_fraction_split", tiny_model, train)
+    finally:
+        ToyFractionSplit.fit = orig
+    n = len(train)
+    if fraction:
+        assert fits == [n] and ts.calibration["validation"] == "estimator"
+    else:
+        assert fits == [n - int(np.ceil(0.2 * n))] and ts.calibration["validation"] == "held_out"
+    assert raw.estimator.validation_fraction == fraction and ts.temperature > 0
+
+
 def test_topic_calibration_reports_ts_variants(
     tasks,  # noqa: F811
     tiny_model_dir,

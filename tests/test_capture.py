@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
 import knowlens as kl
+from _tasks import RecordingTask, examples
 from conftest import build_tiny_llama
 from knowlens._cache import cache_root
 from knowlens._types import GenerationSet
@@ -34,32 +35,15 @@ from knowlens.tasks import Example, GradeResult
 # models); 1e-6 leaves room for other thread counts / BLAS builds.
 REL_TOL = 1e-6
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "Hi",
-    "Q: Which country is Lyon in? A: France. Q: 12 plus 30?",
-    "Sure, here is how to bake bread.",
-    "Is the proposed answer correct?",
-    "The quick brown fox",
-    "Berlin",
-]
-
 
 @dataclass
-class SpanTask:
+class SpanTask(RecordingTask):
     """A TaskLike whose exact-answer spans sit at the start, the middle or nowhere."""
 
-    examples: list[Example]
     name: str = "spans"
-    version: str = "1"
     max_new_tokens: int = 7
-    graded: list[str] = field(default_factory=list)
 
-    def prompt(self, example: Example) -> str:
-        return example.question
-
-    def grade(self, example: Example, answer: str) -> GradeResult:
-        self.graded.append(example.id)
+    def _grade(self, example: Example, answer: str) -> GradeResult:
         i, n = int(example.id[1:]), len(answer)
         if i % 3 == 0 or n < 2:
             return GradeResult(False, "spans", None, None)
@@ -68,12 +52,7 @@ class SpanTask:
 
 
 def make_task(n: int = 14) -> SpanTask:
-    return SpanTask(
-        [
-            Example(id=f"q{i}", question=QUESTIONS[i % len(QUESTIONS)], answers=("x",))
-            for i in range(n)
-        ]
-    )
+    return SpanTask(examples(n, "x"))
 
 
 @pytest.fixture(scope="module")
@@ -364,7 +343,10 @@ class _Ctx:
         self.counts.append((kind, hit))
 
 
-def test_analysis_helpers_read_states_while_generating(model):
+@pytest.mark.parametrize("sharded", [False, True], ids=["local", "sharded"])
+def test_analysis_helpers_read_states_while_generating(model, sharded):
+    """On the local executor and on a sharded one (blocks computed here: the Ray path's
+    stages without Ray), the analyses' helpers read states while generating and copy them."""
     from knowlens.experiments._common import (
         _CAPTURED,
         activation_needs,
@@ -376,7 +358,12 @@ def test_analysis_helpers_read_states_while_generating(model):
     needs = activation_needs(["logistic", "probe", "logit", "mahalanobis"], model)
     assert needs == [([4], "exact_answer"), ([4], "last")]
     ctx = _Ctx()
+    if sharded:
+        from test_executors import BlocksHere
+
+        ctx.executor = BlocksHere()
     gens = decided(generations(ctx, model, make_task(), "test", capture=needs))
+    assert ("executor" in gens.meta) is sharded
     assert len(_CAPTURED[id(ctx)]) == 2
     calls, hook = forward_counter(model)
     try:

@@ -599,6 +599,114 @@ def test_sharded_path_verifies_entries_and_shards(tiny_model, caplog):
     assert ex_extract(tiny_model, gens, executor=ex, block_size=4, **kw).meta["cache_hit"]
 
 
+CAPTURE = [("all", "exact_answer"), ([1, 2], "all"), ([0], "last_prompt")]
+
+
+def test_sharded_capture_equals_local_capture_and_shares_its_entries(tiny_model):
+    """Without Ray: hidden states read while the blocks decode are the local capture's bytes
+    (blocks are whole decode windows: the same batches), in the entries extract writes on
+    either path; rows of shards decoded without the capture (a plain sharded run's) are
+    teacher-forced; cache=False leaves nothing behind."""
+    from knowlens.activations import extract as local_extract
+    from knowlens.activations import generate_capturing as local_capturing
+    from knowlens.executors import generate_capturing
+
+    ex, task = BlocksHere(), toy_task(12)
+    kw = {"batch_size": 4, "max_positions": 40, "extract_batch_size": 4, "progress": False}
+    ref_g, ref = local_capturing(tiny_model, task, CAPTURE, cache=False, **kw)
+    gens, sets = generate_capturing(tiny_model, task, CAPTURE, executor=ex, block_size=4, **kw)
+    assert_same_generations(gens, ref_g)
+    assert gens.meta["executor"]["blocks"] == 3
+    assert sets is not None and ref is not None and len(sets) == len(CAPTURE)
+    for got, want in zip(sets, ref, strict=True):
+        assert_same_activations(got, want)
+        assert got.meta["captured_while_generating"] == 12 and got.meta["teacher_forced_rows"] == 0
+        # extract on either executor finds the entry (same key), a hit without a forward
+        again = ex_extract(
+            tiny_model, gens, executor=ex, layers=list(got.layers), tokens=got.tokens,
+            max_positions=40, batch_size=4, progress=False,
+        )  # fmt: skip
+        assert again.meta["cache_hit"] and again.meta["cache_key"] == got.meta["cache_key"]
+        assert_same_activations(again, got)
+    assert not any((cache_root() / "activations").glob(".tmp-capture*"))
+
+    # A generation entry already there: nothing decoded; extract_on_hit extracts (hits here)
+    hit_g, hit = generate_capturing(tiny_model, task, CAPTURE, executor=ex, **kw)
+    assert hit_g.meta["cache_hit"] and hit is not None and all(a.meta["cache_hit"] for a in hit)
+    _, none = generate_capturing(tiny_model, task, CAPTURE, executor=ex, extract_on_hit=False, **kw)
+    assert none is None
+
+    # Shards of a plain sharded run (no capture in them), merged entry gone: nothing is decoded
+    # again and every row is teacher-forced, equal to extract within the capture's tolerance.
+    other = toy_task(8)
+    plain = ex_generate(tiny_model, other, executor=ex, batch_size=4, block_size=4)
+    shutil.rmtree(entry_dir("generations", plain.meta["cache_key"]))
+    gens2, (acts2,) = generate_capturing(
+        tiny_model, other, [([1, 2], "exact_answer")], executor=ex, block_size=4, **kw
+    )
+    assert gens2.meta["executor"]["computed"] == 0 and gens2.meta["executor"]["reused"] == 2
+    assert acts2.meta["teacher_forced_rows"] == 8 and acts2.meta["captured_while_generating"] == 0
+    want = local_extract(
+        tiny_model, plain, layers=[1, 2], batch_size=4, cache=False, progress=False
+    )
+    np.testing.assert_allclose(acts2.values, want.values, rtol=0, atol=2e-3)  # float16 storage
+
+    # cache=False: merged in memory, the same arrays, no spool or shard folder left
+    fresh = toy_task(10)
+    mem_g, mem = generate_capturing(
+        tiny_model, fresh, CAPTURE[:1], executor=ex, block_size=4, cache=False, **kw
+    )
+    ref_g2, ref2 = local_capturing(tiny_model, fresh, CAPTURE[:1], cache=False, **kw)
+    assert mem is not None and ref2 is not None
+    assert_same_generations(mem_g, ref_g2)
+    assert_same_activations(mem[0], ref2[0])
+    assert not entry_dir("generations", mem_g.meta["cache_key"]).exists()
+    assert not any((cache_root() / "shards" / "generations").glob("*.nocache-*"))
+
+
+def test_executor_generate_with_layers_returns_both(tiny_model):
+    """``executors.generate(..., layers=)`` is ``kl.generate(..., layers=)`` on any executor:
+    (gens, acts), the local pair's values; options without layers are a one-line error."""
+    import knowlens as kl
+
+    task = toy_task(8)
+    ref_g, ref_a = kl.generate(
+        tiny_model, task, layers=[1], tokens="last", batch_size=4, cache=False, progress=False
+    )
+    gens, acts = ex_generate(
+        tiny_model, task, executor=BlocksHere(), layers=[1], tokens="last", batch_size=4,
+        block_size=4, progress=False,
+    )  # fmt: skip
+    assert_same_generations(gens, ref_g)
+    assert_same_activations(acts, ref_a)
+    with pytest.raises(KnowlensError, match="no layers= was given") as e:
+        ex_generate(tiny_model, task, executor=BlocksHere(), tokens="last")
+    assert "\n" not in str(e.value)
+
+
+def test_ray_capture_equals_local(ray_cluster, tiny_model, worker_threads):
+    """On Ray workers: the local capture's bytes and entries (the workers' numerics)."""
+    from knowlens.activations import generate_capturing as local_capturing
+    from knowlens.executors import generate_capturing
+
+    task = toy_task(16)
+    kw = {"batch_size": 4, "max_positions": 40, "extract_batch_size": 4, "progress": False}
+    ref_g, ref = local_capturing(tiny_model, task, CAPTURE[:2], cache=False, **kw)
+    ex = get_executor("ray", num_workers=2, threads_per_worker=worker_threads)
+    gens, sets = generate_capturing(tiny_model, task, CAPTURE[:2], executor=ex, block_size=8, **kw)
+    assert_same_generations(gens, ref_g)
+    assert gens.meta["executor"]["executor"] == "ray"
+    assert sets is not None and ref is not None
+    for got, want in zip(sets, ref, strict=True):
+        assert_same_activations(got, want)
+        assert got.meta["numerics"] == {"device": "cpu", "threads": worker_threads}
+        hit = ex_extract(
+            tiny_model, gens, executor=ex, layers=list(got.layers), tokens=got.tokens,
+            max_positions=40, batch_size=4, progress=False,
+        )  # fmt: skip
+        assert hit.meta["cache_hit"] and hit.meta["cache_key"] == got.meta["cache_key"]
+
+
 def test_sharded_sampling_equals_local_and_shares_its_entry(tiny_model, caplog):
     """Without Ray: sampling in blocks gives the local SampleSet (the seeds name the example
     and sample index, not the batch or block), stored in the local path's entry, both ways;

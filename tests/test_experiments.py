@@ -402,6 +402,44 @@ def test_topic_calibration_in_distribution_and_topic_filter(
         run({**cfg, "topic_accuracy": [0.9, 0.1]}, output=tmp_path / "r2", progress=False)
 
 
+def test_topics_and_suite_options_choose_the_questions_asked():
+    """``topics`` keeps only those topics' questions before the limits apply,
+    ``eval_task_options`` reaches mc_suite's builder, and in_distribution keeps same-stem
+    questions with other options ("Which of these numbers is prime?") while dropping any
+    train question equal to a test one (text and options)."""
+    from collections import Counter
+
+    from knowlens.errors import ConfigError
+    from knowlens.experiments.topic_calibration import Config, _question, _suite_split, _train_split
+
+    base = {"models": ["m"], "eval_task": "mc_suite", "setting": "in_distribution"}
+    cfg = Config(**base, topics=["primes", "population"])
+    test = _suite_split(cfg, "test", 70, {})
+    assert len(test.examples) == 70 and {e.topic for e in test.examples} == {"primes", "population"}
+    (train,) = _train_split(Config(**base, topics=["primes"], train_limit=500), {})
+    ids = Counter(e.topic for e in train.examples)
+    assert set(ids) == {"primes"} and ids["primes"] > 50  # the old text-only rule kept none
+    asked = {
+        _question(e)
+        for e in _suite_split(Config(**base, topics=["primes"]), "test", None, {}).examples
+    }
+    assert not asked & {_question(e) for e in train.examples}
+    small = _suite_split(Config(**base, topics=["arithmetic"]), "test", None, {})
+    big = _suite_split(
+        Config(**base, topics=["arithmetic"], eval_task_options={"per_topic": 400}),
+        "test",
+        None,
+        {},
+    )
+    assert len(big.examples) > 1.7 * len(small.examples)
+    assert {e.id for e in small.examples} <= {e.id for e in big.examples}  # hash splits: stable
+    with pytest.raises(ConfigError, match=r"topics \['astrology'\] are not topics") as e:
+        _suite_split(Config(**base, topics=["astrology"]), "test", None, {})
+    assert "\n" not in str(e.value) and "primes" in str(e.value)
+    with pytest.raises(ConfigError, match="per_topc"):
+        _suite_split(Config(**base, eval_task_options={"per_topc": 3}), "test", None, {})
+
+
 def test_topic_filter_needs_the_range_on_every_model():
     from knowlens.experiments.topic_calibration import Config, _topic_table
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 import torch
 
+from _tasks import QUESTIONS, RecordingTask, examples
 from conftest import build_tiny_llama
 from knowlens._cache import cache_root
 from knowlens.errors import DataError, KnowlensError
@@ -20,33 +19,12 @@ from knowlens.generation import (
 from knowlens.models import handle_from_objects
 from knowlens.tasks import Example, GradeResult
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "Hi",
-    "Q: Which country is Lyon in? A: France. Q: 12 plus 30?",
-    "Sure, here is how to bake bread.",
-    "Is the proposed answer correct?",
-    "The quick brown fox",
-    "Berlin",
-]
 
+class TinyTask(RecordingTask):
+    """'correct' when the answer contains the gold string; span = first match, or (for a
+    non-empty wrong answer) its first two characters."""
 
-@dataclass
-class TinyTask:
-    """A TaskLike: 'correct' when the answer contains the gold string; span = first match,
-    or (for a non-empty wrong answer) its first two characters."""
-
-    examples: list[Example]
-    name: str = "tiny"
-    version: str = "1"
-    max_new_tokens: int = 8
-    graded: list[str] = field(default_factory=list)
-
-    def prompt(self, example: Example) -> str:
-        return example.question
-
-    def grade(self, example: Example, answer: str) -> GradeResult:
-        self.graded.append(example.id)
+    def _grade(self, example: Example, answer: str) -> GradeResult:
         gold = example.answers[0]
         at = answer.find(gold)
         if at >= 0:
@@ -56,12 +34,7 @@ class TinyTask:
 
 
 def make_task(n: int = len(QUESTIONS), gold: str = "e") -> TinyTask:
-    return TinyTask(
-        [
-            Example(id=f"q{i}", question=QUESTIONS[i % len(QUESTIONS)], answers=(gold,), topic="t")
-            for i in range(n)
-        ]
-    )
+    return TinyTask(examples(n, gold, topic="t"))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import logging
 import math
 import re
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from _tasks import QUESTIONS, RecordingTask, examples
 from conftest import build_tiny_llama
 from knowlens import generation
 from knowlens._cache import cache_root, entry_dir, verify_entry
@@ -31,47 +31,25 @@ from knowlens.generation import (
     top_p_filter,
 )
 from knowlens.models import handle_from_objects
-from knowlens.tasks import Example, GradeResult, TaskLike
+from knowlens.tasks import Example, GradeResult
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "Hi",
-    "Q: Which country is Lyon in? A: France. Q: 12 plus 30?",
-    "Sure, here is how to bake bread.",
-    "Is the proposed answer correct?",
-    "The quick brown fox",
-    "Berlin",
-]
 EOS = 2
 
 
-@dataclass
-class TinyTask(TaskLike):
-    """'correct' when the answer contains the gold string."""
+class TinyTask(RecordingTask):
+    """'correct' when the answer contains the gold string; records (id, answer) graded."""
 
-    examples: list[Example]
-    name: str = "tiny"
-    version: str = "1"
-    max_new_tokens: int = 8
-    graded: list[tuple[str, str]] = field(default_factory=list)
+    def record(self, example: Example, answer: str) -> tuple[str, str]:
+        return example.id, answer
 
-    def prompt(self, example: Example) -> str:
-        return example.question
-
-    def grade(self, example: Example, answer: str) -> GradeResult:
-        self.graded.append((example.id, answer))
+    def _grade(self, example: Example, answer: str) -> GradeResult:
         gold = example.answers[0]
         at = answer.find(gold)
         return GradeResult(at >= 0, "contains", (at, at + len(gold)) if at >= 0 else None, None)
 
 
 def make_task(n: int = len(QUESTIONS), gold: str = "e") -> TinyTask:
-    return TinyTask(
-        [
-            Example(id=f"q{i}", question=QUESTIONS[i % len(QUESTIONS)], answers=(gold,))
-            for i in range(n)
-        ]
-    )
+    return TinyTask(examples(n, gold))
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,13 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
+from _tasks import RecordingTask, examples
 from knowlens import generation
 from knowlens._cache import CHECKSUMS, cache_root, entry_dir, verify_entry
 from knowlens._types import GenerationSet
@@ -22,41 +23,19 @@ from knowlens.errors import DataError, KnowlensError
 from knowlens.generation import context_limit, generate, generate_texts
 from knowlens.tasks import Example, GradeResult
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "Hi",
-    "Q: Which country is Lyon in? A: France. Q: 12 plus 30?",
-    "Sure, here is how to bake bread.",
-    "Is the proposed answer correct?",
-    "The quick brown fox",
-    "Berlin",
-]
-
 
 @dataclass
-class Task:
-    examples: list[Example]
+class Task(RecordingTask):
     name: str = "faults"
-    version: str = "1"
     max_new_tokens: int = 6
-    graded: list[str] = field(default_factory=list)
 
-    def prompt(self, example: Example) -> str:
-        return example.question
-
-    def grade(self, example: Example, answer: str) -> GradeResult:
-        self.graded.append(example.id)
+    def _grade(self, example: Example, answer: str) -> GradeResult:
         at = answer.find("e")
         return GradeResult(at >= 0, "contains", (at, at + 1) if at >= 0 else None, None)
 
 
 def make_task(n: int = 7, question: str | None = None) -> Task:
-    return Task(
-        [
-            Example(id=f"q{i}", question=question or QUESTIONS[i % len(QUESTIONS)], answers=("e",))
-            for i in range(n)
-        ]
-    )
+    return Task(examples(n, "e", question))
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:

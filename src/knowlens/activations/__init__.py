@@ -30,10 +30,15 @@ from knowlens.activations._api import (
 from knowlens.activations._capture import (
     CaptureRequest,
     HiddenStateCapture,
+    SpoolLayout,
+    assemble,
+    capture_options,
+    capture_requests,
     extract_reusing,
     generate,
     generate_capturing,
     generate_with_activations,
+    spool_layout,
 )
 from knowlens.activations._extract import (
     SELECTORS,
@@ -62,8 +67,12 @@ __all__ = [
     "HookPoint",
     "PositionMoments",
     "Reducer",
+    "SpoolLayout",
     "StopForward",
     "Trace",
+    "assemble",
+    "capture_options",
+    "capture_requests",
     "extract",
     "extract_batch",
     "extract_reusing",
@@ -81,4 +90,5 @@ __all__ = [
     "reduce_texts",
     "resolve_layers",
     "run_extraction",
+    "spool_layout",
 ]

@@ -99,10 +99,15 @@ if TYPE_CHECKING:
 __all__ = [
     "CaptureRequest",
     "HiddenStateCapture",
+    "SpoolLayout",
+    "assemble",
+    "capture_options",
+    "capture_requests",
     "extract_reusing",
     "generate",
     "generate_capturing",
     "generate_with_activations",
+    "spool_layout",
 ]
 
 Layers: TypeAlias = str | int | Sequence[int]
@@ -335,21 +340,24 @@ def _copy_rows(target: np.ndarray, source: np.ndarray) -> None:
         target[s : s + step] = source[s : s + step, :, :k]
 
 
-def _assemble(
+def assemble(
     model: ModelHandle,
     gens: GenerationSet,
     req: CaptureRequest,
     spool: np.ndarray,
-    capture: HiddenStateCapture,
+    capture: Any,
     *,
     dtype: str,
     extract_batch_size: int,
     shard_size: int | None,
     cache: bool,
     progress: bool,
+    numerics: dict[str, Any] | None = None,
 ) -> ActivationSet:
     """The captured rows of one request (+ teacher-forced rows a resume skipped) as the entry
-    ``extract(model, gens, ...)`` writes."""
+    ``extract(model, gens, ...)`` writes; ``numerics``: of the processes that decoded
+    (default this one's), part of the key as in ``plan_extraction``. ``capture`` needs only
+    ``captured``, ``max_abs`` and ``seconds`` (a sharded run passes its blocks' totals)."""
     t0 = time.perf_counter()
     items = items_from_generations(gens.rows)
     missing = np.flatnonzero(~capture.captured)
@@ -387,6 +395,7 @@ def _assemble(
             batch_size=extract_batch_size,
             shard_size=shard_size,
             meta={**gmeta, **({"dtype_auto": note} if note else {})},
+            numerics=numerics,
         )
         if len(missing) and final not in forced:
             forced[final] = force(final, False)
@@ -418,9 +427,10 @@ def _assemble(
 
 
 # -- front ends --------------------------------------------------------------------------------
-def _requests(
+def capture_requests(
     model: ModelHandle, wanted: Sequence[tuple[Layers, str]], max_positions: int
 ) -> list[CaptureRequest]:
+    """The distinct, resolved requests of ``(layers, tokens)`` pairs (selectors checked)."""
     out: list[CaptureRequest] = []
     for layers, tokens in wanted:
         check_tokens(tokens, SELECTORS)
@@ -430,6 +440,39 @@ def _requests(
     if not out:
         raise KnowlensError("capture needs at least one (layers, tokens) request; pass layers=.")
     return out
+
+
+@dataclass(frozen=True)
+class SpoolLayout:
+    """How the captured rows of a decode are held until it is graded: the working dtype
+    (``auto`` keeps float32 until the whole pass shows the values fit float16, so no second
+    pass), whether the value range is tracked for that decision, and ``(layers, K)`` per
+    request (K: 1, or ``all``'s positions up to ``max_positions``)."""
+
+    work: str
+    track_range: bool
+    widths: tuple[tuple[int, int], ...]
+
+    def shapes(self, n: int, d_model: int) -> list[tuple[int, int, int, int]]:
+        return [(n, nl, k, d_model) for nl, k in self.widths]
+
+
+def spool_layout(
+    model: ModelHandle,
+    reqs: Sequence[CaptureRequest],
+    prompt_lens: Sequence[int],
+    answer_cap: int,
+    dtype: str,
+) -> SpoolLayout:
+    """The ``SpoolLayout`` of ``reqs`` for prompts of ``prompt_lens`` tokens (all of the
+    task's rows: a sharded run's blocks use the same K as one local spool)."""
+    resolved, _ = resolve_dtype(model, dtype)
+    work = "float32" if dtype == "auto" or resolved == "float32" else "float16"
+    longest = max(prompt_lens, default=0) + answer_cap
+    widths = tuple(
+        (len(r.layers), min(r.max_positions, longest) if r.tokens == "all" else 1) for r in reqs
+    )
+    return SpoolLayout(work, resolved == "float16", widths)
 
 
 def generate_capturing(
@@ -466,7 +509,7 @@ def generate_capturing(
             "extract_batch_size=8 (extract's batch_size, part of the activations' cache key)."
         )
     _check_common(model, max_positions, b)
-    reqs = _requests(model, requests, max_positions)
+    reqs = capture_requests(model, requests, max_positions)
     gen_kw: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
@@ -488,17 +531,10 @@ def generate_capturing(
         )
         for ex in examples
     ]  # fmt: skip
-    answer_cap = resolve_max_new_tokens(max_new_tokens, task)
-    resolved, _ = resolve_dtype(model, dtype)
-    # auto keeps float32 until the whole pass shows the values fit float16 (no second pass)
-    work = "float32" if dtype == "auto" or resolved == "float32" else "float16"
-    n, d = len(examples), model.d_model
-    shapes = [
-        (n, len(r.layers), min(r.max_positions, max(prompt_lens) + answer_cap), d)
-        if r.tokens == "all"
-        else (n, len(r.layers), 1, d)
-        for r in reqs
-    ]
+    layout = spool_layout(
+        model, reqs, prompt_lens, resolve_max_new_tokens(max_new_tokens, task), dtype
+    )
+    work, shapes = layout.work, layout.shapes(len(examples), model.d_model)
     spool_dir: Path | None = None
     if cache:
         spool_dir = cache_root() / "activations" / _tmp_name("capture")
@@ -513,7 +549,7 @@ def generate_capturing(
             for j, shape in enumerate(shapes)
         ]
         capture = HiddenStateCapture(
-            model, reqs, prompt_lens, spools, track_range=resolved == "float16"
+            model, reqs, prompt_lens, spools, track_range=layout.track_range
         )
         with capture.hooks():
             gens = generate_answers(model, task, **gen_kw, observer=capture)
@@ -537,7 +573,7 @@ def generate_capturing(
             ]
             return gens, acts
         sets = [
-            _assemble(
+            assemble(
                 model,
                 gens,
                 r,
@@ -677,6 +713,23 @@ def generate(
         cache=cache,
         progress=progress,
     )
+    opts = capture_options(layers, tokens, dtype, max_positions, extract_batch_size, shard_size)
+    if opts is None:
+        return generate_answers(model, task, **gen_kw)
+    return generate_with_activations(model, task, **opts, **gen_kw)
+
+
+def capture_options(
+    layers: Layers | None,
+    tokens: str | None,
+    dtype: str | None,
+    max_positions: int | None,
+    extract_batch_size: int | None,
+    shard_size: int | None,
+) -> dict[str, Any] | None:
+    """``generate(..., layers=...)``'s extract arguments with ``extract``'s defaults
+    (``tokens`` exact_answer, ``dtype`` auto, ``max_positions`` 512, batch 8); None without
+    ``layers`` (generation only), where any of the others is a one-line error."""
     if layers is None:
         given = {
             "tokens": tokens,
@@ -692,18 +745,15 @@ def generate(
                 "layers= was given; pass layers='all' (or e.g. layers=[8, -1]) to get "
                 f"(gens, acts), or drop {named[0]}=."
             )
-        return generate_answers(model, task, **gen_kw)
-    return generate_with_activations(
-        model,
-        task,
-        layers=layers,
-        tokens="exact_answer" if tokens is None else tokens,
-        dtype="auto" if dtype is None else dtype,
-        max_positions=512 if max_positions is None else max_positions,
-        extract_batch_size=8 if extract_batch_size is None else extract_batch_size,
-        shard_size=shard_size,
-        **gen_kw,
-    )
+        return None
+    return {
+        "layers": layers,
+        "tokens": "exact_answer" if tokens is None else tokens,
+        "dtype": "auto" if dtype is None else dtype,
+        "max_positions": 512 if max_positions is None else max_positions,
+        "extract_batch_size": 8 if extract_batch_size is None else extract_batch_size,
+        "shard_size": shard_size,
+    }
 
 
 # -- other views of captured rows -------------------------------------------------------------
@@ -720,12 +770,16 @@ def extract_reusing(
     cache: bool = True,
     progress: bool = True,
     shard_size: int | None = None,
+    numerics: dict[str, Any] | None = None,
+    fallback: Callable[[], ActivationSet] | None = None,
 ) -> ActivationSet:
     """``extract(model, gens, ...)``, with rows copied from ``sources`` (generations and the
     activation sets captured for them) instead of run again when every row of ``gens`` is
     among them (matched by content: token ids, prompt length, exact-answer span, so subsets
     and renamed rows match) at the same model, numerics, selector, stored dtype and a
-    superset of the layers; otherwise plain ``extract``. The entry is ``extract``'s."""
+    superset of the layers; otherwise plain ``extract`` (or ``fallback()``: e.g. the run's
+    executor's extract). The entry is ``extract``'s; ``numerics`` as in ``plan_extraction``
+    (default this process's; a sharded run's are its workers')."""
     from knowlens.generation import compute_numerics
 
     kw: dict[str, Any] = dict(
@@ -741,7 +795,9 @@ def extract_reusing(
     rows = check_extract_inputs(model, gens, tokens, dtype, max_positions, batch_size)
     layer_idx = resolve_layers(model, layers)
     resolved, note = resolve_dtype(model, dtype)
-    numerics = compute_numerics(model.device)
+    if numerics is None:
+        numerics = compute_numerics(model.device)
+    rerun = fallback if fallback is not None else (lambda: extract(model, gens, **kw))
     index: dict[tuple[Any, ...], tuple[ActivationSet, list[int], int]] = {}
     used: list[ActivationSet] = []
     for src_gens, acts in sources:
@@ -762,7 +818,7 @@ def extract_reusing(
     items = items_from_generations(rows)
     found = [index.get((it.ids, it.prompt_len, it.span)) for it in items]
     if not found or any(f is None for f in found):
-        return extract(model, gens, **kw)
+        return rerun()
     t0 = time.perf_counter()
     meta = dict(gens.meta) if isinstance(gens, GenerationSet) else {}
     gmeta = {"generations_key": meta.get("cache_key"), "task": meta.get("task")}
@@ -776,6 +832,7 @@ def extract_reusing(
         batch_size=batch_size,
         shard_size=shard_size,
         meta={**gmeta, **({"dtype_auto": note} if note else {})},
+        numerics=numerics,
     )
     for f in found:
         if f is not None and not any(f[0] is u for u in used):
@@ -799,4 +856,4 @@ def extract_reusing(
     }
     watch = dtype == "auto" and resolved == "float16"
     out = _publish(model, plan, fill, extras, cache=cache, watch=watch)
-    return out if out is not None else extract(model, gens, **kw)
+    return out if out is not None else rerun()

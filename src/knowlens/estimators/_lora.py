@@ -227,14 +227,16 @@ class _LoRABase(Estimator[GenerationSet]):
         )
         return np.sort(tr), np.sort(va)
 
-    def _evaluate(self, pm: Any, head: Any, items: list[Any], y: Any) -> dict[str, float]:
-        """Validation loss (dropout off, batches in length order) and AUROC of ``items``."""
+    def _evaluate(
+        self, pm: Any, head: Any, items: list[Any], y: Any, order: np.ndarray
+    ) -> dict[str, float]:
+        """Validation loss (dropout off, batches in ``order``: by length) and AUROC of
+        ``items``."""
         from sklearn.metrics import roc_auc_score
 
         pm.eval()
         if head is not None:
             head.eval()
-        order = np.argsort([self._length(it) for it in items], kind="stable")
         total, scores = 0.0, np.empty(len(items))
         try:
             for i in range(0, len(order), int(self.batch_size)):
@@ -311,8 +313,10 @@ class _LoRABase(Estimator[GenerationSet]):
                     stopping = None
                     if len(va):
                         val_items, y_val = [items[i] for i in va], yt[va]
+                        # one length order for every evaluation: batches with little padding
+                        val_order = np.argsort([all_lengths[i] for i in va], kind="stable")
                         stopping = EarlyStopping(
-                            lambda m: self._evaluate(m, head, val_items, y_val),
+                            lambda m: self._evaluate(m, head, val_items, y_val, val_order),
                             every=int(self.eval_every),
                             patience=int(self.patience),
                         )
@@ -334,7 +338,7 @@ class _LoRABase(Estimator[GenerationSet]):
                     self.adapter_ = adapter_state(pm)
                     if stopping is not None:  # the scores of the parameters kept (the best)
                         with torch.no_grad():
-                            self._evaluate(pm, head, val_items, y_val)
+                            self._evaluate(pm, head, val_items, y_val, val_order)
             finally:
                 self._after_training()
             self.resumed_from_ = result.resumed_from

@@ -3,6 +3,7 @@
     from knowlens.executors import get_executor, generate, sample, extract
     with get_executor("ray", ray_address=None, num_workers=2) as ex:   # local Ray cluster
         gens = generate(model, task, executor=ex)
+        gens, acts = generate(model, task, executor=ex, layers="all")  # states of the same pass
         samples = sample(model, gens, k=10, temperature=1.0, seed=0, executor=ex)
         acts = extract(model, gens, layers="all", executor=ex)
 
@@ -42,6 +43,7 @@ __all__ = [
     "Stage",
     "extract",
     "generate",
+    "generate_capturing",
     "get_executor",
     "resolve_executor",
     "run_stage",
@@ -52,7 +54,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # The stage wrappers import generation / activations (torch) only when used.
-    if name in {"generate", "sample", "extract"}:
+    if name in {"generate", "generate_capturing", "sample", "extract"}:
         from knowlens.executors import _stages
 
         return getattr(_stages, name)

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -134,6 +136,33 @@ class _RowStage(Stage):
 
 
 # -- generation --------------------------------------------------------------------------------
+_CAPTURE_INFO = "capture.json"
+
+
+@dataclass(frozen=True)
+class _CapturePlan:
+    """What every generation block keeps while it decodes: the local capture's requests and
+    spool layout (``tag`` names both; a shard made under another plan is not read)."""
+
+    requests: tuple[Any, ...]  # activations.CaptureRequest
+    layout: Any  # activations.SpoolLayout
+    d_model: int
+
+    @property
+    def tag(self) -> str:
+        return stable_hash([[asdict(r) for r in self.requests], asdict(self.layout)], length=16)
+
+
+@dataclass
+class _Captured:
+    """The driver's view of the blocks' captures, as ``activations.assemble`` reads it."""
+
+    spools: list[np.ndarray]
+    captured: np.ndarray
+    max_abs: float = 0.0
+    seconds: float = 0.0
+
+
 class GenerationStage(_RowStage):
     """Greedy generation of a task's examples, one shard (parquet) per block."""
 
@@ -149,6 +178,7 @@ class GenerationStage(_RowStage):
         key: str,
         meta: dict[str, Any],
         block_size: int,
+        capture: _CapturePlan | None = None,
     ) -> None:
         from knowlens.generation import _encode, check_context
 
@@ -156,6 +186,9 @@ class GenerationStage(_RowStage):
         self.prompt_fn, self.grade_fn, self.settings = prompt_fn, grade_fn, settings
         self.key, self.meta, self.block_size = key, meta, block_size
         self.numerics = meta["numerics"]
+        self.capture = capture
+        self.spool_dir: Path | None = None  # driver side: where merge gathers the captures
+        self.captured: _Captured | None = None
         templated = settings.use_chat_template and model.has_chat_template
         # The local path's batch order: prompt token length, longest first, ties by index.
         lens = [
@@ -171,6 +204,7 @@ class GenerationStage(_RowStage):
             for ex in examples
         ]
         check_context(model, examples, lens, settings.max_new_tokens)  # before any worker runs
+        self.prompt_lens = lens
         self._order = sorted(range(len(examples)), key=lambda i: (-lens[i], i))
 
     def item_ids(self) -> list[str]:
@@ -185,21 +219,153 @@ class GenerationStage(_RowStage):
     def compute(self, model: ModelHandle, block: Block) -> dict[str, bytes]:
         from knowlens.generation import generate_examples
 
-        rows = generate_examples(
-            model,
-            [self.examples[i] for i in block.items],
-            self.prompt_fn,
-            self.grade_fn,
-            self.settings,
+        examples = [self.examples[i] for i in block.items]
+        args = (model, examples, self.prompt_fn, self.grade_fn, self.settings)
+        plan = self.capture
+        if plan is None:
+            return self._shard(generate_examples(*args))
+        # Hidden states read while this block decodes (the local capture, on the block's rows)
+        from knowlens.activations import HiddenStateCapture
+        from knowlens.activations._extract import DTYPES
+
+        layout = plan.layout
+        outs = [
+            np.zeros(shape, dtype=DTYPES[layout.work][0])
+            for shape in layout.shapes(len(examples), int(model.d_model))
+        ]
+        lens = [self.prompt_lens[i] for i in block.items]
+        cap = HiddenStateCapture(model, plan.requests, lens, outs, track_range=layout.track_range)
+        with cap.hooks():
+            rows = generate_examples(*args, observer=cap)
+        files = self._shard(rows)
+        for j, out in enumerate(outs):
+            files[f"capture-{j}.npy"] = _npy_bytes(out)
+        files[_CAPTURE_INFO] = json.dumps(
+            {
+                "plan": plan.tag,
+                "captured": cap.captured.tolist(),
+                "max_abs": cap.max_abs,
+                "seconds": cap.seconds,
+            }
+        ).encode()
+        return files
+
+    def merge(
+        self, shard_dirs: list[Path], blocks: list[Block], out: Path, run: dict[str, Any]
+    ) -> None:
+        self._gather(shard_dirs, blocks)
+        super().merge(shard_dirs, blocks, out, run)
+
+    def merge_in_memory(
+        self, shard_dirs: list[Path], blocks: list[Block], run: dict[str, Any]
+    ) -> Any:
+        self._gather(shard_dirs, blocks)
+        return super().merge_in_memory(shard_dirs, blocks, run)
+
+    def _gather(self, shard_dirs: list[Path], blocks: list[Block]) -> None:
+        """The blocks' captured rows in task order (``captured``), before the shards go.
+        A shard decoded without this capture plan (a plain run's, another selector's) adds
+        none: its rows are teacher-forced by ``assemble``, as a resumed local window's."""
+        plan = self.capture
+        if plan is None:
+            return
+        from knowlens.activations._extract import DTYPES
+
+        n, dt = len(self.examples), DTYPES[plan.layout.work][0]
+        shapes = plan.layout.shapes(n, plan.d_model)
+        spools: list[np.ndarray] = [
+            np.lib.format.open_memmap(self.spool_dir / f"{j}.npy", "w+", dt, shape)
+            if self.spool_dir is not None  # bounded memory, as the local capture's spool
+            else np.zeros(shape, dtype=dt)
+            for j, shape in enumerate(shapes)
+        ]
+        got = _Captured(spools, np.zeros(n, dtype=bool))
+        for d, b in zip(shard_dirs, blocks, strict=True):
+            info_path = d / _CAPTURE_INFO
+            if not info_path.exists():
+                continue
+            info = json.loads(info_path.read_text())
+            if info.get("plan") != plan.tag:
+                continue
+            for j, spool in enumerate(spools):
+                spool[b.items] = np.load(d / f"capture-{j}.npy")
+            got.captured[b.items] = np.asarray(info["captured"], dtype=bool)
+            got.max_abs = max(got.max_abs, float(info["max_abs"]))
+            got.seconds += float(info["seconds"])
+        self.captured = got
+
+
+def _generation_stage(
+    model: ModelHandle,
+    task: TaskLike,
+    ex: Executor,
+    *,
+    max_new_tokens: int | None,
+    batch_size: int,
+    use_chat_template: bool,
+    stop_on_newline: bool,
+    block_size: int | None,
+    capture: Any = None,
+) -> GenerationStage:
+    """The sharded greedy decode of ``task``: the local path's key and meta (so either path
+    reuses the other's entry) and blocks of whole decode windows (the local numbers).
+    ``capture``: ``(requests, dtype)`` to read hidden states while decoding."""
+    from knowlens.generation import (
+        GenerationSettings,
+        decode_window,
+        generation_cache_entry,
+        resolve_max_new_tokens,
+    )
+
+    examples = list(getattr(task, "examples", None) or [])
+    name = str(getattr(task, "name", "task"))
+    if not examples:
+        raise DataError(
+            f"Task '{name}' has no examples; check its split/limit "
+            f"(e.g. load_task('{name}', limit=50))."
         )
-        return self._shard(rows)
+    settings = GenerationSettings(
+        max_new_tokens=resolve_max_new_tokens(max_new_tokens, task),
+        batch_size=batch_size,
+        use_chat_template=use_chat_template,
+        stop_on_newline=stop_on_newline,
+        task=name,
+    )
+    settings.validate()
+    version = str(getattr(task, "version", "0"))
+    split = getattr(task, "split", None)
+    rendered = [
+        model.format_prompt(task.prompt(e), use_chat_template=use_chat_template) for e in examples
+    ]
+    parts = {"task": name, "task_version": version, "split": split}
+    key, meta = generation_cache_entry(
+        model,
+        examples,
+        rendered,
+        settings,
+        parts,
+        {**parts, "n": len(examples)},
+        numerics=ex.numerics(model),  # the workers' threads / device, not the driver's
+    )
+    window = decode_window(batch_size)  # blocks of whole windows: the local numbers
+    size = _block_size(block_size, len(examples), window, _workers_hint(ex))
+    stage = GenerationStage(model, examples, task.prompt, task.grade, settings, key, meta, size)
+    if capture is not None:
+        from knowlens.activations import spool_layout
+
+        reqs, dtype = capture
+        layout = spool_layout(model, reqs, stage.prompt_lens, settings.max_new_tokens, dtype)
+        stage.capture = _CapturePlan(tuple(reqs), layout, int(model.d_model))
+    return stage
 
 
+@overload
 def generate(
     model: ModelHandle,
     task: TaskLike,
     *,
     executor: str | Executor | None = None,
+    layers: None = None,
     max_new_tokens: int | None = None,
     batch_size: int = 16,
     use_chat_template: bool = True,
@@ -207,25 +373,84 @@ def generate(
     cache: bool = True,
     progress: bool = True,
     block_size: int | None = None,
-) -> GenerationSet:
+) -> GenerationSet: ...
+
+
+@overload
+def generate(
+    model: ModelHandle,
+    task: TaskLike,
+    *,
+    executor: str | Executor | None = None,
+    layers: str | int | list[int],
+    tokens: str | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    use_chat_template: bool = True,
+    stop_on_newline: bool = True,
+    dtype: str | None = None,
+    max_positions: int | None = None,
+    extract_batch_size: int | None = None,
+    shard_size: int | None = None,
+    cache: bool = True,
+    progress: bool = True,
+    block_size: int | None = None,
+) -> tuple[GenerationSet, ActivationSet]: ...
+
+
+def generate(
+    model: ModelHandle,
+    task: TaskLike,
+    *,
+    executor: str | Executor | None = None,
+    layers: str | int | list[int] | None = None,
+    tokens: str | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    use_chat_template: bool = True,
+    stop_on_newline: bool = True,
+    dtype: str | None = None,
+    max_positions: int | None = None,
+    extract_batch_size: int | None = None,
+    shard_size: int | None = None,
+    cache: bool = True,
+    progress: bool = True,
+    block_size: int | None = None,
+) -> GenerationSet | tuple[GenerationSet, ActivationSet]:
     """``knowlens.generate`` on any executor; the same rows whichever runs it.
 
     Args:
         executor: ``"local"`` / ``None`` (this process), ``"ray"`` (a local Ray instance, or the
             one already initialised), or an ``Executor`` from ``get_executor``.
+        layers, tokens, dtype, max_positions, extract_batch_size, shard_size: as in
+            ``knowlens.generate``: with ``layers`` the hidden states are read while
+            generating and ``(gens, acts)`` is returned (:func:`generate_capturing`).
         block_size: examples per block (rounded up to a multiple of
             ``generation.decode_window(batch_size)``, the decoder's resume window; default:
             about four blocks per worker).
         Others: as in ``knowlens.generation.generate``.
     """
-    from knowlens.generation import (
-        GenerationSettings,
-        decode_window,
-        generation_cache_entry,
-        resolve_max_new_tokens,
-    )
+    from knowlens.activations import capture_options
     from knowlens.generation import generate as local_generate
 
+    opts = capture_options(layers, tokens, dtype, max_positions, extract_batch_size, shard_size)
+    if opts is not None:
+        gens, sets = generate_capturing(
+            model,
+            task,
+            [(opts.pop("layers"), opts.pop("tokens"))],
+            executor=executor,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            use_chat_template=use_chat_template,
+            stop_on_newline=stop_on_newline,
+            cache=cache,
+            progress=progress,
+            block_size=block_size,
+            **opts,
+        )
+        assert sets is not None  # extract_on_hit
+        return gens, sets[0]
     ex = resolve_executor(executor)
     owned = not isinstance(executor, Executor)
     try:
@@ -240,50 +465,163 @@ def generate(
                 cache=cache,
                 progress=progress,
             )
-        examples = list(getattr(task, "examples", None) or [])
-        name = str(getattr(task, "name", "task"))
-        if not examples:
-            raise DataError(
-                f"Task '{name}' has no examples; check its split/limit "
-                f"(e.g. load_task('{name}', limit=50))."
-            )
-        settings = GenerationSettings(
-            max_new_tokens=resolve_max_new_tokens(max_new_tokens, task),
+        stage = _generation_stage(
+            model,
+            task,
+            ex,
+            max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             use_chat_template=use_chat_template,
             stop_on_newline=stop_on_newline,
-            task=name,
+            block_size=block_size,
         )
-        settings.validate()
-        version = str(getattr(task, "version", "0"))
-        split = getattr(task, "split", None)
-        rendered = [
-            model.format_prompt(task.prompt(e), use_chat_template=use_chat_template)
-            for e in examples
-        ]
-        # The local path's own key + meta, so either path reuses the other's entry.
-        parts = {"task": name, "task_version": version, "split": split}
-        key, meta = generation_cache_entry(
-            model,
-            examples,
-            rendered,
-            settings,
-            parts,
-            {**parts, "n": len(examples)},
-            numerics=ex.numerics(model),  # the workers' threads / device, not the driver's
-        )
-        window = decode_window(batch_size)  # blocks of whole windows: the local numbers
-        size = _block_size(block_size, len(examples), window, _workers_hint(ex))
-        stage = GenerationStage(model, examples, task.prompt, task.grade, settings, key, meta, size)
         gens, _ = run_stage(
             stage,
             model,
             ex,
             progress=progress,
-            description=f"generate {model.name} · {name} [{ex.name}]",
+            description=f"generate {model.name} · {stage.settings.task} [{ex.name}]",
             cache=cache,
         )
         return gens
+    finally:
+        if owned:
+            ex.close()
+
+
+def generate_capturing(
+    model: ModelHandle,
+    task: TaskLike,
+    requests: Any,
+    *,
+    executor: str | Executor | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+    use_chat_template: bool = True,
+    stop_on_newline: bool = True,
+    dtype: str = "auto",
+    max_positions: int = 512,
+    extract_batch_size: int = 8,
+    shard_size: int | None = None,
+    cache: bool = True,
+    progress: bool = True,
+    extract_on_hit: bool = True,
+    block_size: int | None = None,
+) -> tuple[GenerationSet, list[ActivationSet] | None]:
+    """``knowlens.activations.generate_capturing`` on any executor: the answers and one
+    activation set per ``(layers, tokens)`` request from the same forward passes.
+
+    Each block (whole decode windows, as :func:`generate`) keeps its rows' requested states
+    while it decodes and ships them in its shard; the driver gathers them in task order and
+    publishes exactly the entry ``extract(..., executor=)`` would write (the workers'
+    numerics in its key), so either reuses the other's. Rows of shards decoded without this
+    capture (a plain or an earlier run's, resumed) are teacher-forced here, as a resumed
+    local window's. When the generation entry already exists nothing is decoded: with
+    ``extract_on_hit`` the sets come from :func:`extract` on the executor, else None."""
+    from knowlens.activations import assemble, capture_requests
+    from knowlens.activations import generate_capturing as local_capturing
+    from knowlens.activations._api import _check_common
+    from knowlens.activations._extract import check_dtype
+
+    ex = resolve_executor(executor)
+    owned = not isinstance(executor, Executor)
+    try:
+        if isinstance(ex, LocalExecutor):
+            return local_capturing(
+                model,
+                task,
+                requests,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                use_chat_template=use_chat_template,
+                stop_on_newline=stop_on_newline,
+                dtype=dtype,
+                max_positions=max_positions,
+                extract_batch_size=extract_batch_size,
+                shard_size=shard_size,
+                cache=cache,
+                progress=progress,
+                extract_on_hit=extract_on_hit,
+            )
+        check_dtype(dtype)
+        b = extract_batch_size
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise KnowlensError(
+                f"extract_batch_size must be a positive integer; got {b!r}. Pass e.g. "
+                "extract_batch_size=8 (extract's batch_size, part of the activations' key)."
+            )
+        _check_common(model, max_positions, b)
+        reqs = capture_requests(model, requests, max_positions)
+        stage = _generation_stage(
+            model,
+            task,
+            ex,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            use_chat_template=use_chat_template,
+            stop_on_newline=stop_on_newline,
+            block_size=block_size,
+            capture=(reqs, dtype),
+        )
+        spool_dir: Path | None = None
+        if cache:
+            from knowlens._cache import _tmp_name, cache_root
+
+            spool_dir = cache_root() / "activations" / _tmp_name("capture")
+            spool_dir.mkdir(parents=True)
+        stage.spool_dir = spool_dir
+        try:
+            gens, _ = run_stage(
+                stage,
+                model,
+                ex,
+                progress=progress,
+                description=f"generate {model.name} · {stage.settings.task} [{ex.name}]",
+                cache=cache,
+            )
+            got = stage.captured
+            if got is None:  # the generation entry was there: nothing decoded
+                if not extract_on_hit:
+                    return gens, None
+                sets = [
+                    extract(
+                        model,
+                        gens,
+                        executor=ex,
+                        layers=list(r.layers),
+                        tokens=r.tokens,
+                        dtype=dtype,
+                        max_positions=max_positions,
+                        batch_size=extract_batch_size,
+                        cache=cache,
+                        progress=progress,
+                        shard_size=shard_size,
+                    )
+                    for r in reqs
+                ]
+                return gens, sets
+            numerics = ex.numerics(model)
+            sets = [
+                assemble(
+                    model,
+                    gens,
+                    r,
+                    got.spools[j],
+                    got,
+                    dtype=dtype,
+                    extract_batch_size=extract_batch_size,
+                    shard_size=shard_size,
+                    cache=cache,
+                    progress=progress,
+                    numerics=numerics,
+                )
+                for j, r in enumerate(reqs)
+            ]
+            return gens, sets
+        finally:
+            stage.captured = None  # the memmaps, before their folder goes
+            if spool_dir is not None:
+                shutil.rmtree(spool_dir, ignore_errors=True)
     finally:
         if owned:
             ex.close()
@@ -653,4 +991,12 @@ def extract(
             ex.close()
 
 
-__all__ = ["ExtractionStage", "GenerationStage", "SampleStage", "extract", "generate", "sample"]
+__all__ = [
+    "ExtractionStage",
+    "GenerationStage",
+    "SampleStage",
+    "extract",
+    "generate",
+    "generate_capturing",
+    "sample",
+]

@@ -92,17 +92,23 @@ def generations(
     computed on the run's executor (``ctx.executor``: local or Ray, same rows).
 
     ``capture``: ``(layers, tokens)`` that ``activations`` will ask of ``model`` for these
-    answers (or a subset / concatenation of them). On the local executor, when the answers
-    are not cached, their hidden states are read while generating (one pass) and later
+    answers (or a subset / concatenation of them). When the answers are not cached, their
+    hidden states are read while generating (one pass, on any executor) and later
     ``activations`` calls copy them instead of running the model again."""
     ctx.record_task(task, split=split)
     what = f"generate {model.name} · {task.name}/{split} ({len(task.examples)})"
     with ctx.step(what, kind="generate", model=model.name):
-        if capture and _local(ctx):
-            from knowlens.activations import generate_capturing
+        if capture:
+            from knowlens.executors._stages import generate_capturing
 
             gens, sets = generate_capturing(
-                model, task, capture, cache=ctx.use_cache, progress=False, extract_on_hit=False
+                model,
+                task,
+                capture,
+                executor=getattr(ctx, "executor", None),
+                cache=ctx.use_cache,
+                progress=False,
+                extract_on_hit=False,
             )
             if sets and _keep_for(ctx):
                 _CAPTURED[id(ctx)].extend((gens, a) for a in sets)
@@ -132,17 +138,29 @@ def activation_needs(estimators: Sequence[str], model: ModelHandle) -> list[tupl
 def activations(ctx: Any, model: ModelHandle, gens: GenerationSet, **kwargs: Any) -> ActivationSet:
     """Hidden states of ``gens`` under ``model`` (cached), on the run's executor; rows
     captured while generating (``generations(..., capture=)``) are copied, not rerun."""
-    captured = _CAPTURED.get(id(ctx))
-    if captured and _local(ctx):
-        from knowlens.activations import extract_reusing
+    from knowlens.executors._stages import extract
 
-        acts = extract_reusing(model, gens, captured, cache=ctx.use_cache, progress=False, **kwargs)
-    else:
-        from knowlens.executors._stages import extract
-
-        acts = extract(
+    def run() -> ActivationSet:
+        return extract(
             model, gens, executor=ctx.executor, cache=ctx.use_cache, progress=False, **kwargs
         )
+
+    captured = _CAPTURED.get(id(ctx))
+    if captured:
+        from knowlens.activations import extract_reusing
+
+        acts = extract_reusing(
+            model,
+            gens,
+            captured,
+            cache=ctx.use_cache,
+            progress=False,
+            numerics=None if _local(ctx) else ctx.executor.numerics(model),
+            fallback=run,
+            **kwargs,
+        )
+    else:
+        acts = run()
     ctx.count_cache("activations", hit=bool(acts.meta.get("cache_hit")))  # in the open step
     return acts
 

@@ -400,10 +400,11 @@ class EstimatorBench:
         spec = get_estimator(name)
         if spec.train_limit is not None:
             train = _cap(train, getattr(self.settings, spec.train_limit), self.seed)
-        if declares_validation(spec.cls):
+        # the configured instance decides: a LoRA fit with validation_fraction 0 has no split
+        if declares_validation(self._make(spec, reader)):
             raw = self._fit(spec, reader, train, answerer)
             own = own_validation(raw.estimator)
-            if own is not None:  # else (e.g. its split turned off) hold one out below
+            if own is not None:  # else (a fit restored without its scores) hold one out
                 return [raw, _scaled(raw, fit_temperature(*own), *own, "estimator")]
         who = f"{spec.name}: temperature scaling"
         fit_rows, val_rows = validation_split(train.correct, VALIDATION_FRACTION, self.seed, who)
@@ -415,9 +416,9 @@ class EstimatorBench:
         p = self.score(raw, val, answerer=answerer, X=subset_rows(X, val_rows))
         return [raw, _scaled(raw, fit_temperature(p, val.correct), p, val.correct, "held_out")]
 
-    def _fit(self, spec: Any, reader: Any, train: Any, answerer: Any, X: Any = None) -> Fitted:
-        """``spec``'s estimator of ``reader`` fitted on ``train`` (inputs ``X``, by default
-        prepared here) through the one estimator cache."""
+    def _make(self, spec: Any, reader: Any) -> Any:
+        """``spec``'s estimator of ``reader``, configured as this bench fits it (settings,
+        per-analysis parameters, the run's cache use); not fitted."""
         shared = {"reads": self.reads} if "reads" in spec.cls._param_names() else {}
         est = spec.make(model=reader, settings=self.settings, seed=self.seed, **shared)
         own = {k: v for k, v in self.estimator_params.items() if k in est.get_params()}
@@ -425,6 +426,12 @@ class EstimatorBench:
             est.set_params(**own)
         if "cache" in est.get_params():  # its own cache use (EigenScore's states) obeys --no-cache
             est.set_params(cache=self.ctx.use_cache)
+        return est
+
+    def _fit(self, spec: Any, reader: Any, train: Any, answerer: Any, X: Any = None) -> Fitted:
+        """``spec``'s estimator of ``reader`` fitted on ``train`` (inputs ``X``, by default
+        prepared here) through the one estimator cache."""
+        est = self._make(spec, reader)
         what = f"train {spec.name} · {reader.name} on {len(train)} answers"
         with self.ctx.step(what, kind="train", model=reader.name):
             if X is None:

@@ -8,7 +8,7 @@ training answers come from is the ``setting``:
 - ``cross_task`` (the seed paper's): a training mix of other tasks (``train_tasks``), disjoint
   from the evaluated topics; measures whether the estimator carries over to a new task.
 - ``in_distribution``: the evaluated suite's own train split (``train_limit`` questions, none
-  sharing its question text with a test question); measures whether the model's answers on
+  equal to a test question: same text and options); measures whether the model's answers on
   this suite carry a learnable correctness signal at all. At 135M parameters the cross-task
   estimators sit near chance while in-distribution probes do not, so both are offered and the
   report names the setting.
@@ -16,10 +16,14 @@ training answers come from is the ``setting``:
     cell[topic, model | estimator, metric] = ECE, AUROC or PRR of P(correct) on that topic's
                                              answers (``metrics``; default all three)
 
-``topic_accuracy = [lo, hi]`` shows only topics whose accuracy lies in [lo, hi] on every
-model (a one-class or near one-class topic has no AUROC worth drawing); the ``topics`` table
-records every topic's accuracy per model and whether it is shown. The pooled row ``(all)``
-always pools every evaluated answer.
+``topics`` keeps only those topics' questions (test split, and the train split in the
+``in_distribution`` setting) before ``eval_limit`` / ``train_limit`` apply, so a run spends
+its answers on the rows it draws; ``eval_task_options`` goes to the suite's builder (e.g.
+``{per_topic: 450}``: more questions on mc_suite's generated topics). ``topic_accuracy =
+[lo, hi]`` shows only topics whose accuracy lies in [lo, hi] on every model (a one-class or
+near one-class topic has no AUROC worth drawing); the ``topics`` table records every
+evaluated topic's accuracy per model and whether it is shown. The pooled row ``(all)``
+pools every evaluated answer.
 
     cell[topic, model | estimator, metric] = ECE, AUROC or PRR of P(correct) on that topic's
                                              answers (``metrics``; default all three)
@@ -82,7 +86,9 @@ __all__ = [
     "run",
 ]
 
-CODE_VERSION = "3"  # 2: topics table, setting, topic_accuracy; 3: differences table
+# 2: topics table, setting, topic_accuracy; 3: differences table; 4: topics filter the
+# questions asked, train/test disjoint on text and options (same-stem questions were dropped)
+CODE_VERSION = "4"
 ALL = "(all)"
 COLUMNS = [
     "analysis",
@@ -129,7 +135,14 @@ class Config(AnalysisConfig):
         default="mc_suite", description="Multiple-choice task whose topics are the rows."
     )
     topics: list[str] | None = Field(
-        default=None, description="Topics to show (None = every topic of eval_task)."
+        default=None,
+        description="Topics whose questions are asked and shown (None = every topic of "
+        "eval_task); applied before eval_limit / train_limit.",
+    )
+    eval_task_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments of eval_task's builder, e.g. {per_topic: 450} for "
+        "mc_suite (checked by the task library).",
     )
     eval_k_shot: int | None = Field(
         default=None, ge=0, description="Few-shot examples in eval prompts (None = task's)."
@@ -179,16 +192,43 @@ class Config(AnalysisConfig):
         return v
 
 
+def _suite_split(cfg: Config, split: str, limit: int | None, kw: dict[str, Any]) -> Task:
+    """``split`` of the suite (``eval_task_options``), only ``topics``' questions when given,
+    then at most ``limit`` of them."""
+    opts = {**cfg.eval_task_options, **kw}
+    if not cfg.topics:
+        return load_split(cfg.eval_task, split, limit, cfg.seed, **opts)
+    task = load_split(cfg.eval_task, split, None, cfg.seed, **opts)
+    have = {ex.topic for ex in task.examples}
+    missing = [t for t in cfg.topics if t not in have]
+    if missing:
+        from knowlens.errors import ConfigError
+
+        raise ConfigError(
+            f"topic_calibration: topics {missing} are not topics of {cfg.eval_task}'s "
+            f"{split} split; it has: {', '.join(sorted(str(t) for t in have))}."
+        )
+    wanted = set(cfg.topics)
+    kept = [ex for ex in task.examples if ex.topic in wanted][:limit]
+    return replace(task, examples=kept)
+
+
+def _question(ex: Any) -> tuple[str, tuple[str, ...]]:
+    """What makes two questions the same one: the text and, for multiple choice, the options
+    (mc_suite asks "Which of these numbers is prime?" about many different option sets)."""
+    return ex.question, tuple(getattr(ex, "options", None) or ())
+
+
 def _train_split(cfg: Config, kw: dict[str, Any]) -> list[Task]:
     """The tasks whose train split the estimators learn from (see ``setting``)."""
     if cfg.setting == "cross_task":
         return [load_split(name, "train", cfg.limit, cfg.seed) for name in cfg.train_tasks]
-    test = load_split(cfg.eval_task, "test", None, cfg.seed, **kw)
-    train = load_split(cfg.eval_task, "train", cfg.train_limit or cfg.limit, cfg.seed, **kw)
-    # Split ids are disjoint, but two ids may carry the same question text; such a question
-    # would be seen in training and scored at test.
-    asked = {ex.question for ex in test.examples}
-    kept = [ex for ex in train.examples if ex.question not in asked]
+    test = _suite_split(cfg, "test", None, kw)
+    train = _suite_split(cfg, "train", cfg.train_limit or cfg.limit, kw)
+    # Split ids are disjoint, but two ids may carry the same question; it would be seen in
+    # training and scored at test.
+    asked = {_question(ex) for ex in test.examples}
+    kept = [ex for ex in train.examples if _question(ex) not in asked]
     return [train if len(kept) == len(train.examples) else replace(train, examples=kept)]
 
 
@@ -212,7 +252,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
         train = concat(parts)
         require_labels(train.correct, f"topic_calibration ({spec})")
 
-        task = load_split(cfg.eval_task, "test", cfg.eval_limit or cfg.limit, cfg.seed, **kw)
+        task = _suite_split(cfg, "test", cfg.eval_limit or cfg.limit, kw)
         ev = decided(generations(ctx, model, task, "test", capture=needs))
         acc_rows.append(accuracy_row(spec, task, "test", ev))
         topics = np.array([r.topic or "(none)" for r in ev.rows])
