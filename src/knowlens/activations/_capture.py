@@ -104,6 +104,7 @@ __all__ = [
     "capture_options",
     "capture_requests",
     "extract_reusing",
+    "finish_capture",
     "generate",
     "generate_capturing",
     "generate_with_activations",
@@ -428,9 +429,22 @@ def assemble(
 
 # -- front ends --------------------------------------------------------------------------------
 def capture_requests(
-    model: ModelHandle, wanted: Sequence[tuple[Layers, str]], max_positions: int
+    model: ModelHandle,
+    wanted: Sequence[tuple[Layers, str]],
+    max_positions: int,
+    dtype: str = "auto",
+    extract_batch_size: int = 8,
 ) -> list[CaptureRequest]:
-    """The distinct, resolved requests of ``(layers, tokens)`` pairs (selectors checked)."""
+    """The distinct, resolved requests of ``(layers, tokens)`` pairs, after ``extract``'s
+    checks of the selectors, ``dtype``, ``max_positions`` and its batch size."""
+    check_dtype(dtype)
+    b = extract_batch_size
+    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+        raise KnowlensError(
+            f"extract_batch_size must be a positive integer; got {b!r}. Pass e.g. "
+            "extract_batch_size=8 (extract's batch_size, part of the activations' cache key)."
+        )
+    _check_common(model, max_positions, b)
     out: list[CaptureRequest] = []
     for layers, tokens in wanted:
         check_tokens(tokens, SELECTORS)
@@ -501,15 +515,7 @@ def generate_capturing(
     from knowlens.generation import _encode, resolve_max_new_tokens
     from knowlens.generation import generate as generate_answers
 
-    check_dtype(dtype)
-    b = extract_batch_size
-    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-        raise KnowlensError(
-            f"extract_batch_size must be a positive integer; got {b!r}. Pass e.g. "
-            "extract_batch_size=8 (extract's batch_size, part of the activations' cache key)."
-        )
-    _check_common(model, max_positions, b)
-    reqs = capture_requests(model, requests, max_positions)
+    reqs = capture_requests(model, requests, max_positions, dtype, extract_batch_size)
     gen_kw: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
@@ -553,45 +559,82 @@ def generate_capturing(
         )
         with capture.hooks():
             gens = generate_answers(model, task, **gen_kw, observer=capture)
-        if gens.meta.get("cache_hit"):
-            if not extract_on_hit:
-                return gens, None
-            acts = [
-                extract(
-                    model,
-                    gens,
-                    layers=list(r.layers),
-                    tokens=r.tokens,
-                    dtype=dtype,
-                    max_positions=max_positions,
-                    batch_size=extract_batch_size,
-                    cache=cache,
-                    progress=progress,
-                    shard_size=shard_size,
-                )
-                for r in reqs
-            ]
-            return gens, acts
-        sets = [
-            assemble(
-                model,
-                gens,
-                r,
-                spools[j],
-                capture,
-                dtype=dtype,
-                extract_batch_size=extract_batch_size,
-                shard_size=shard_size,
-                cache=cache,
-                progress=progress,
-            )
-            for j, r in enumerate(reqs)
-        ]
+        sets = finish_capture(
+            model,
+            gens,
+            reqs,
+            spools,
+            None if gens.meta.get("cache_hit") else capture,
+            extract_fn=extract,
+            extract_on_hit=extract_on_hit,
+            dtype=dtype,
+            max_positions=max_positions,
+            extract_batch_size=extract_batch_size,
+            shard_size=shard_size,
+            cache=cache,
+            progress=progress,
+        )
         return gens, sets
     finally:
         spools = []
         if spool_dir is not None:
             shutil.rmtree(spool_dir, ignore_errors=True)
+
+
+def finish_capture(
+    model: ModelHandle,
+    gens: GenerationSet,
+    reqs: Sequence[CaptureRequest],
+    spools: Sequence[np.ndarray],
+    capture: Any,
+    *,
+    extract_fn: Callable[..., ActivationSet],
+    extract_on_hit: bool,
+    dtype: str,
+    max_positions: int,
+    extract_batch_size: int,
+    shard_size: int | None,
+    cache: bool,
+    progress: bool,
+    numerics: dict[str, Any] | None = None,
+) -> list[ActivationSet] | None:
+    """The activation sets of a capturing decode, one per request: ``assemble``d from the
+    spools, or (``capture`` None: the generation entry existed, nothing was decoded) from
+    ``extract_fn`` when ``extract_on_hit``, else None."""
+    if capture is None:
+        if not extract_on_hit:
+            return None
+        return [
+            extract_fn(
+                model,
+                gens,
+                layers=list(r.layers),
+                tokens=r.tokens,
+                dtype=dtype,
+                max_positions=max_positions,
+                batch_size=extract_batch_size,
+                cache=cache,
+                progress=progress,
+                shard_size=shard_size,
+            )
+            for r in reqs
+        ]
+    return [
+        assemble(
+            model,
+            gens,
+            r,
+            spools[j],
+            capture,
+            dtype=dtype,
+            extract_batch_size=extract_batch_size,
+            shard_size=shard_size,
+            cache=cache,
+            progress=progress,
+            numerics=numerics,
+        )
+        for j, r in enumerate(reqs)
+    ]
 
 
 def generate_with_activations(

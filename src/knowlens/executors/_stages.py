@@ -518,10 +518,8 @@ def generate_capturing(
     capture (a plain or an earlier run's, resumed) are teacher-forced here, as a resumed
     local window's. When the generation entry already exists nothing is decoded: with
     ``extract_on_hit`` the sets come from :func:`extract` on the executor, else None."""
-    from knowlens.activations import assemble, capture_requests
+    from knowlens.activations import capture_requests, finish_capture
     from knowlens.activations import generate_capturing as local_capturing
-    from knowlens.activations._api import _check_common
-    from knowlens.activations._extract import check_dtype
 
     ex = resolve_executor(executor)
     owned = not isinstance(executor, Executor)
@@ -543,15 +541,7 @@ def generate_capturing(
                 progress=progress,
                 extract_on_hit=extract_on_hit,
             )
-        check_dtype(dtype)
-        b = extract_batch_size
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-            raise KnowlensError(
-                f"extract_batch_size must be a positive integer; got {b!r}. Pass e.g. "
-                "extract_batch_size=8 (extract's batch_size, part of the activations' key)."
-            )
-        _check_common(model, max_positions, b)
-        reqs = capture_requests(model, requests, max_positions)
+        reqs = capture_requests(model, requests, max_positions, dtype, extract_batch_size)
         stage = _generation_stage(
             model,
             task,
@@ -579,44 +569,27 @@ def generate_capturing(
                 description=f"generate {model.name} · {stage.settings.task} [{ex.name}]",
                 cache=cache,
             )
-            got = stage.captured
-            if got is None:  # the generation entry was there: nothing decoded
-                if not extract_on_hit:
-                    return gens, None
-                sets = [
-                    extract(
-                        model,
-                        gens,
-                        executor=ex,
-                        layers=list(r.layers),
-                        tokens=r.tokens,
-                        dtype=dtype,
-                        max_positions=max_positions,
-                        batch_size=extract_batch_size,
-                        cache=cache,
-                        progress=progress,
-                        shard_size=shard_size,
-                    )
-                    for r in reqs
-                ]
-                return gens, sets
-            numerics = ex.numerics(model)
-            sets = [
-                assemble(
-                    model,
-                    gens,
-                    r,
-                    got.spools[j],
-                    got,
-                    dtype=dtype,
-                    extract_batch_size=extract_batch_size,
-                    shard_size=shard_size,
-                    cache=cache,
-                    progress=progress,
-                    numerics=numerics,
-                )
-                for j, r in enumerate(reqs)
-            ]
+            got = stage.captured  # None: the generation entry was there, nothing decoded
+
+            def on_executor(*a: Any, **k: Any) -> ActivationSet:
+                return extract(*a, executor=ex, **k)
+
+            sets = finish_capture(
+                model,
+                gens,
+                reqs,
+                got.spools if got is not None else [],
+                got,
+                extract_fn=on_executor,
+                extract_on_hit=extract_on_hit,
+                dtype=dtype,
+                max_positions=max_positions,
+                extract_batch_size=extract_batch_size,
+                shard_size=shard_size,
+                cache=cache,
+                progress=progress,
+                numerics=ex.numerics(model),
+            )
             return gens, sets
         finally:
             stage.captured = None  # the memmaps, before their folder goes
