@@ -402,6 +402,56 @@ def test_topic_calibration_in_distribution_and_topic_filter(
         run({**cfg, "topic_accuracy": [0.9, 0.1]}, output=tmp_path / "r2", progress=False)
 
 
+def test_probe_transfer_task_accuracy_leaves_out_one_class_datasets(
+    tasks, tiny_model_dir, tmp_path
+):
+    """``task_accuracy`` keeps the datasets whose train and test accuracy lie in the range
+    (noted otherwise); kept cells keep their resamples, so [0, 1] changes nothing, and a
+    range that keeps none gives empty tables and a report that says why."""
+    from types import SimpleNamespace
+
+    from knowlens.experiments.probe_transfer import Config, _within_accuracy
+
+    def split(acc):
+        return (SimpleNamespace(correct=np.array([1.0] * acc + [0.0] * (10 - acc))), None)
+
+    data = {"a": {"train": split(5), "test": split(4)}, "b": {"train": split(10), "test": split(5)}}
+    notes = []
+    ctx = SimpleNamespace(note=lambda k, v: notes.append((k, v)))
+    cfg = Config(models=["m"], tasks=["a", "b"], task_accuracy=(0.1, 0.9))
+    assert _within_accuracy(cfg, ctx, "m", data) == ["a"]
+    assert notes == [
+        ("m:b", "accuracy 1.00 (train) / 0.50 (test) is outside task_accuracy [0.1, 0.9]: "
+         "dataset left out of the matrix")
+    ]  # fmt: skip
+    with pytest.raises(Exception, match="0 <= lo < hi <= 1"):
+        Config(models=["m"], tasks=["a", "b"], task_accuracy=(0.5, 0.5))
+
+    cfg = {
+        "analysis": "probe_transfer",
+        "models": [str(tiny_model_dir)],
+        "tasks": tasks,
+        "sweep_layers": [1, 2],
+        **_base(tmp_path),
+    }
+    plain = run({**cfg, "name": "pt"}, output=tmp_path / "runs", progress=False)
+    wide = run({**cfg, "name": "pt-01", "task_accuracy": [0, 1]}, output=tmp_path / "runs",
+               progress=False)  # fmt: skip
+    pd.testing.assert_frame_equal(
+        plain.tables["probe_transfer"]["probe_transfer"],
+        wide.tables["probe_transfer"]["probe_transfer"],
+    )
+    none = run({**cfg, "name": "pt-none", "task_accuracy": [0.95, 1]}, output=tmp_path / "runs",
+               progress=False)  # fmt: skip
+    assert none.tables["probe_transfer"]["probe_transfer"].empty
+    text = none.report.read_text()
+    assert "every dataset&#x27;s accuracy is outside task_accuracy" in text  # html-escaped
+    from knowlens.experiments.probe_transfer import left_out
+
+    assert left_out(none.tables["probe_transfer"], str(tiny_model_dir)) == tasks
+    assert left_out(plain.tables["probe_transfer"], str(tiny_model_dir)) == []
+
+
 def test_topics_and_suite_options_choose_the_questions_asked():
     """``topics`` keeps only those topics' questions before the limits apply,
     ``eval_task_options`` reaches mc_suite's builder, and in_distribution keeps same-stem

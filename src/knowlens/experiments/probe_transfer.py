@@ -74,6 +74,7 @@ __all__ = [
     "baseline_summary",
     "figures",
     "headline",
+    "left_out",
     "report_sections",
     "run",
 ]
@@ -182,6 +183,12 @@ class Config(AnalysisConfig):
         default_factory=list,
         description="Further baselines beside the logit one: " + ESTIMATORS_HELP,
     )
+    task_accuracy: tuple[float, float] | None = Field(
+        default=None,
+        description="[lo, hi]: leave out (rows and columns, noted in the report) datasets "
+        "whose train or test accuracy on the model lies outside [lo, hi]: a near one-class "
+        "split trains no probe worth transferring and has no AUROC worth drawing.",
+    )
     train: TrainSettings = Field(
         default_factory=TrainSettings,
         description="Training settings of learned baselines (as topic_calibration's train:).",
@@ -206,6 +213,13 @@ class Config(AnalysisConfig):
                 "must include 'auroc' (the difference matrix and the raw figure are AUROC); "
                 f"got {v}"
             )
+        return v
+
+    @field_validator("task_accuracy")
+    @classmethod
+    def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0.0 <= v[0] < v[1] <= 1.0:
+            raise ValueError(f"must be [lo, hi] with 0 <= lo < hi <= 1; got {list(v)}")
         return v
 
     @field_validator("tasks")
@@ -302,8 +316,9 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
                         acts[tok] = activations(ctx, model, gens, layers=layers, tokens=tok)
                 data[name][split] = _with_position(gens, acts)
 
+        shown = _within_accuracy(cfg, ctx, spec, data)
         probes: dict[str, Any] = {}
-        for name in cfg.tasks:
+        for name in shown:
             gens, acts = data[name]["train"]
             y = gens.correct
             counts = np.bincount(y.astype(int), minlength=2) if len(y) else np.zeros(2)
@@ -345,15 +360,16 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
                 probe = LogisticProbe(layer=best_layer, max_iter=cfg.max_iter)
                 probes[name], _ = fit_recorded(ctx, probe, acts[best_tok], gens)
 
-        fitted = _fit_baselines(cfg, ctx, bench, spec, model, data)
+        fitted = _fit_baselines(cfg, ctx, bench, spec, model, {n: data[n] for n in shown})
         scored: dict[tuple[str, str], np.ndarray] = {}
 
-        for j, test_name in enumerate(cfg.tasks):
+        for test_name in shown:
             gens, acts = data[test_name]["test"]
             y = gens.correct
             base = baseline.predict_proba(gens)
-            seed = cfg.seed + 7919 * j  # same resamples for every row of one test set
-            for train_name in cfg.tasks:
+            # same resamples for every row of one test set, whichever datasets are shown
+            seed = cfg.seed + 7919 * cfg.tasks.index(test_name)
+            for train_name in shown:
                 key = {
                     "analysis": "probe_transfer",
                     "model": spec,
@@ -413,7 +429,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
             ["analysis", "model", "task", "layer", "position", "metric", "value", "n", "chosen"],
         ),
         "accuracy": frame(acc_rows, ["model", "task", "split", "n", "n_correct", "accuracy"]),
-        "settings": pd.DataFrame([{"min_n": cfg.min_n}]),
+        "settings": pd.DataFrame([{"min_n": cfg.min_n, **_range_columns(cfg)}]),
         "scores": pd.concat(score_parts, ignore_index=True)
         if score_parts
         else frame([], SCORE_COLUMNS),
@@ -451,6 +467,44 @@ def _scores(
     )
 
 
+def _range_columns(cfg: Config) -> dict[str, float]:
+    # only when set: the settings table of a run without the filter is unchanged
+    if cfg.task_accuracy is None:
+        return {}
+    return {"task_accuracy_lo": cfg.task_accuracy[0], "task_accuracy_hi": cfg.task_accuracy[1]}
+
+
+def left_out(tables: dict[str, pd.DataFrame], model: str) -> list[str]:
+    """Datasets ``task_accuracy`` left out of ``model``'s matrix (from the saved tables)."""
+    st, acc = tables.get("settings"), tables.get("accuracy")
+    if st is None or acc is None or "task_accuracy_lo" not in st or st.empty:
+        return []
+    lo, hi = float(st["task_accuracy_lo"].iloc[0]), float(st["task_accuracy_hi"].iloc[0])
+    a = acc[acc["model"] == model]
+    out = ~a["accuracy"].between(lo, hi)
+    return list(dict.fromkeys(a.loc[out, "task"]))
+
+
+def _within_accuracy(cfg: Config, ctx: Any, spec: str, data: dict[str, Any]) -> list[str]:
+    """The datasets shown for ``spec`` (config order): all, or with ``task_accuracy`` those
+    whose train and test accuracy both lie in the range; the others are noted."""
+    if cfg.task_accuracy is None:
+        return list(cfg.tasks)
+    lo, hi = cfg.task_accuracy
+    shown = []
+    for name in cfg.tasks:
+        acc = {split: float(np.mean(data[name][split][0].correct)) for split in ("train", "test")}
+        if all(lo <= a <= hi for a in acc.values()):
+            shown.append(name)
+        else:
+            ctx.note(
+                f"{spec}:{name}",
+                f"accuracy {acc['train']:.2f} (train) / {acc['test']:.2f} (test) is outside "
+                f"task_accuracy [{lo:g}, {hi:g}]: dataset left out of the matrix",
+            )
+    return shown
+
+
 def _fit_baselines(
     cfg: Config, ctx: Any, bench: EstimatorBench, spec: str, model: Any, data: dict[str, Any]
 ) -> dict[tuple[str, str], Any]:
@@ -461,7 +515,7 @@ def _fit_baselines(
     if not cfg.baselines:
         return out
     for b in ctx.track(cfg.baselines, f"{short_model(spec)}: baselines"):
-        for name in cfg.tasks:
+        for name in data:
             gens = data[name]["train"][0]
             try:
                 if not len(gens):
@@ -644,8 +698,21 @@ def headline(t: pd.DataFrame, model: str) -> dict[str, float]:
 def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[Any]:
     t = tables["probe_transfer"]
     out = []
-    for model in dict.fromkeys(t["model"]):
+    acc = tables.get("accuracy")
+    models = [*t["model"], *(acc["model"] if acc is not None else [])]
+    for model in dict.fromkeys(models):
         m = short_model(model)
+        gone = left_out(tables, model)
+        if not (t["model"] == model).any():  # every dataset left out by task_accuracy
+            out.append(
+                Section(
+                    title=f"Probe transfer across datasets · {m}",
+                    notes="No matrix: every dataset's accuracy is outside task_accuracy "
+                    f"({', '.join(gone)}: dataset left out of the matrix).",
+                    tables=["accuracy"],
+                )
+            )
+            continue
         h = headline(t, model)
         base = _primary(t, model)
         lay = tables.get("layers")
@@ -674,6 +741,8 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
                 for k, (v, lo, hi) in mets.items()
             )
         keys.update({f"chosen layer · {k}": v for k, v in chosen.items()})
+        if gone:
+            keys["datasets left out (accuracy outside task_accuracy)"] = ", ".join(gone)
         # what one cell resolves: the probe-minus-baseline cells' n and CI half-width
         keys.update(resolution(t[t["model"] == model], min_n_of(tables), "auroc_minus_baseline"))
         out.append(
