@@ -151,3 +151,41 @@ def test_readme_task_count_matches_the_registry():
     )
     m = re.search(r"knowlens tasks\s+# (\d+) tasks", README)
     assert m and int(m.group(1)) == n, (m and m.group(0), n)
+
+
+def test_make_demo_resolves_the_demo_config_and_every_shipped_config_is_valid(
+    monkeypatch, tmp_path
+):
+    """`make demo` runs `knowlens demo`: it reaches the runner with configs/demo.yaml's
+    analyses (the runner itself replaced); every config under configs/ validates."""
+    from knowlens.experiments import _runner, load_config
+
+    seen = []
+
+    def fake_run_config(rc, *, use_cache=True, progress=True):
+        seen.append(rc)
+        return _runner.RunResult(tmp_path, {}, {}, tmp_path / "report.html", {})
+
+    monkeypatch.setattr(_runner, "run_config", fake_run_config)
+    monkeypatch.chdir(ROOT)
+    assert "$(BIN)/knowlens demo" in (ROOT / "Makefile").read_text()
+    res = CliRunner().invoke(app, ["demo", "-o", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    (rc,) = seen
+    kinds = [a.analysis for a in rc.analyses]
+    assert kinds == [
+        "topic_calibration",
+        "estimator_transfer",
+        "probe_transfer",
+        "prompt_transfer",
+        "activation_maps",
+        "activation_maps",
+    ]
+    # the power rules of the demo (issue 15): thin cells hatched below 40 answers, topics and
+    # datasets outside 10-90 % accuracy left out, >= 100 test answers per probe dataset
+    tc, et, pt = rc.analyses[:3]
+    assert tc.min_n >= 40 and et.min_n >= 40 and pt.min_n >= 40
+    assert tc.topic_accuracy == (0.1, 0.9) and pt.task_accuracy == (0.1, 0.9)
+    assert pt.limit >= 100
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        assert load_config(path).analyses, path.name
