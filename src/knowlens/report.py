@@ -181,6 +181,48 @@ def curves_section(curves: pd.DataFrame, figs: list[Path]) -> Section:
     )
 
 
+def score_maps_section(maps: pd.DataFrame) -> Section:
+    """The report section of a ``score_maps`` table: how each one-score estimator's raw
+    uncertainty became P(correct), and which ones are constant by construction."""
+    keys = {}
+    for r in maps.itertuples():
+        what = f"{r.model} · {r.estimator}"
+        if r.slope_clipped:
+            keys[what] = (
+                "constant P(correct) (the training accuracy): its uncertainty rose with "
+                f"correctness on the {r.n_train} training answers, so the calibration slope was "
+                "clipped to 0 rather than invert the method; its AUROC is 0.5 by construction"
+            )
+        elif r.a == 0:
+            keys[what] = (
+                "constant P(correct) (the training accuracy): its raw score did not vary, or "
+                f"the {r.n_train} training answers had one label; its AUROC is 0.5 by construction"
+            )
+        else:
+            keys[what] = (
+                f"P(correct) = sigmoid({r.a:.3g} * (-u) + {r.b:.3g}), fitted on {r.n_train} "
+                "training answers"
+            )
+    constant = int((maps["slope_clipped"].astype(bool) | (maps["a"] == 0)).sum())
+    return Section(
+        title="Score calibration of the one-score estimators",
+        notes=(
+            "Sampling, density, verbalised and token-entropy estimators compute one raw "
+            "uncertainty u per answer (the published definition) and map it to P(correct) by "
+            "Platt scaling fitted on the training answers with a non-negative slope. "
+            + (
+                f"{constant} of {len(maps)} fits give a constant P(correct): their cells show "
+                "AUROC 0.5 with a zero-width interval by construction, not because the raw "
+                "score was measured to carry no signal."
+                if constant
+                else "Every fit has a positive slope."
+            )
+        ),
+        key_numbers=keys,
+        tables=["score_maps"],
+    )
+
+
 def _default_sections(key: str, tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[Section]:
     return [
         Section(
@@ -432,6 +474,9 @@ def build_report(run_dir: str | Path, *, redraw: bool = True) -> Path:
         curves = tables.get("learning_curves")
         if maker and curves is not None and len(curves):
             sections = [*sections, curves_section(curves, figs)]
+        maps = tables.get("score_maps")
+        if maker and maps is not None and len(maps):
+            sections = [*sections, score_maps_section(maps)]
         blocks.append(f'<h2 id="{_esc(acfg.key)}">{_esc(acfg.key)}</h2>')
         blocks.append(_metric_legend(tables))
         for sec in sections:

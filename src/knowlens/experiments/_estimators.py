@@ -439,6 +439,9 @@ class EstimatorBench:
             est, key = fit_recorded(self.ctx, est, X, train.correct)
         if getattr(est, "learning_curve_", None) and hasattr(self.ctx, "record_curve"):
             self.ctx.record_curve(key, curve_frame(est, reader.name, spec.display_name))
+        row = score_map_row(est, reader.name, spec.display_name, len(train))
+        if row is not None and hasattr(self.ctx, "record_score_map"):
+            self.ctx.record_score_map(key, row)
         return Fitted(name=spec.name, spec=spec, estimator=est, key=key, reader=reader)
 
     def score(
@@ -492,6 +495,27 @@ CURVE_COLUMNS = [
     "n_train",
     "n_validation",
 ]
+
+
+SCORE_MAP_COLUMNS = ["model", "estimator", "a", "b", "slope_clipped", "n_train"]
+
+
+def score_map_row(est: Any, model: str, label: str, n_train: int) -> dict[str, Any] | None:
+    """How a fitted one-score estimator maps its raw uncertainty ``u`` to P(correct)
+    (``calibration_``: ``sigmoid(a * -u + b)``, ``slope_clipped`` when the training answers
+    asked for a negative slope, which would invert the method, so P(correct) is the
+    constant training accuracy); None for estimators without that map."""
+    cal = getattr(est, "calibration_", None)
+    if not isinstance(cal, dict) or "a" not in cal:
+        return None
+    return {
+        "model": model,
+        "estimator": label,
+        "a": float(cal["a"]),
+        "b": float(cal["b"]),
+        "slope_clipped": bool(cal.get("slope_clipped", False)),
+        "n_train": int(n_train),
+    }
 
 
 def curve_frame(est: Any, model: str, label: str) -> pd.DataFrame:

@@ -101,7 +101,9 @@ __all__ = ["RESULTS_VERSION", "RunContext", "RunResult", "run", "run_config"]
 
 T = TypeVar("T")
 
-RESULTS_VERSION = "2"  # 2: a learning_curves table for every trained estimator
+# 2: a learning_curves table for every trained estimator; 3: a score_maps table for every
+# calibrated one-score estimator
+RESULTS_VERSION = "3"
 _console = Console(stderr=True)
 
 
@@ -229,6 +231,7 @@ class RunContext:
     _models: dict[str, Any] = field(default_factory=dict)
     _progress: Progress | None = None
     _curves: dict[str, pd.DataFrame] = field(default_factory=dict)
+    _score_maps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # ---- learning curves -------------------------------------------------------------------
     def record_curve(self, key: str, curve: pd.DataFrame) -> None:
@@ -238,6 +241,14 @@ class RunContext:
 
     def curves(self) -> pd.DataFrame | None:
         return pd.concat(self._curves.values(), ignore_index=True) if self._curves else None
+
+    def record_score_map(self, key: str, row: dict[str, Any]) -> None:
+        """Keep how one fitted one-score estimator maps its raw score to P(correct) (``key``:
+        its cache key); the runner writes them as the ``score_maps`` table."""
+        self._score_maps.setdefault(key, row)
+
+    def score_maps(self) -> pd.DataFrame | None:
+        return pd.DataFrame(list(self._score_maps.values())) if self._score_maps else None
 
     # ---- models, tasks -------------------------------------------------------------------
     def load_model(self, spec: str) -> Any:
@@ -607,6 +618,9 @@ def _run_into(
                     curves = ctx.curves()
                     if curves is not None and "learning_curves" not in tables:
                         tables["learning_curves"] = curves
+                    maps = ctx.score_maps()
+                    if maps is not None and "score_maps" not in tables:
+                        tables["score_maps"] = maps
                     done = clock.record(op.index)
                     ctx.log.compute_s = done.wall_s if done is not None else None
                     ctx.log.executor = _describe(ctx.executor, acfg.ray_address)
