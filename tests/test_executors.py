@@ -629,6 +629,11 @@ def test_sharded_capture_equals_local_capture_and_shares_its_entries(tiny_model)
         assert again.meta["cache_hit"] and again.meta["cache_key"] == got.meta["cache_key"]
         assert_same_activations(again, got)
     assert not any((cache_root() / "activations").glob(".tmp-capture*"))
+    # the shards keep the answers (verified), not a second copy of the published states
+    shards = sorted((cache_root() / "shards" / "generations" / gens.meta["cache_key"]).iterdir())
+    assert len(shards) == 3 and not any(f for d in shards for f in d.glob("capture*"))
+    for d in shards:
+        verify_entry(d)
 
     # A generation entry already there: nothing decoded; extract_on_hit extracts (hits here)
     hit_g, hit = generate_capturing(tiny_model, task, CAPTURE, executor=ex, **kw)

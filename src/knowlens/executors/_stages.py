@@ -295,6 +295,24 @@ class GenerationStage(_RowStage):
         self.captured = got
 
 
+def _strip_captures(stage: GenerationStage) -> None:
+    """Drop the captured states from the stage's shards once their entries are published
+    (they are the activation entries' bytes a second time; the shards stay, verified, as the
+    generation entry's repair copy)."""
+    from knowlens._cache import entry_lock, write_checksums
+    from knowlens.executors._core import shard_root
+
+    root = shard_root(stage)
+    with entry_lock(stage.kind, stage.key):
+        for d in root.iterdir() if root.is_dir() else []:
+            extra = [*d.glob("capture-*.npy"), *d.glob(_CAPTURE_INFO)]
+            if not extra:
+                continue
+            for f in extra:
+                f.unlink()
+            write_checksums(d)
+
+
 def _generation_stage(
     model: ModelHandle,
     task: TaskLike,
@@ -590,6 +608,8 @@ def generate_capturing(
                 progress=progress,
                 numerics=ex.numerics(model),
             )
+            if cache and got is not None:
+                _strip_captures(stage)
             return gens, sets
         finally:
             stage.captured = None  # the memmaps, before their folder goes
