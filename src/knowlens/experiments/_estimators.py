@@ -497,9 +497,6 @@ CURVE_COLUMNS = [
 ]
 
 
-SCORE_MAP_COLUMNS = ["model", "estimator", "a", "b", "slope_clipped", "n_train"]
-
-
 def score_map_row(est: Any, model: str, label: str, n_train: int) -> dict[str, Any] | None:
     """How a fitted one-score estimator maps its raw uncertainty ``u`` to P(correct)
     (``calibration_``: ``sigmoid(a * -u + b)``, ``slope_clipped`` when the training answers
