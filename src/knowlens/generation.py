@@ -94,6 +94,7 @@ __all__ = [
     "generate",
     "generate_examples",
     "generate_texts",
+    "greedy_plan",
     "resolve_max_new_tokens",
     "sample",
     "sample_cache_entry",
@@ -1163,6 +1164,37 @@ def generate(
     Returns:
         ``GenerationSet`` with rows in task order; ``meta`` names model, task and settings.
     """
+    examples, settings, parts = greedy_plan(
+        task,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        use_chat_template=use_chat_template,
+        stop_on_newline=stop_on_newline,
+    )
+    return _run_cached(
+        model,
+        examples,
+        task.prompt,
+        task.grade,
+        settings,
+        parts,
+        {**parts, "n": len(examples)},
+        cache=cache,
+        progress=progress,
+        observer=observer,
+    )
+
+
+def greedy_plan(
+    task: TaskLike,
+    *,
+    max_new_tokens: int | None,
+    batch_size: int,
+    use_chat_template: bool,
+    stop_on_newline: bool,
+) -> tuple[list[Any], GenerationSettings, dict[str, Any]]:
+    """``(examples, settings, key parts)`` of a greedy decode of ``task``, as every executor
+    keys it; a task without examples is a one-line error."""
     examples = list(getattr(task, "examples", None) or [])
     name = str(getattr(task, "name", "task"))
     if not examples:
@@ -1177,18 +1209,10 @@ def generate(
         task=name,
     )
     version = str(getattr(task, "version", "0"))
-    split = getattr(task, "split", None)
-    return _run_cached(
-        model,
+    return (
         examples,
-        task.prompt,
-        task.grade,
         settings,
-        {"task": name, "task_version": version, "split": split},
-        {"task": name, "task_version": version, "split": split, "n": len(examples)},
-        cache=cache,
-        progress=progress,
-        observer=observer,
+        {"task": name, "task_version": version, "split": getattr(task, "split", None)},
     )
 
 

@@ -328,34 +328,19 @@ def _generation_stage(
     """The sharded greedy decode of ``task``: the local path's key and meta (so either path
     reuses the other's entry) and blocks of whole decode windows (the local numbers).
     ``capture``: ``(requests, dtype)`` to read hidden states while decoding."""
-    from knowlens.generation import (
-        GenerationSettings,
-        decode_window,
-        generation_cache_entry,
-        resolve_max_new_tokens,
-    )
+    from knowlens.generation import decode_window, generation_cache_entry, greedy_plan
 
-    examples = list(getattr(task, "examples", None) or [])
-    name = str(getattr(task, "name", "task"))
-    if not examples:
-        raise DataError(
-            f"Task '{name}' has no examples; check its split/limit "
-            f"(e.g. load_task('{name}', limit=50))."
-        )
-    settings = GenerationSettings(
-        max_new_tokens=resolve_max_new_tokens(max_new_tokens, task),
+    examples, settings, parts = greedy_plan(
+        task,
+        max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         use_chat_template=use_chat_template,
         stop_on_newline=stop_on_newline,
-        task=name,
     )
     settings.validate()
-    version = str(getattr(task, "version", "0"))
-    split = getattr(task, "split", None)
     rendered = [
         model.format_prompt(task.prompt(e), use_chat_template=use_chat_template) for e in examples
     ]
-    parts = {"task": name, "task_version": version, "split": split}
     key, meta = generation_cache_entry(
         model,
         examples,
