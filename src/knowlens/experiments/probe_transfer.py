@@ -493,7 +493,10 @@ def _within_accuracy(cfg: Config, ctx: Any, spec: str, data: dict[str, Any]) -> 
     lo, hi = cfg.task_accuracy
     shown = []
     for name in cfg.tasks:
-        acc = {split: float(np.mean(data[name][split][0].correct)) for split in ("train", "test")}
+        acc = {
+            split: float(np.mean(y)) if len(y := data[name][split][0].correct) else float("nan")
+            for split in ("train", "test")
+        }  # no answers: NaN, outside any range
         if all(lo <= a <= hi for a in acc.values()):
             shown.append(name)
         else:
