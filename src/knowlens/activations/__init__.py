@@ -39,6 +39,7 @@ from knowlens.activations._capture import (
     generate,
     generate_capturing,
     generate_with_activations,
+    new_spool_dir,
     spool_layout,
 )
 from knowlens.activations._extract import (
@@ -86,6 +87,7 @@ __all__ = [
     "hook_points",
     "items_from_generations",
     "items_from_texts",
+    "new_spool_dir",
     "plan_extraction",
     "plan_positions",
     "reduce_items",

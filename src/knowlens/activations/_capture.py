@@ -108,6 +108,7 @@ __all__ = [
     "generate",
     "generate_capturing",
     "generate_with_activations",
+    "new_spool_dir",
     "spool_layout",
 ]
 
@@ -470,6 +471,25 @@ class SpoolLayout:
     def shapes(self, n: int, d_model: int) -> list[tuple[int, int, int, int]]:
         return [(n, nl, k, d_model) for nl, k in self.widths]
 
+    def open(self, n: int, d_model: int, directory: Path | None) -> list[np.ndarray]:
+        """Zeroed spools for ``n`` rows, one per request: memmaps ``<j>.npy`` in
+        ``directory`` (bounded memory), or arrays when it is None."""
+        dt = DTYPES[self.work][0]
+        return [
+            np.lib.format.open_memmap(directory / f"{j}.npy", mode="w+", dtype=dt, shape=shape)
+            if directory is not None
+            else np.zeros(shape, dtype=dt)
+            for j, shape in enumerate(self.shapes(n, d_model))
+        ]
+
+
+def new_spool_dir() -> Path:
+    """A fresh temporary folder for capture spools under the cache (removed by the caller;
+    a killed run's is cleaned as any ``.tmp-*`` entry)."""
+    d = cache_root() / "activations" / _tmp_name("capture")
+    d.mkdir(parents=True)
+    return d
+
 
 def spool_layout(
     model: ModelHandle,
@@ -540,20 +560,9 @@ def generate_capturing(
     layout = spool_layout(
         model, reqs, prompt_lens, resolve_max_new_tokens(max_new_tokens, task), dtype
     )
-    work, shapes = layout.work, layout.shapes(len(examples), model.d_model)
-    spool_dir: Path | None = None
-    if cache:
-        spool_dir = cache_root() / "activations" / _tmp_name("capture")
-        spool_dir.mkdir(parents=True)
+    spool_dir = new_spool_dir() if cache else None
     try:
-        spools = [
-            np.lib.format.open_memmap(
-                spool_dir / f"{j}.npy", mode="w+", dtype=DTYPES[work][0], shape=shape
-            )
-            if spool_dir is not None
-            else np.zeros(shape, dtype=DTYPES[work][0])
-            for j, shape in enumerate(shapes)
-        ]
+        spools = layout.open(len(examples), model.d_model, spool_dir)
         capture = HiddenStateCapture(
             model, reqs, prompt_lens, spools, track_range=layout.track_range
         )

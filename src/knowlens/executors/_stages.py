@@ -178,7 +178,6 @@ class GenerationStage(_RowStage):
         key: str,
         meta: dict[str, Any],
         block_size: int,
-        capture: _CapturePlan | None = None,
     ) -> None:
         from knowlens.generation import _encode, check_context
 
@@ -186,7 +185,7 @@ class GenerationStage(_RowStage):
         self.prompt_fn, self.grade_fn, self.settings = prompt_fn, grade_fn, settings
         self.key, self.meta, self.block_size = key, meta, block_size
         self.numerics = meta["numerics"]
-        self.capture = capture
+        self.capture: _CapturePlan | None = None  # set by _generation_stage when capturing
         self.spool_dir: Path | None = None  # driver side: where merge gathers the captures
         self.captured: _Captured | None = None
         templated = settings.use_chat_template and model.has_chat_template
@@ -226,13 +225,9 @@ class GenerationStage(_RowStage):
             return self._shard(generate_examples(*args))
         # Hidden states read while this block decodes (the local capture, on the block's rows)
         from knowlens.activations import HiddenStateCapture
-        from knowlens.activations._extract import DTYPES
 
         layout = plan.layout
-        outs = [
-            np.zeros(shape, dtype=DTYPES[layout.work][0])
-            for shape in layout.shapes(len(examples), int(model.d_model))
-        ]
+        outs = layout.open(len(examples), int(model.d_model), None)
         lens = [self.prompt_lens[i] for i in block.items]
         cap = HiddenStateCapture(model, plan.requests, lens, outs, track_range=layout.track_range)
         with cap.hooks():
@@ -269,16 +264,8 @@ class GenerationStage(_RowStage):
         plan = self.capture
         if plan is None:
             return
-        from knowlens.activations._extract import DTYPES
-
-        n, dt = len(self.examples), DTYPES[plan.layout.work][0]
-        shapes = plan.layout.shapes(n, plan.d_model)
-        spools: list[np.ndarray] = [
-            np.lib.format.open_memmap(self.spool_dir / f"{j}.npy", "w+", dt, shape)
-            if self.spool_dir is not None  # bounded memory, as the local capture's spool
-            else np.zeros(shape, dtype=dt)
-            for j, shape in enumerate(shapes)
-        ]
+        n = len(self.examples)
+        spools = plan.layout.open(n, plan.d_model, self.spool_dir)  # bounded memory
         got = _Captured(spools, np.zeros(n, dtype=bool))
         for d, b in zip(shard_dirs, blocks, strict=True):
             info_path = d / _CAPTURE_INFO
@@ -556,12 +543,9 @@ def generate_capturing(
             block_size=block_size,
             capture=(reqs, dtype),
         )
-        spool_dir: Path | None = None
-        if cache:
-            from knowlens._cache import _tmp_name, cache_root
+        from knowlens.activations import new_spool_dir
 
-            spool_dir = cache_root() / "activations" / _tmp_name("capture")
-            spool_dir.mkdir(parents=True)
+        spool_dir = new_spool_dir() if cache else None
         stage.spool_dir = spool_dir
         try:
             gens, _ = run_stage(
