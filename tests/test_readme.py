@@ -77,9 +77,9 @@ def test_readme_inline_flags_exist():
     assert quoted <= every, sorted(quoted - every)
 
 
-def test_readme_run_examples_resolve_to_valid_configs(monkeypatch, tmp_path):
-    """`knowlens run ...` lines go through the real CLI and config validation; only the
-    runner itself is replaced."""
+@pytest.fixture
+def runner_calls(monkeypatch, tmp_path):
+    """The configs the runner is called with; the runner itself is replaced (cwd: ROOT)."""
     from knowlens.experiments import _runner
 
     seen = []
@@ -90,6 +90,13 @@ def test_readme_run_examples_resolve_to_valid_configs(monkeypatch, tmp_path):
 
     monkeypatch.setattr(_runner, "run_config", fake_run_config)
     monkeypatch.chdir(ROOT)
+    return seen
+
+
+def test_readme_run_examples_resolve_to_valid_configs(runner_calls):
+    """`knowlens run ...` lines go through the real CLI and config validation; only the
+    runner itself is replaced."""
+    seen = runner_calls
     runs = [a for a in COMMANDS if a[1] == "run"]
     assert runs
     for argv in runs:
@@ -154,20 +161,13 @@ def test_readme_task_count_matches_the_registry():
 
 
 def test_make_demo_resolves_the_demo_config_and_every_shipped_config_is_valid(
-    monkeypatch, tmp_path
+    runner_calls, tmp_path
 ):
     """`make demo` runs `knowlens demo`: it reaches the runner with configs/demo.yaml's
     analyses (the runner itself replaced); every config under configs/ validates."""
-    from knowlens.experiments import _runner, load_config
+    from knowlens.experiments import load_config
 
-    seen = []
-
-    def fake_run_config(rc, *, use_cache=True, progress=True):
-        seen.append(rc)
-        return _runner.RunResult(tmp_path, {}, {}, tmp_path / "report.html", {})
-
-    monkeypatch.setattr(_runner, "run_config", fake_run_config)
-    monkeypatch.chdir(ROOT)
+    seen = runner_calls
     assert "$(BIN)/knowlens demo" in (ROOT / "Makefile").read_text()
     res = CliRunner().invoke(app, ["demo", "-o", str(tmp_path)])
     assert res.exit_code == 0, res.output

@@ -23,6 +23,7 @@ __all__ = [
     "accuracy_row",
     "activation_needs",
     "activations",
+    "check_accuracy_range",
     "decided",
     "frame",
     "generations",
@@ -163,6 +164,14 @@ def activations(ctx: Any, model: ModelHandle, gens: GenerationSet, **kwargs: Any
         acts = run()
     ctx.count_cache("activations", hit=bool(acts.meta.get("cache_hit")))  # in the open step
     return acts
+
+
+def check_accuracy_range(v: tuple[float, float] | None) -> tuple[float, float] | None:
+    """A config's ``[lo, hi]`` accuracy filter (topic_accuracy, task_accuracy): None, or
+    ``0 <= lo < hi <= 1``."""
+    if v is not None and not 0.0 <= v[0] < v[1] <= 1.0:
+        raise ValueError(f"must be [lo, hi] with 0 <= lo < hi <= 1; got {list(v)}")
+    return v
 
 
 def decided(gens: GenerationSet) -> GenerationSet:

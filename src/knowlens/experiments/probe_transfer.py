@@ -43,6 +43,7 @@ from knowlens.experiments._common import (
     METRIC_LABEL,
     accuracy_row,
     activations,
+    check_accuracy_range,
     decided,
     frame,
     generations,
@@ -218,9 +219,7 @@ class Config(AnalysisConfig):
     @field_validator("task_accuracy")
     @classmethod
     def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
-        if v is not None and not 0.0 <= v[0] < v[1] <= 1.0:
-            raise ValueError(f"must be [lo, hi] with 0 <= lo < hi <= 1; got {list(v)}")
-        return v
+        return check_accuracy_range(v)
 
     @field_validator("tasks")
     @classmethod

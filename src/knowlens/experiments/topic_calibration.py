@@ -51,6 +51,7 @@ from knowlens.experiments._common import (
     METRIC_LABEL,
     accuracy_row,
     activation_needs,
+    check_accuracy_range,
     decided,
     frame,
     generations,
@@ -187,9 +188,7 @@ class Config(AnalysisConfig):
     @field_validator("topic_accuracy")
     @classmethod
     def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
-        if v is not None and not 0.0 <= v[0] < v[1] <= 1.0:
-            raise ValueError(f"must be [lo, hi] with 0 <= lo < hi <= 1; got {list(v)}")
-        return v
+        return check_accuracy_range(v)
 
 
 def _suite_split(cfg: Config, split: str, limit: int | None, kw: dict[str, Any]) -> Task:
