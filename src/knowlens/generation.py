@@ -1195,12 +1195,7 @@ def greedy_plan(
 ) -> tuple[list[Any], GenerationSettings, dict[str, Any]]:
     """``(examples, settings, key parts)`` of a greedy decode of ``task``, as every executor
     keys it; a task without examples is a one-line error."""
-    examples = list(getattr(task, "examples", None) or [])
-    name = str(getattr(task, "name", "task"))
-    if not examples:
-        raise DataError(
-            f"Task '{name}' has no examples; check its split/limit (e.g. load_task('{name}', limit=50))."
-        )
+    examples, name = _task_examples(task)
     settings = GenerationSettings(
         max_new_tokens=resolve_max_new_tokens(max_new_tokens, task),
         batch_size=batch_size,
@@ -1208,12 +1203,24 @@ def greedy_plan(
         stop_on_newline=stop_on_newline,
         task=name,
     )
+    return examples, settings, _task_key_parts(task, name)
+
+
+def _task_examples(task: TaskLike, limit: int | None = None) -> tuple[list[Any], str]:
+    """``(examples[:limit], name)``; a task without examples is a one-line error."""
+    examples = list(getattr(task, "examples", None) or [])[:limit]
+    name = str(getattr(task, "name", "task"))
+    if not examples:
+        raise DataError(
+            f"Task '{name}' has no examples; check its split/limit (e.g. load_task('{name}', limit=50))."
+        )
+    return examples, name
+
+
+def _task_key_parts(task: TaskLike, name: str) -> dict[str, Any]:
+    """The task's part of a generation cache key (greedy and sampled decodes alike)."""
     version = str(getattr(task, "version", "0"))
-    return (
-        examples,
-        settings,
-        {"task": name, "task_version": version, "split": getattr(task, "split", None)},
-    )
+    return {"task": name, "task_version": version, "split": getattr(task, "split", None)}
 
 
 @dataclass(frozen=True)
@@ -1508,12 +1515,7 @@ def _check_limit(limit: Any) -> None:
 def _task_plan(
     model: Any, task: Any, settings: SampleSettings, limit: int | None
 ) -> tuple[list[_SampleItem], Any, SampleSettings, GenerationSettings, dict[str, Any]]:
-    examples = list(getattr(task, "examples", None) or [])[:limit]
-    name = str(getattr(task, "name", "task"))
-    if not examples:
-        raise DataError(
-            f"Task '{name}' has no examples; check its split/limit (e.g. load_task('{name}', limit=50))."
-        )
+    examples, name = _task_examples(task, limit)
     resolved = replace(
         settings,
         max_new_tokens=resolve_max_new_tokens(settings.max_new_tokens, task),
@@ -1529,12 +1531,7 @@ def _task_plan(
         items.append(
             _SampleItem(str(ex.id), prompt, turn, _encode(model, prompt, templated), gold, ex)
         )
-    parts = {
-        "task": name,
-        "task_version": str(getattr(task, "version", "0")),
-        "split": getattr(task, "split", None),
-    }
-    return items, task.grade, resolved, decode, parts
+    return items, task.grade, resolved, decode, _task_key_parts(task, name)
 
 
 def _decode_settings(
