@@ -504,12 +504,67 @@ def test_topic_filter_needs_the_range_on_every_model():
                 rows.append(("E", model, f"{topic}{i}", topic, float(i < 4 * a)))
     scores = pd.DataFrame(rows, columns=["estimator", "model", "example_id", "topic", "correct"])
     cfg = Config(models=["m1", "m2"], topic_accuracy=(0.1, 0.9))
-    tab = _topic_table(scores, cfg)
+    tab = _topic_table(scores, cfg, {})  # open answers: guessing rate 0
     assert dict(zip(tab["model"] + "/" + tab["topic"], tab["accuracy"], strict=True)) == {
         "m1/a": 0.5, "m1/b": 0.5, "m1/c": 0.0, "m2/a": 0.5, "m2/b": 1.0, "m2/c": 0.0,
     }  # fmt: skip
     assert set(tab.loc[tab["shown"], "topic"]) == {"a"}
-    assert _topic_table(scores, Config(models=["m1"]))["shown"].all()
+    assert _topic_table(scores, Config(models=["m1"]), {})["shown"].all()
+
+
+def test_topics_at_the_guessing_rate_are_not_shown():
+    """A four-option topic is shown only when its accuracy is above 25 % on every model
+    (one-sided binomial test at 0.05): 30/120 correct is guessing, 45/120 is not (p = 0.002),
+    whatever ``topic_accuracy`` allows; the report names the hidden topic and its rate."""
+    from types import SimpleNamespace
+
+    from scipy.stats import binomtest
+
+    from knowlens.experiments.topic_calibration import (
+        Config,
+        _chance_rates,
+        _topic_table,
+        report_sections,
+    )
+    from knowlens.tasks import Example
+
+    task = SimpleNamespace(
+        examples=[
+            Example("g", "q", ("A",), options=("w", "x", "y", "z"), topic="guess"),
+            Example("k", "q", ("B",), options=("w", "x", "y", "z"), topic="known"),
+            Example("o", "q", ("Paris",), topic="open"),
+        ]
+    )
+    chance = _chance_rates(task)
+    assert chance == {"guess": 0.25, "known": 0.25, "open": 0.0}
+    rows = []
+    for topic, k in (("guess", 30), ("known", 45), ("open", 10)):
+        rows += [("E", "m", f"{topic}{i}", topic, float(i < k), 0.5) for i in range(120)]
+    scores = pd.DataFrame(
+        rows, columns=["estimator", "model", "example_id", "topic", "correct", "p"]
+    )
+    tab = _topic_table(scores, Config(models=["m"], topic_accuracy=(0.05, 0.95)), chance)
+    tab = tab.set_index("topic")
+    assert tab.loc["guess", "p_above_chance"] == pytest.approx(
+        binomtest(30, 120, 0.25, alternative="greater").pvalue
+    )
+    assert tab.loc["guess", "p_above_chance"] > 0.05 > tab.loc["known", "p_above_chance"]
+    assert tab["shown"].to_dict() == {"guess": False, "known": True, "open": True}
+    tables = {
+        "topic_calibration": pd.DataFrame(
+            [
+                {"analysis": "topic_calibration", "model": "m", "estimator": "E", "topic": t,
+                 "metric": "auroc", "value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 120,
+                 "n_correct": 45}
+                for t in ("known", "open", "(all)")
+            ]
+        ),
+        "topics": tab.reset_index(),
+    }  # fmt: skip
+    keys = report_sections(tables, [])[0].key_numbers
+    assert keys["at the guessing rate (not shown: correctness is a coin flip there)"] == (
+        "m guess 25% (guessing 25%)"
+    )
 
 
 def test_resolution_counts_drawn_cells_and_their_ci_width():

@@ -28,6 +28,7 @@ BUILTIN = [
     "nli_geo",
     "sentiment_gen",
     "mc_suite",
+    "qa_suite",
 ]
 
 
@@ -158,6 +159,25 @@ def test_nli_and_sentiment_balanced():
     }
     s = collections.Counter(e.answers[0] for e in every("sentiment_gen"))
     assert s == {"positive": 400, "negative": 400}
+
+
+def test_qa_suite_asks_each_topic_as_its_source_task_does():
+    """qa_suite is six built-in QA tasks under one roof: each question's prompt and gold are
+    its source task's, the topic names the source, and train / test are disjoint halves."""
+    from knowlens.tasks._geo import QA_SUITE_TOPICS
+
+    test, train = load_task("qa_suite", split="test"), load_task("qa_suite", split="train")
+    assert set(test.topics) == set(QA_SUITE_TOPICS) and test.sizes["validation"] == 0
+    assert abs(len(test) - len(train)) <= 1
+    assert not {e.id for e in test.examples} & {e.id for e in train.examples}
+    assert min(collections.Counter(e.topic for e in test.examples).values()) >= 50
+    for topic, (name, _build) in QA_SUITE_TOPICS.items():
+        src = {e.id: e for e in every(name)}
+        e = next(x for x in test.examples if x.topic == topic)
+        own = load_task(name, limit=1)
+        own = type(own)(**{**own.__dict__, "examples": [src[e.id]]})
+        assert test.prompt(e) == own.prompt(src[e.id]) and e.answers == src[e.id].answers
+    assert len(load_task("qa_suite", split="test", per_topic=20)) < 6 * 20
 
 
 def test_mc_suite_mmlu_format():

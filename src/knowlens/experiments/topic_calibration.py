@@ -2,7 +2,8 @@
 
 For every model, each estimator (Zero-Shot Classifier, Probe, LoRA, LoRA + Prompt, or any
 registered one: ``knowlens.estimators.estimator_names()``) is trained once on the model's
-graded answers, then scored per topic of a multiple-choice suite's held-out split. Where the
+graded answers, then scored per topic of a suite's held-out split (``mc_suite``, MMLU-like;
+``qa_suite``, open answers, for models too small for multiple choice). Where the
 training answers come from is the ``setting``:
 
 - ``cross_task`` (the seed paper's): a training mix of other tasks (``train_tasks``), disjoint
@@ -21,8 +22,11 @@ training answers come from is the ``setting``:
 its answers on the rows it draws; ``eval_task_options`` goes to the suite's builder (e.g.
 ``{per_topic: 450}``: more questions on mc_suite's generated topics). ``topic_accuracy =
 [lo, hi]`` shows only topics whose accuracy lies in [lo, hi] on every model (a one-class or
-near one-class topic has no AUROC worth drawing); the ``topics`` table records every
-evaluated topic's accuracy per model and whether it is shown. The pooled row ``(all)``
+near one-class topic has no AUROC worth drawing). A topic whose accuracy is not above its
+guessing rate (1 / options; one-sided binomial test, p < 0.05) on every model is never shown:
+there correctness is a coin flip no estimator can predict (both embedded models answer one
+letter to ~95 % of mc_suite's questions). The ``topics`` table records every evaluated
+topic's accuracy, guessing rate and test p-value per model and whether it is shown. The pooled row ``(all)``
 pools every evaluated answer.
 
     cell[topic, model | estimator, metric] = ECE, AUROC or PRR of P(correct) on that topic's
@@ -88,8 +92,9 @@ __all__ = [
 ]
 
 # 2: topics table, setting, topic_accuracy; 3: differences table; 4: topics filter the
-# questions asked, train/test disjoint on text and options (same-stem questions were dropped)
-CODE_VERSION = "4"
+# questions asked, train/test disjoint on text and options (same-stem questions were dropped);
+# 5: topics at the guessing rate are not shown
+CODE_VERSION = "5"
 ALL = "(all)"
 COLUMNS = [
     "analysis",
@@ -239,6 +244,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     acc_rows: list[dict[str, Any]] = []
     temp_rows: list[dict[str, Any]] = []
     bench = EstimatorBench(ctx, cfg.train, cfg.seed, cfg.sampling)
+    chance: dict[str, float] = {}
     kw = {} if cfg.eval_k_shot is None else {"k_shot": cfg.eval_k_shot}
     for spec in require_models(cfg):
         model = ctx.load_model(spec)
@@ -256,6 +262,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
         acc_rows.append(accuracy_row(spec, task, "test", ev))
         topics = np.array([r.topic or "(none)" for r in ev.rows])
         y = ev.correct
+        chance = _chance_rates(task)
 
         for est_name in ctx.track(cfg.estimators, f"{short_model(spec)}: estimators"):
             for fitted in bench.fit_variants(est_name, model, train):  # and its "+ TS"
@@ -277,7 +284,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
                 if fitted.calibration is not None:
                     temp_rows.append({"model": spec, **fitted.calibration})
     scores = pd.concat(score_rows, ignore_index=True) if score_rows else pd.DataFrame()
-    topic_tab = _topic_table(scores, cfg)
+    topic_tab = _topic_table(scores, cfg, chance)
     return {
         "topic_calibration": frame(_cells(scores, topic_tab, cfg), COLUMNS),
         "reliability": pd.concat(rel_rows, ignore_index=True) if rel_rows else pd.DataFrame(),
@@ -294,7 +301,17 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     }
 
 
-TOPIC_COLUMNS = ["model", "topic", "n", "n_correct", "accuracy", "shown"]
+TOPIC_COLUMNS = [
+    "model",
+    "topic",
+    "n",
+    "n_correct",
+    "accuracy",
+    "chance",
+    "p_above_chance",
+    "shown",
+]
+ABOVE_CHANCE_ALPHA = 0.05
 DIFF_COLUMNS = ["model", "estimator", "reference", "metric", "value", "ci_low", "ci_high", "n"]
 
 
@@ -339,8 +356,25 @@ def _differences(
     return rows
 
 
-def _topic_table(scores: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """Accuracy of every evaluated topic per model, and whether the figure shows it."""
+def _chance_rates(task: Task) -> dict[str, float]:
+    """Per topic, the accuracy of answering at random: the mean of 1 / number of options over
+    its questions (0 for open answers)."""
+    rates: dict[str, list[float]] = {}
+    for ex in task.examples:
+        rates.setdefault(ex.topic or "(none)", []).append(
+            1 / len(ex.options) if ex.options else 0.0
+        )
+    return {t: float(np.mean(v)) for t, v in rates.items()}
+
+
+def _topic_table(scores: pd.DataFrame, cfg: Config, chance: dict[str, float]) -> pd.DataFrame:
+    """Accuracy of every evaluated topic per model, and whether the figure shows it: a topic
+    is shown when it is wanted, inside ``topic_accuracy`` and above its guessing rate on
+    every model (one-sided binomial test, p < ABOVE_CHANCE_ALPHA). At the guessing rate the
+    model's correctness is a coin flip (e.g. one letter answered to every question), which
+    no estimator can predict, so a cell there would only draw noise."""
+    from scipy.stats import binomtest
+
     if scores.empty:
         return pd.DataFrame(columns=TOPIC_COLUMNS)
     first = scores.drop_duplicates(["model", "example_id"])  # one row per answer
@@ -350,8 +384,15 @@ def _topic_table(scores: pd.DataFrame, cfg: Config) -> pd.DataFrame:
         .reset_index()
     )
     acc["n_correct"] = acc["n_correct"].astype(int)
+    acc["chance"] = [chance.get(t, 0.0) for t in acc["topic"]]
+    acc["p_above_chance"] = [
+        binomtest(int(k), int(n), c, alternative="greater").pvalue if c > 0 else 0.0
+        for k, n, c in zip(acc["n_correct"], acc["n"], acc["chance"], strict=True)
+    ]
     wanted = set(cfg.topics) if cfg.topics else set(acc["topic"])
     shown = acc["topic"].isin(wanted)
+    above = (acc["p_above_chance"] < ABOVE_CHANCE_ALPHA).groupby(acc["topic"]).transform("all")
+    shown &= above
     if cfg.topic_accuracy is not None:
         lo, hi = cfg.topic_accuracy
         inside = acc["accuracy"].between(lo, hi)
@@ -554,13 +595,22 @@ def report_sections(tables: dict[str, pd.DataFrame], figs: list[Path]) -> list[A
     hidden = tables.get("topics")
     if hidden is not None and len(hidden) and not hidden["shown"].astype(bool).all():
         gone = sorted(set(hidden.loc[~hidden["shown"].astype(bool), "topic"]))
-        keys["topics not shown (accuracy range or topic list)"] = ", ".join(gone)
+        keys["topics not shown (accuracy range, topic list or at guessing rate)"] = ", ".join(gone)
+        if "p_above_chance" in hidden:  # results stored before the guessing-rate test lack it
+            low = hidden[hidden["p_above_chance"] >= ABOVE_CHANCE_ALPHA]
+            if len(low):
+                keys["at the guessing rate (not shown: correctness is a coin flip there)"] = (
+                    "; ".join(
+                        f"{short_model(r.model)} {r.topic} {r.accuracy:.0%} (guessing {r.chance:.0%})"
+                        for r in low.itertuples()
+                    )
+                )
     png = {f.stem: f for f in figs if f.suffix == ".png"}
     out = [
         Section(
             title="Per-topic calibration of uncertainty estimators",
             caption=(
-                "Rows: topics of the multiple-choice suite; columns: models; panels: "
+                "Rows: topics of the evaluated suite; columns: models; panels: "
                 "estimator (columns) x metric (rows). ECE (10 bins on the predicted-class "
                 "confidence, lower is better), AUROC and PRR (prediction-rejection ratio: 1 = "
                 "oracle ranking, 0 = random) of P(correct) against the graded correctness of "

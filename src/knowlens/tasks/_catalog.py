@@ -324,6 +324,27 @@ register_task(
         family="multiple choice (MMLU-like)",
     )
 )
+register_task(
+    TaskSpec(
+        name="qa_suite",
+        builder=f"{_G}:build_qa_suite",
+        kind="qa",
+        grader="alias_substring",
+        # each topic's own instruction (capitals: "Answer with just the name."), so a
+        # question's prompt is the one its source task gives it
+        template="{hint}\n" + QA_TEMPLATE,
+        metadata_placeholders=("hint",),
+        k_shot=0,
+        max_new_tokens=16,
+        # no validation split: the estimators hold out their own from train
+        split_fractions=(("train", 0.5), ("validation", 0.0), ("test", 0.5)),
+        source=_GEO_SRC,
+        licence=_GEO_LIC,
+        description="Open-answer questions on 6 geography topics (per-topic analysis for "
+        "models too small for multiple choice).",
+        family="factual QA (TriviaQA-like)",
+    )
+)
 
 # --- real benchmarks (hub when reachable, else path= to a local file in the same schema) ----
 _B = "knowlens.tasks._benchmarks"

@@ -14,6 +14,7 @@ Aliases for alias-aware grading come from both: e.g. capital "Kyiv" also accepts
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = [
     "build_currency",
     "build_language",
     "build_multihop",
+    "build_qa_suite",
     "countries",
 ]
 
@@ -497,6 +499,36 @@ def build_continent() -> list[Example]:
             )
         )
     return _not_leaky(out)
+
+
+# qa_suite: topic -> (built-in task whose examples it reuses, that task's builder).
+QA_SUITE_TOPICS = {
+    "capitals": ("capitals", build_capitals),
+    "cities": ("city_country", build_city_country),
+    "currencies": ("country_currency", build_currency),
+    "languages": ("country_language", build_language),
+    "continents": ("country_continent", build_continent),
+    "calling_codes": ("calling_code", build_calling_code),
+}
+
+
+def build_qa_suite(per_topic: int = 400) -> list[Example]:
+    """Open-answer questions on up to six geography topics (the per-topic suite for models
+    too small for multiple choice): each topic is a built-in QA task's examples, asked with
+    that task's own instruction (the ``hint`` metadata), at most ``per_topic`` per topic.
+
+    Why not mc_suite at 135M-270M parameters: both embedded models answer one letter to
+    nearly every question there (SmolLM2 "A" to 95 %, Gemma "B" to 94 % of 611), so accuracy
+    sits at the 25 % guessing rate and correctness carries nothing an estimator could read."""
+    from knowlens.tasks._registry import get_spec
+
+    out: list[Example] = []
+    for topic, (task, build) in QA_SUITE_TOPICS.items():
+        hint = get_spec(task).instruction
+        for e in build()[:per_topic]:
+            md = {**e.metadata, "hint": hint, "source_task": task}
+            out.append(dataclasses.replace(e, topic=topic, metadata=md))
+    return out
 
 
 def build_multihop(n: int = 800, with_context: bool = False) -> list[Example]:

@@ -51,6 +51,7 @@ class TaskSpec:
     metadata_placeholders: tuple[str, ...] = ()
     shot_separator: str = "\n\n"
     shots_per_topic: bool = False  # MMLU style: k shots from the example's own subject
+    split_fractions: tuple[tuple[str, float], ...] | None = None  # None: SPLIT_FRACTIONS
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -138,7 +139,8 @@ def _splits(spec: TaskSpec, seed: int, **kwargs: Any) -> dict[str, list[Example]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise DataError(f"Task '{spec.name}' has duplicate example id {dup!r}; ids must be unique.")
-    return split_examples(built, seed)
+    fractions = dict(spec.split_fractions) if spec.split_fractions else None
+    return split_examples(built, seed, fractions)
 
 
 def _grader(spec: TaskSpec) -> Callable[[Example, str], GradeResult]:
