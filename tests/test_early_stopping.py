@@ -145,3 +145,27 @@ def test_lora_validation_split_needs_both_labels(tiny_model):
         LoRAProbe(model=tiny_model, steps=2, progress=False, cache=False).fit(gens, y)
     with pytest.raises(ConfigError, match="validation_fraction must be in"):
         LoRAProbe(model=tiny_model, validation_fraction=1.0, progress=False).fit(gens)
+
+
+def test_lora_min_delta_ends_a_creeping_curve(tiny_model):
+    # min_delta larger than any change: no evaluation after step 0 counts as lower, so the fit
+    # keeps the untrained adapters and stops `patience` evaluations in, not at `steps`
+    gens = lora_gens(tiny_model)
+    kw = dict(model=tiny_model, steps=40, eval_every=4, patience=2, batch_size=4, lr=3e-3)
+    est = LoRAProbe(**kw, min_delta=1e9, progress=False, cache=False).fit(gens)
+    assert est.best_step_ == 0 and est.stopped_step_ == 8
+    assert [e["step"] for e in est.learning_curve_] == [0, 4, 8]
+    free = LoRAProbe(**kw, progress=False, cache=False).fit(gens)
+    assert free.stopped_step_ > 8 or free.best_step_ > 0  # the default keeps what improves
+    with pytest.raises(ConfigError, match="min_delta must be >= 0"):
+        LoRAProbe(**kw, min_delta=-1.0, progress=False).fit(gens)
+
+
+def test_train_settings_reach_the_lora_min_delta(tiny_model):
+    from knowlens.estimators import get_estimator
+    from knowlens.experiments._estimators import TrainSettings
+
+    est = get_estimator("lora_prompt").make(
+        model=tiny_model, settings=TrainSettings(lora_min_delta=0.01), seed=0
+    )
+    assert est.get_params()["min_delta"] == 0.01

@@ -20,7 +20,8 @@ Paper defaults: r=8, alpha=32, dropout 0.1, AdamW lr 1e-4 with cosine decay, bat
 Trained to convergence on a validation split: ``validation_fraction`` of the training
 answers (stratified by label, seeded) is held out; every ``eval_every`` steps the loop
 computes the training loss (dropout off) on it and its AUROC, keeps the adapters (and head)
-with the lowest validation loss, stops after ``patience`` evaluations without a lower one, and
+with the lowest validation loss, stops after ``patience`` evaluations without one lower by more
+than ``min_delta``, and
 ends with the best ones (``training.EarlyStopping``); ``steps`` (default 400) is only the
 budget. The learning curve (``learning_curve_``: step, mean training loss since the
 previous evaluation, validation loss, validation AUROC), ``best_step_`` and ``stopped_step_``
@@ -126,6 +127,7 @@ class _LoRABase(Estimator[GenerationSet]):
     validation_fraction: float
     eval_every: int
     patience: int
+    min_delta: float
     cache: bool
     progress: bool
     use_chat_template: bool
@@ -192,6 +194,8 @@ class _LoRABase(Estimator[GenerationSet]):
                 f"{who}: validation_fraction must be in [0, 1) (0: no early stopping); got "
                 f"{self.validation_fraction}."
             )
+        if not self.min_delta >= 0:
+            raise ConfigError(f"{who}: min_delta must be >= 0; got {self.min_delta!r}.")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"{who}: dropout must be in [0, 1); got {self.dropout}.")
         if not self.lr > 0:
@@ -319,6 +323,7 @@ class _LoRABase(Estimator[GenerationSet]):
                             lambda m: self._evaluate(m, head, val_items, y_val, val_order),
                             every=int(self.eval_every),
                             patience=int(self.patience),
+                            min_delta=float(self.min_delta),
                         )
                     result = train_loop(
                         pm,
@@ -426,6 +431,7 @@ _LORA_SETTINGS = {
     "validation_fraction": "lora_validation_fraction",
     "eval_every": "lora_eval_every",
     "patience": "lora_patience",
+    "min_delta": "lora_min_delta",
 }
 
 
@@ -464,6 +470,9 @@ class LoRAProbe(_LoRABase):
             (stratified, seeded); 0 = train exactly ``steps`` steps on all of them.
         eval_every, patience: steps between validation evaluations, and evaluations without
             a lower validation loss before training stops (3 x 20 steps by default).
+        min_delta: how much lower than the best so far a validation loss must be to count as
+            lower (nats per answer; 0 = any decrease): a loss still creeping down by less
+            ends the training instead of running to ``steps``.
         cache: write resumable checkpoints (under the cache); finished fits are cached by
             ``knowlens.estimators.fit_cached``.
         progress: rich progress bar with the running loss.
@@ -489,6 +498,7 @@ class LoRAProbe(_LoRABase):
         validation_fraction: float = 0.2,
         eval_every: int = 20,
         patience: int = 3,
+        min_delta: float = 0.0,
         cache: bool = True,
         progress: bool = True,
         use_chat_template: bool = True,
@@ -509,6 +519,7 @@ class LoRAProbe(_LoRABase):
         self.validation_fraction = validation_fraction
         self.eval_every = eval_every
         self.patience = patience
+        self.min_delta = min_delta
         self.cache = cache
         self.progress = progress
         self.use_chat_template = use_chat_template
@@ -630,6 +641,7 @@ class LoRAPrompt(_LoRABase):
         validation_fraction: float = 0.2,
         eval_every: int = 20,
         patience: int = 3,
+        min_delta: float = 0.0,
         cache: bool = True,
         progress: bool = True,
         use_chat_template: bool = True,
@@ -652,6 +664,7 @@ class LoRAPrompt(_LoRABase):
         self.validation_fraction = validation_fraction
         self.eval_every = eval_every
         self.patience = patience
+        self.min_delta = min_delta
         self.cache = cache
         self.progress = progress
         self.use_chat_template = use_chat_template

@@ -91,6 +91,12 @@ class TrainSettings(BaseModel):
     lora_patience: int = Field(
         default=3, ge=1, description="LoRA validations without a lower loss before stopping."
     )
+    lora_min_delta: float = Field(
+        default=0.0,
+        ge=0,
+        description="LoRA: a validation loss counts as lower only if below the best by more "
+        "than this (nats per answer).",
+    )
     lora_r: int = Field(default=8, ge=1, description="LoRA rank (paper: 8).")
     lora_alpha: int = Field(default=32, ge=1, description="LoRA alpha (paper: 32).")
     lora_lr: float = Field(default=1e-4, gt=0, description="AdamW learning rate (paper: 1e-4).")
