@@ -317,6 +317,56 @@ def test_estimator_transfer_matrix(tasks, tiny_model_dir, second_model_dir, tmp_
     assert any(p.name == "estimator_transfer_auroc.png" for p in res.figures["estimator_transfer"])
 
 
+def test_estimator_transfer_topics_reuse_topic_calibrations_fits(tasks, tiny_model_dir, tmp_path):
+    """``topics`` keeps one topic's questions; the selection (and the train split without the
+    test split's questions) is topic_calibration's in_distribution one, so after it the
+    estimator_transfer diagonal trains nothing: its fit comes from the estimator cache."""
+    import json
+
+    from knowlens.tasks import load_task
+
+    model = str(tiny_model_dir)
+    shared = {"models": [model], "estimators": ["probe"], "train": {"probe_epochs": 5}}
+    suite = {
+        "name": "et-topics",
+        "limit": 40,
+        "analyses": [
+            {
+                "analysis": "topic_calibration",
+                "setting": "in_distribution",
+                "eval_task": tasks[1],
+                "topics": ["topic0"],
+                **shared,
+                **_base(tmp_path),
+            },
+            {
+                "analysis": "estimator_transfer",
+                "tasks": [tasks[1]],
+                "topics": ["topic0"],
+                **shared,
+                **_base(tmp_path),
+            },
+        ],
+    }
+    res = run(suite, output=tmp_path / "runs", progress=False)
+    acc = res.tables["estimator_transfer"]["accuracy"].set_index("split")
+    for split in ("train", "test"):
+        want = [e for e in load_task(tasks[1], split=split).examples if e.topic == "topic0"]
+        assert acc.loc[split, "n"] == len(want) > 0
+    man = json.loads((res.run_dir / "manifest.json").read_text())
+    assert man["analyses"]["estimator_transfer"]["cache"]["estimators"] == {"hits": 1, "misses": 0}
+    t = res.tables["estimator_transfer"]["estimator_transfer"].set_index("metric")
+    c = res.tables["topic_calibration"]["topic_calibration"]
+    pooled = c[(c["topic"] == "(all)") & (c["metric"] == "auroc")]
+    assert t.loc["auroc", "value"] == pytest.approx(pooled["value"].iloc[0])
+    with pytest.raises(Exception, match="topics \\['nope'\\] are not topics of"):
+        run(
+            {**suite, "analyses": [{**suite["analyses"][1], "topics": ["nope"]}]},
+            output=tmp_path / "r2",
+            progress=False,
+        )
+
+
 def test_logit_and_ptrue_from_a_config(
     tasks, tiny_model, tiny_model_dir, second_model_dir, tmp_path
 ):
@@ -460,7 +510,8 @@ def test_topics_and_suite_options_choose_the_questions_asked():
     from collections import Counter
 
     from knowlens.errors import ConfigError
-    from knowlens.experiments.topic_calibration import Config, _question, _suite_split, _train_split
+    from knowlens.experiments._common import _question
+    from knowlens.experiments.topic_calibration import Config, _suite_split, _train_split
 
     base = {"models": ["m"], "eval_task": "mc_suite", "setting": "in_distribution"}
     cfg = Config(**base, topics=["primes", "population"])

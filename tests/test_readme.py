@@ -197,5 +197,13 @@ def test_make_demo_resolves_the_demo_config_and_every_shipped_config_is_valid(
     assert set(per_topic) == set(tc.topics) and min(per_topic.values()) >= 100
     (train,) = _train_split(tc, kw)
     assert len(train.examples) >= 500  # estimators train on >= 400 answers (LoRA: 80 %)
+    # estimator_transfer asks the same questions with the same train settings, so its
+    # diagonal reuses topic_calibration's answers and fits (what the config says it does)
+    from knowlens.experiments.estimator_transfer import _split_tasks
+
+    test = _suite_split(tc, "test", tc.eval_limit, kw)
+    assert [t.examples for t in _split_tasks(et, "train")] == [train.examples]
+    assert [t.examples for t in _split_tasks(et, "test")] == [test.examples]
+    assert et.train == tc.train and et.seed == tc.seed
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         assert load_config(path).analyses, path.name

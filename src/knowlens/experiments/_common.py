@@ -25,6 +25,7 @@ __all__ = [
     "activations",
     "check_accuracy_range",
     "decided",
+    "disjoint_from",
     "frame",
     "generations",
     "load_split",
@@ -53,11 +54,51 @@ METRIC_LABEL = {
 }
 
 
-def load_split(name: str, split: str, limit: int | None, seed: int, **kwargs: Any) -> Task:
-    """A task split (the task library raises its own one-line errors for unknown names)."""
+def load_split(
+    name: str,
+    split: str,
+    limit: int | None,
+    seed: int,
+    *,
+    topics: Sequence[str] | None = None,
+    who: str = "analysis",
+    **kwargs: Any,
+) -> Task:
+    """A task split (the task library raises its own one-line errors for unknown names);
+    with ``topics`` only those topics' questions, then at most ``limit`` of them (a listed
+    topic the split does not have is a ``ConfigError`` naming ``who`` and the ones it has)."""
+    from dataclasses import replace
+
     from knowlens.tasks import load_task
 
-    return load_task(name, split=split, limit=limit, seed=seed, **kwargs)
+    if not topics:
+        return load_task(name, split=split, limit=limit, seed=seed, **kwargs)
+    task = load_task(name, split=split, limit=None, seed=seed, **kwargs)
+    have = {ex.topic for ex in task.examples}
+    missing = [t for t in topics if t not in have]
+    if missing:
+        raise ConfigError(
+            f"{who}: topics {missing} are not topics of {name}'s {split} split; it has: "
+            f"{', '.join(sorted(str(t) for t in have))}."
+        )
+    wanted = set(topics)
+    return replace(task, examples=[ex for ex in task.examples if ex.topic in wanted][:limit])
+
+
+def _question(ex: Any) -> tuple[str, tuple[str, ...]]:
+    """What makes two questions the same one: the text and, for multiple choice, the options
+    (mc_suite asks "Which of these numbers is prime?" about many different option sets)."""
+    return ex.question, tuple(getattr(ex, "options", None) or ())
+
+
+def disjoint_from(train: Task, test: Task) -> Task:
+    """``train`` without the questions ``test`` asks: split ids are disjoint, but two ids may
+    carry the same question, which would then be seen in training and scored at test."""
+    from dataclasses import replace
+
+    asked = {_question(ex) for ex in test.examples}
+    kept = [ex for ex in train.examples if _question(ex) not in asked]
+    return train if len(kept) == len(train.examples) else replace(train, examples=kept)
 
 
 # Hidden states captured while generating, per run context (dropped with it): what

@@ -8,6 +8,11 @@ row model's question + answer; LoRA + Prompt runs T's adapters on them.
     cell[model M, trained on T, metric] = AUROC, ECE or PRR (``metrics``; default all three)
                                           of estimator_T's P(correct) on M's test answers
 
+``topics`` keeps only those topics' questions of each task before ``limit`` (the demo: five
+of qa_suite's). A training question that the test split also asks is dropped. This is the
+selection topic_calibration's in_distribution setting makes, so with the same train
+settings the diagonal cells reuse its cached answers and fits.
+
 Tables: ``estimator_transfer`` (one row per estimator x model x trained_on x metric, with n
 and a bootstrap 95% CI), ``scores`` (per-answer P(correct)), ``accuracy``. With
 ``train.temperature_scaling`` every estimator also appears as "<name> + TS" (temperature
@@ -29,6 +34,7 @@ from knowlens.experiments._common import (
     accuracy_row,
     activation_needs,
     decided,
+    disjoint_from,
     frame,
     generations,
     load_split,
@@ -52,7 +58,8 @@ from knowlens.experiments._estimators import (
 
 __all__ = ["CODE_VERSION", "COLUMNS", "Config", "figures", "headline", "report_sections", "run"]
 
-CODE_VERSION = "1"
+# 2: topics; training questions the test split asks are dropped
+CODE_VERSION = "2"
 COLUMNS = [
     "analysis",
     "model",
@@ -82,6 +89,12 @@ class Config(AnalysisConfig):
         min_length=1,
         description="Tasks whose train split trains and whose test split evaluates.",
     )
+    topics: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Only these topics' questions of each task (e.g. qa_suite's), before "
+        "'limit'; each task must have them all.",
+    )
     estimators: list[str] = Field(
         default_factory=lambda: ["probe", "lora_prompt"], min_length=1, description=ESTIMATORS_HELP
     )
@@ -92,10 +105,10 @@ class Config(AnalysisConfig):
         description="How sample estimators' answers are drawn (k, temperature, ...).",
     )
 
-    @field_validator("estimators", "metrics", "tasks")
+    @field_validator("estimators", "metrics", "tasks", "topics")
     @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
             raise ValueError("lists an entry twice; list each once")
         return v
 
@@ -103,6 +116,21 @@ class Config(AnalysisConfig):
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
         return known_estimators(v)
+
+
+def _split_tasks(cfg: Config, split: str) -> list[Any]:
+    """Each task's ``split`` (only ``topics``' questions when given); the train split without
+    any question its test split asks. The same selection as topic_calibration's
+    in_distribution setting makes, so the two analyses share cached answers and fits."""
+    out = []
+    for name in cfg.tasks:
+
+        def get(s: str, limit: int | None, name: str = name) -> Any:
+            return load_split(name, s, limit, cfg.seed, topics=cfg.topics, who="estimator_transfer")
+
+        task = get(split, cfg.limit)
+        out.append(disjoint_from(task, get("test", None)) if split == "train" else task)
+    return out
 
 
 def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
@@ -115,8 +143,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
         needs = activation_needs(cfg.estimators, model)  # its own answers: read while generating
         for split, store in (("train", train), ("test", test)):
             parts = []
-            for name in cfg.tasks:
-                task = load_split(name, split, cfg.limit, cfg.seed)
+            for task in _split_tasks(cfg, split):
                 g = decided(generations(ctx, model, task, split, capture=needs))
                 acc_rows.append(accuracy_row(spec, task, split, g))
                 parts.append(g)

@@ -26,8 +26,8 @@ near one-class topic has no AUROC worth drawing). A topic whose accuracy is not 
 guessing rate (1 / options; one-sided binomial test, p < 0.05) on every model is never shown:
 there correctness is a coin flip no estimator can predict (both embedded models answer one
 letter to ~95 % of mc_suite's questions). The ``topics`` table records every evaluated
-topic's accuracy, guessing rate and test p-value per model and whether it is shown. The pooled row ``(all)``
-pools every evaluated answer.
+topic's accuracy, guessing rate and test p-value per model and whether it is shown. The
+pooled row ``(all)`` pools every evaluated answer.
 
     cell[topic, model | estimator, metric] = ECE, AUROC or PRR of P(correct) on that topic's
                                              answers (``metrics``; default all three)
@@ -42,7 +42,6 @@ split, ``EstimatorBench.fit_variants``) and ``temperatures`` records each fitted
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -57,6 +56,7 @@ from knowlens.experiments._common import (
     activation_needs,
     check_accuracy_range,
     decided,
+    disjoint_from,
     frame,
     generations,
     load_split,
@@ -200,27 +200,9 @@ def _suite_split(cfg: Config, split: str, limit: int | None, kw: dict[str, Any])
     """``split`` of the suite (``eval_task_options``), only ``topics``' questions when given,
     then at most ``limit`` of them."""
     opts = {**cfg.eval_task_options, **kw}
-    if not cfg.topics:
-        return load_split(cfg.eval_task, split, limit, cfg.seed, **opts)
-    task = load_split(cfg.eval_task, split, None, cfg.seed, **opts)
-    have = {ex.topic for ex in task.examples}
-    missing = [t for t in cfg.topics if t not in have]
-    if missing:
-        from knowlens.errors import ConfigError
-
-        raise ConfigError(
-            f"topic_calibration: topics {missing} are not topics of {cfg.eval_task}'s "
-            f"{split} split; it has: {', '.join(sorted(str(t) for t in have))}."
-        )
-    wanted = set(cfg.topics)
-    kept = [ex for ex in task.examples if ex.topic in wanted][:limit]
-    return replace(task, examples=kept)
-
-
-def _question(ex: Any) -> tuple[str, tuple[str, ...]]:
-    """What makes two questions the same one: the text and, for multiple choice, the options
-    (mc_suite asks "Which of these numbers is prime?" about many different option sets)."""
-    return ex.question, tuple(getattr(ex, "options", None) or ())
+    return load_split(
+        cfg.eval_task, split, limit, cfg.seed, topics=cfg.topics, who="topic_calibration", **opts
+    )
 
 
 def _train_split(cfg: Config, kw: dict[str, Any]) -> list[Task]:
@@ -228,12 +210,7 @@ def _train_split(cfg: Config, kw: dict[str, Any]) -> list[Task]:
     if cfg.setting == "cross_task":
         return [load_split(name, "train", cfg.limit, cfg.seed) for name in cfg.train_tasks]
     test = _suite_split(cfg, "test", None, kw)
-    train = _suite_split(cfg, "train", cfg.train_limit or cfg.limit, kw)
-    # Split ids are disjoint, but two ids may carry the same question; it would be seen in
-    # training and scored at test.
-    asked = {_question(ex) for ex in test.examples}
-    kept = [ex for ex in train.examples if _question(ex) not in asked]
-    return [train if len(kept) == len(train.examples) else replace(train, examples=kept)]
+    return [disjoint_from(_suite_split(cfg, "train", cfg.train_limit or cfg.limit, kw), test)]
 
 
 def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
@@ -386,7 +363,8 @@ def _topic_table(scores: pd.DataFrame, cfg: Config, chance: dict[str, float]) ->
     acc["n_correct"] = acc["n_correct"].astype(int)
     acc["chance"] = [chance.get(t, 0.0) for t in acc["topic"]]
     acc["p_above_chance"] = [
-        binomtest(int(k), int(n), c, alternative="greater").pvalue if c > 0 else 0.0
+        # open answers (guessing rate 0): any correct answer is above it, none is not
+        binomtest(int(k), int(n), c, alternative="greater").pvalue if c > 0 else float(k == 0)
         for k, n, c in zip(acc["n_correct"], acc["n"], acc["chance"], strict=True)
     ]
     wanted = set(cfg.topics) if cfg.topics else set(acc["topic"])
