@@ -315,6 +315,16 @@ def test_estimator_transfer_matrix(tasks, tiny_model_dir, second_model_dir, tmp_
     a = s[(s["trained_on"] == models[0]) & (s["estimator"] == "Probe")]
     assert a.groupby("model")["p"].apply(lambda x: tuple(x.to_numpy().round(6))).nunique() == 2
     assert any(p.name == "estimator_transfer_auroc.png" for p in res.figures["estimator_transfer"])
+    from knowlens.experiments._common import short_model
+    from knowlens.experiments.estimator_transfer import report_sections
+
+    (sec,) = report_sections(res.tables["estimator_transfer"], [])
+    acc = res.tables["estimator_transfer"]["accuracy"]
+    acc = acc[acc["split"] == "test"].groupby("model")[["n", "n_correct"]].sum()
+    want = [
+        f"{short_model(m)} {acc.loc[m, 'n_correct'] / acc.loc[m, 'n']:.0%} of 24" for m in models
+    ]
+    assert sec.key_numbers["test answers correct"] == "; ".join(want)
 
 
 def test_estimator_transfer_topics_reuse_topic_calibrations_fits(tasks, tiny_model_dir, tmp_path):
@@ -354,7 +364,8 @@ def test_estimator_transfer_topics_reuse_topic_calibrations_fits(tasks, tiny_mod
         want = [e for e in load_task(tasks[1], split=split).examples if e.topic == "topic0"]
         assert acc.loc[split, "n"] == len(want) > 0
     man = json.loads((res.run_dir / "manifest.json").read_text())
-    assert man["analyses"]["estimator_transfer"]["cache"]["estimators"] == {"hits": 1, "misses": 0}
+    cache = man["analyses"]["estimator_transfer"]["cache"]
+    assert cache["estimators"] == cache["estimator_scores"] == {"hits": 1, "misses": 0}
     t = res.tables["estimator_transfer"]["estimator_transfer"].set_index("metric")
     c = res.tables["topic_calibration"]["topic_calibration"]
     pooled = c[(c["topic"] == "(all)") & (c["metric"] == "auroc")]
@@ -450,6 +461,25 @@ def test_topic_calibration_in_distribution_and_topic_filter(
     assert (t["n"] == len(ev)).all()  # the pooled cell still pools every answer
     with pytest.raises(Exception, match="0 <= lo < hi <= 1"):
         run({**cfg, "topic_accuracy": [0.9, 0.1]}, output=tmp_path / "r2", progress=False)
+
+
+def test_probe_transfer_train_limit_caps_the_training_answers_only(tasks, tiny_model_dir, tmp_path):
+    cfg = {
+        "name": "pt-tl",
+        "analysis": "probe_transfer",
+        "models": [str(tiny_model_dir)],
+        "tasks": tasks,
+        "sweep_layers": [1],
+        "limit": 10,
+        "train_limit": 18,
+        **_base(tmp_path),
+    }
+    tabs = run(cfg, output=tmp_path / "runs", progress=False).tables["probe_transfer"]
+    acc = tabs["accuracy"]
+    assert (acc.loc[acc["split"] == "train", "n"] == 18).all()
+    assert (acc.loc[acc["split"] == "test", "n"] == 10).all()
+    t = tabs["probe_transfer"]
+    assert (t.loc[t["metric"] == "auroc", "n"] == 10).all()
 
 
 def test_probe_transfer_task_accuracy_leaves_out_one_class_datasets(

@@ -186,7 +186,7 @@ def test_make_demo_resolves_the_demo_config_and_every_shipped_config_is_valid(
     tc, et, pt = rc.analyses[:3]
     assert tc.min_n >= 40 and et.min_n >= 40 and pt.min_n >= 40
     assert tc.topic_accuracy == (0.1, 0.9) and pt.task_accuracy == (0.1, 0.9)
-    assert pt.limit >= 100
+    assert pt.limit >= 100 and pt.train_limit >= 400
     # every topic asks >= 100 test questions (a topic's AUROC interval ~ +-0.1 at 100-200)
     from collections import Counter
 

@@ -25,7 +25,9 @@ nothing just scores) and scored on every test split, giving ``baseline_m`` rows 
 bootstrapped on the same resamples, so probe and baselines are compared on equal terms.
 Sample estimators draw their answers with the ``sampling:`` settings, learned ones train
 with ``train:`` (``SamplingSettings`` / ``TrainSettings``, as in the other analyses).
-``layer`` / ``position`` name the cell's probe on every row.
+``layer`` / ``position`` name the cell's probe on every row. ``train_limit`` caps the
+training answers per dataset apart from ``limit`` (the test answers): probes need more
+answers to train than a test cell needs to resolve its AUROC.
 """
 
 from __future__ import annotations
@@ -152,6 +154,11 @@ class Config(AnalysisConfig):
         ],
         min_length=2,
         description="Datasets: rows (train) and columns (test) of the matrix.",
+    )
+    train_limit: int | None = Field(
+        default=None,
+        ge=1,
+        description="Max training answers per dataset (None = 'limit', which caps the test split).",
     )
     layer: int | None = Field(
         default=None, description="Fixed hidden-state layer; None = sweep 'sweep_layers'."
@@ -303,7 +310,8 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
         for name in ctx.track(cfg.tasks, f"{short_model(spec)}: generate + extract"):
             data[name] = {}
             for split in ("train", "test"):
-                task = load_split(name, split, cfg.limit, cfg.seed)
+                limit = (cfg.train_limit or cfg.limit) if split == "train" else cfg.limit
+                task = load_split(name, split, limit, cfg.seed)
                 # hidden states read while generating (one pass) when both are uncached
                 needs = [(layers, tok) for tok in cfg.tokens]
                 gens = decided(generations(ctx, model, task, split, capture=needs))

@@ -363,8 +363,8 @@ def _topic_table(scores: pd.DataFrame, cfg: Config, chance: dict[str, float]) ->
     acc["n_correct"] = acc["n_correct"].astype(int)
     acc["chance"] = [chance.get(t, 0.0) for t in acc["topic"]]
     acc["p_above_chance"] = [
-        # open answers (guessing rate 0): any correct answer is above it, none is not
-        binomtest(int(k), int(n), c, alternative="greater").pvalue if c > 0 else float(k == 0)
+        # open answers (guessing rate 0): no test, the accuracy range decides
+        binomtest(int(k), int(n), c, alternative="greater").pvalue if c > 0 else 0.0
         for k, n, c in zip(acc["n_correct"], acc["n"], acc["chance"], strict=True)
     ]
     wanted = set(cfg.topics) if cfg.topics else set(acc["topic"])
