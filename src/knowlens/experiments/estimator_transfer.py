@@ -138,12 +138,14 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
     train: dict[str, Any] = {}
     test: dict[str, Any] = {}
     acc_rows: list[dict[str, Any]] = []
+    # the same questions for every model: selected once
+    questions = {split: _split_tasks(cfg, split) for split in ("train", "test")}
     for spec in specs:
         model = ctx.load_model(spec)
         needs = activation_needs(cfg.estimators, model)  # its own answers: read while generating
         for split, store in (("train", train), ("test", test)):
             parts = []
-            for task in _split_tasks(cfg, split):
+            for task in questions[split]:
                 g = decided(generations(ctx, model, task, split, capture=needs))
                 acc_rows.append(accuracy_row(spec, task, split, g))
                 parts.append(g)
