@@ -319,8 +319,12 @@ def test_ray_sample_equals_local(ray_cluster, tiny_model, worker_threads):
 
 
 def _kill_one_worker_after_first_shard(root: Path, killed: list[str]) -> None:
-    """SIGKILL the actor that wrote the first shard: it is busy with its next block."""
-    deadline = time.time() + 90
+    """SIGKILL the actor that wrote the first shard: it is busy with its next block.
+
+    The deadline is generous: on a loaded 2-core machine starting the actors alone can take
+    more than a minute, and a killer that gave up before the first shard made the test flaky.
+    """
+    deadline = time.time() + 600
     while time.time() < deadline:
         done = [p for p in root.glob("[0-9]*")] if root.is_dir() else []
         if done:
