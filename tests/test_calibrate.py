@@ -175,7 +175,7 @@ def test_save_load_and_fit_cached(tmp_path):
     rec = json.loads((tmp_path / "ts" / "estimator.json").read_text())
     assert rec["params"]["estimator"] == {
         "class": "SharpProbe",
-        "params": {"layer": 0, "reduce": "last", "C": 0.5, "max_iter": 1000},
+        "params": {"layer": 0, "reduce": "last", "C": 0.5, "max_iter": 100},
     }
     # one fit, then loaded from the cache; other base parameters -> another entry
     first = fit_cached(TemperatureScaled(SharpProbe(layer=0)), acts, y)

@@ -251,7 +251,9 @@ def fit_probes(harm: np.ndarray, harmless: np.ndarray, seed: int) -> tuple[np.nd
     W = np.zeros(X.shape[1:], dtype=np.float32)
     B = np.zeros(X.shape[1], dtype=np.float32)
     for layer in range(X.shape[1]):
-        clf = LogisticRegression(max_iter=2000, random_state=seed).fit(X[:, layer], y)
+        # Newton, as LogisticProbe: lbfgs stops short of the optimum on raw residual states
+        clf = LogisticRegression(solver="newton-cholesky", random_state=seed)
+        clf.fit(X[:, layer], y)
         W[layer], B[layer] = clf.coef_[0], clf.intercept_[0]
     return W, B
 

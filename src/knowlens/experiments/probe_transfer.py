@@ -181,7 +181,9 @@ class Config(AnalysisConfig):
     val_fraction: float = Field(
         default=0.3, gt=0, lt=1, description="Share of the train split held out for the sweep."
     )
-    max_iter: int = Field(default=1000, ge=10, description="LogisticRegression max_iter.")
+    max_iter: int = Field(
+        default=100, ge=10, description="Most Newton iterations of each LogisticProbe fit."
+    )
     metrics: list[Metric] = Field(
         default_factory=_default_metrics,
         min_length=1,
