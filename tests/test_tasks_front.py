@@ -3,6 +3,7 @@ files are read by ``_user``; the registry itself never reads YAML (one-way impor
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import pytest
@@ -56,3 +57,18 @@ def test_limit_warning_points_at_the_caller():
         load_task("capitals", split="test", limit=10**6)
     (w,) = [c for c in caught if "fewer than limit" in str(c.message)]
     assert w.filename == __file__
+
+
+def test_an_analysis_reports_a_short_split_once(caplog):
+    """Inside an analysis the shortfall is one log line, not a Python warning as well."""
+    from knowlens.experiments._common import load_split
+
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        task = load_split("capitals", "test", limit=10**6, seed=0)
+    assert not [c for c in caught if "fewer than limit" in str(c.message)]
+    lines = [r.getMessage() for r in caplog.records if "fewer than limit" in r.getMessage()]
+    assert lines == [
+        f"Task 'capitals' split 'test' has {len(task.examples)} examples, fewer than "
+        f"limit={10**6}; using all {len(task.examples)}."
+    ]

@@ -72,7 +72,11 @@ def load_split(
     from knowlens.tasks import load_task
 
     if not topics:
-        return load_task(name, split=split, limit=limit, seed=seed, **kwargs)
+        with warnings.catch_warnings():
+            # a split smaller than the limit: the task library also logs it, and one line
+            # in the run's output is enough (a library caller still gets the warning)
+            warnings.filterwarnings("ignore", "Task .* fewer than limit", UserWarning)
+            return load_task(name, split=split, limit=limit, seed=seed, **kwargs)
     task = load_task(name, split=split, limit=None, seed=seed, **kwargs)
     have = {ex.topic for ex in task.examples}
     missing = [t for t in topics if t not in have]
