@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import tempfile
 import time
 
@@ -93,25 +94,24 @@ def main() -> None:
             am[j, : len(enc[r])] = 1
         batches.append((ids, am, torch.arange(t)[None].expand(len(rows), -1)))
 
+    caches: list[str] = []  # a fresh cache per knowlens run, deleted after the timings
+
+    def fresh_cache() -> None:
+        caches.append(tempfile.mkdtemp(prefix="knowlens-bench-"))
+        os.environ["KNOWLENS_CACHE"] = caches[-1]
+
     def knowlens_all() -> None:
-        with tempfile.TemporaryDirectory() as d:
-            os.environ["KNOWLENS_CACHE"] = d
-            acts = extract_texts(
-                model,
-                texts,
-                layers="all",
-                tokens="all",
-                batch_size=args.batch_size,
-                progress=False,
-            )
-            assert acts.shape[:2] == (args.n, model.n_layers + 1)
+        fresh_cache()
+        acts = extract_texts(
+            model, texts, layers="all", tokens="all", batch_size=args.batch_size, progress=False
+        )
+        assert acts.shape[:2] == (args.n, model.n_layers + 1)
 
     def knowlens_few() -> None:
-        with tempfile.TemporaryDirectory() as d:
-            os.environ["KNOWLENS_CACHE"] = d
-            extract_texts(
-                model, texts, layers=few, tokens="all", batch_size=args.batch_size, progress=False
-            )
+        fresh_cache()
+        extract_texts(
+            model, texts, layers=few, tokens="all", batch_size=args.batch_size, progress=False
+        )
 
     @torch.inference_mode()
     def naive() -> None:
@@ -138,6 +138,8 @@ def main() -> None:
             w, c = timed(fn)
             wall[k], cpu[k] = min(wall[k], w), min(cpu[k], c)
             print(f"  {k}: {w:.2f} s wall, {c:.2f} s cpu", flush=True)
+    for d in caches:
+        shutil.rmtree(d, ignore_errors=True)
     print(f"{'':44s} {'wall s':>8s} {'cpu s':>8s} {'tokens/s':>9s}")
     for k in contenders:
         print(f"{k:44s} {wall[k]:8.2f} {cpu[k]:8.2f} {n_tokens / wall[k]:9.0f}")

@@ -368,3 +368,42 @@ def test_fit_cached_refits_a_damaged_entry(caplog):
     assert len(list((cache_root() / ".damaged").iterdir())) == 1
     np.testing.assert_array_equal(again.predict_proba(acts), p)  # refit: same seed, same probe
     assert fit_cached(MLPProbe(layer=3, epochs=3), acts, y).from_cache_
+
+
+def test_logistic_probe_reaches_the_optimum_on_raw_residual_like_states():
+    """Raw residual states (a few outlier dimensions, large means) stored in float16: the
+    probe reaches the L2-regularised optimum without a warning, as far down as a long lbfgs
+    run in float64 (sklearn's default solver, in float32, warns and stops short)."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    n, d = 280, 576
+    x = rng.normal(size=(n, d))
+    x[:, :3] *= 150
+    x += rng.normal(size=d) * 5
+    w = rng.normal(size=d) / np.sqrt(d)
+    y = (x @ w / np.std(x @ w) + rng.normal(size=n) > 0).astype(int)
+    acts = ActivationSet(
+        values=x[:, None, None, :].astype(np.float16),
+        mask=np.ones((n, 1), dtype=bool),
+        layers=[0],
+        tokens="last",
+        example_ids=[f"ex{i}" for i in range(n)],
+        positions=np.zeros((n, 1), dtype=np.int64),
+        meta={},
+    )
+    xf = acts.features(0, "last").astype(np.float64)
+
+    def objective(coef, intercept):
+        z = xf @ coef + intercept
+        return np.sum(np.logaddexp(0, z) - y * z) + 0.5 * np.sum(coef**2)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        probe = LogisticProbe(layer=0).fit(acts, y)
+    assert probe.clf_.n_iter_[0] < 20
+    ref = LogisticRegression(max_iter=20_000, tol=1e-10).fit(xf, y)
+    ours = objective(probe.clf_.coef_[0], probe.clf_.intercept_[0])
+    assert ours <= objective(ref.coef_[0], ref.intercept_[0]) + 1e-6

@@ -110,6 +110,28 @@ def test_run_folder_manifest_and_result_cache(tmp_path):
     assert CALLS == [3, 4, 3]
 
 
+def test_a_bumped_stage_or_estimator_version_recomputes_cached_results(tmp_path, monkeypatch):
+    """Results rest on the stages' caches: a stage whose code version changes (here the
+    logistic probe's fit) invalidates the cached tables too, not only its own entries."""
+    from knowlens.estimators import LogisticProbe
+    from knowlens.experiments._runner import stage_versions
+
+    versions = stage_versions()
+    assert versions["estimator:LogisticProbe"] == LogisticProbe.code_version == "2"
+    assert {"generation", "activations", "estimators", "scores", "organisms"} <= set(versions)
+    out = tmp_path / "runs"
+    cfg = {"name": "v", "analysis": "fake_count", "size": 3}
+    run(cfg, output=out, progress=False)
+    assert run(cfg, output=out, progress=False).cache_hits == {"fake_count": True}
+    key = LogisticProbe(layer=0).cache_key()
+    monkeypatch.setattr(LogisticProbe, "code_version", "3")
+    assert LogisticProbe(layer=0).cache_key() != key
+    assert run(cfg, output=out, progress=False).cache_hits == {"fake_count": False}
+    monkeypatch.setattr("knowlens.generation.GENERATION_VERSION", "changed")
+    assert run(cfg, output=out, progress=False).cache_hits == {"fake_count": False}
+    assert CALLS == [3, 3, 3]
+
+
 def test_registry_errors():
     with pytest.raises(ConfigError, match="Did you mean: probe_transfer"):
         get_analysis("probe_transfr")

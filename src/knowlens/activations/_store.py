@@ -8,8 +8,10 @@ Layout while a run is in progress, and once it is complete::
     cache_root()/activations/<key>/values.npy, mask.npy, positions.npy, manifest.json,
                                    checksums.json
 
-A shard (a contiguous block of examples) writes its rows into ``values.npy`` in place,
-flushes them, and only then writes its record atomically. Rows of the partial memmap are
+A shard (a contiguous block of examples) writes its rows into ``values.npy`` in place, then
+writes its record (with the rows' hash) atomically. There is no msync: the kernel writes the
+rows back in the background, and rows a crash kept from the disk fail their hash on resume
+(or the entry's checksums on load) and are recomputed. Rows of the partial memmap are
 trusted only through a record that names the current plan (key, shape, dtype, shard
 boundaries, spec including ``batch_size``), the same row range, and the xxh3 of exactly those
 row bytes; anything else is recomputed. A partial folder of another plan is reset. When every
@@ -187,8 +189,7 @@ class ShardStore:
         return self.work / "shards" / f"{shard:05d}.json"
 
     def mark_done(self, mm: np.memmap, shard: int, info: dict[str, Any]) -> dict[str, Any]:
-        """Flush the shard's rows (``info["rows"]``), then record them with their hash."""
-        mm.flush()  # rows on disk before the record that vouches for them
+        """Record the shard's rows (``info["rows"]``) with their hash (checked on resume)."""
         s, e = info["rows"]
         rec = {**info, "rows": [int(s), int(e)], "plan": self.plan_hash}
         rec["xxh3_128"] = rows_digest(mm[s:e])

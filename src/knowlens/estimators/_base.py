@@ -106,6 +106,10 @@ class Estimator(ABC, Generic[FeaturesT]):
     display_name: ClassVar[str] = ""
     #: config name ("probe", ...): set by the registry.
     estimator_name: ClassVar[str] = ""
+    #: version of this class' fit, part of its cache key: bump it when what ``fit`` computes
+    #: changes, so fits cached by older code are recomputed (empty: never bumped, and the key
+    #: is the one ``ESTIMATORS_VERSION`` alone gives)
+    code_version: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -270,15 +274,16 @@ class Estimator(ABC, Generic[FeaturesT]):
         ``cache_key()`` keys this fitted estimator; ``cache_key(X, y)`` is the key that
         ``fit(X, y)`` will have, computed without fitting (``fit_cached`` looks it up)."""
         data = self._train_key(X, y) if X is not None else getattr(self, "train_key_", None)
-        return stable_hash(
-            {
-                "class": type(self).__name__,
-                "params": {k: v for k, v in self._json_params().items() if k not in _NOT_IN_KEY},
-                "model": _model_id(getattr(self, "model", None)),
-                "data": data,
-                "code": ESTIMATORS_VERSION,
-            }
-        )
+        key = {
+            "class": type(self).__name__,
+            "params": {k: v for k, v in self._json_params().items() if k not in _NOT_IN_KEY},
+            "model": _model_id(getattr(self, "model", None)),
+            "data": data,
+            "code": ESTIMATORS_VERSION,
+        }
+        if self.code_version:
+            key["class_code"] = self.code_version
+        return stable_hash(key)
 
     def _train_key(self, X: FeaturesT, y: Labels = None) -> str | None:
         """Key of the training data ``fit(X, y)`` learns from (``train_key_`` after fit);

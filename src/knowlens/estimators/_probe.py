@@ -94,6 +94,8 @@ class LogisticProbe(_FeatureProbe):
         max_iter: most Newton iterations (sklearn's default 100; it converges in about 10).
     """
 
+    code_version = "2"  # 2: Newton in float64 (1: lbfgs in float32, stopped short)
+
     def __init__(
         self, *, layer: int = -1, reduce: str = "last", C: float = 1.0, max_iter: int = 100
     ) -> None:
@@ -107,7 +109,9 @@ class LogisticProbe(_FeatureProbe):
         if not self.C > 0:
             raise ConfigError(f"LogisticProbe: C must be > 0; got {self.C}.")
         x, yy = self._train_xy(acts, y)
-        self.clf_ = _logistic(self.C, self.max_iter).fit(x, yy)
+        # float64: in float32 the Hessian of raw states (condition number ~1e8) fails its
+        # Cholesky factorisation and sklearn falls back to a truncated lbfgs
+        self.clf_ = _logistic(self.C, self.max_iter).fit(x.astype(np.float64), yy)
         return self
 
     def predict_proba(self, acts: ActivationSet) -> np.ndarray:

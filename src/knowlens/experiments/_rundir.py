@@ -409,7 +409,8 @@ class AnalysisRecord(AnalysisLog):
     analysis: str
     """Registry name of the analysis."""
     result_key: str
-    """Result-cache key: hash of the resolved config, model fingerprints and CODE_VERSION."""
+    """Result-cache key: hash of the resolved config, model fingerprints, CODE_VERSION and
+    the code versions of the stages (``_runner.stage_versions``)."""
     from_cache: bool
     """True if the tables came from the result cache (nothing recomputed)."""
     seed: int

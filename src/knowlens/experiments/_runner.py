@@ -7,7 +7,7 @@
 
 For each analysis of the config the runner builds a :class:`RunContext`, asks the result
 cache for the analysis' tables (key = resolved config + model fingerprints + the analysis'
-``CODE_VERSION``), runs ``module.run(cfg, ctx)`` on a miss, writes tables (parquet + csv),
+``CODE_VERSION`` + the stages' code versions, ``stage_versions``), runs ``module.run(cfg, ctx)`` on a miss, writes tables (parquet + csv),
 draws figures from the tables (``module.figures``), and finally writes ``manifest.json`` and
 the HTML report (the folder's layout and manifest schema: :mod:`knowlens.experiments._rundir`).
 The runner owns the run's executors: one ``get_executor(executor, ray_address=...)`` per
@@ -105,6 +105,32 @@ T = TypeVar("T")
 # calibrated one-score estimator
 RESULTS_VERSION = "3"
 _console = Console(stderr=True)
+
+
+def stage_versions() -> dict[str, str]:
+    """The code versions of the stages an analysis' tables rest on (part of the result-cache
+    key, so a bumped stage recomputes the results built on it, not only its own entries):
+    generation, activations, estimators (and each estimator class' own version), scores,
+    query reads and refusal organisms."""
+    from knowlens.activations._api import ACTIVATIONS_VERSION
+    from knowlens.estimators import ESTIMATORS_VERSION, QUERY_READS_VERSION, REGISTRY
+    from knowlens.experiments._estimators import SCORES_VERSION
+    from knowlens.generation import GENERATION_VERSION, SAMPLE_VERSION
+    from knowlens.jailbreak.organisms import ORGANISM_VERSION
+
+    out = {
+        "generation": GENERATION_VERSION,
+        "samples": SAMPLE_VERSION,
+        "activations": ACTIVATIONS_VERSION,
+        "estimators": ESTIMATORS_VERSION,
+        "scores": SCORES_VERSION,
+        "query_reads": QUERY_READS_VERSION,
+        "organisms": ORGANISM_VERSION,
+    }
+    out.update(
+        {f"estimator:{n}": c.code_version for n, c in sorted(REGISTRY.items()) if c.code_version}
+    )
+    return out
 
 
 def _versions() -> dict[str, str]:
@@ -598,6 +624,7 @@ def _run_into(
                 "fingerprints": fps,
                 "code": code_version(module),
                 "runner": RESULTS_VERSION,
+                "stages": stage_versions(),
             }
             result_key = stable_hash(key_obj)
             with contextlib.ExitStack() as held:

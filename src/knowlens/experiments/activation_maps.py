@@ -246,7 +246,7 @@ def fit_probes(harm: np.ndarray, harmless: np.ndarray, seed: int) -> tuple[np.nd
     """One logistic regression per layer (harmful = 1); returns weights (L+1, d), bias (L+1,)."""
     from sklearn.linear_model import LogisticRegression
 
-    X = np.concatenate([harm, harmless])
+    X = np.concatenate([harm, harmless]).astype(np.float64)  # see LogisticProbe.fit
     y = np.r_[np.ones(len(harm)), np.zeros(len(harmless))]
     W = np.zeros(X.shape[1:], dtype=np.float32)
     B = np.zeros(X.shape[1], dtype=np.float32)
