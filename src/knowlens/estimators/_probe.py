@@ -80,11 +80,12 @@ class LogisticProbe(_FeatureProbe):
 
     scikit-learn ``LogisticRegression`` with its default objective (L2, C=1, unpenalised
     intercept), fitted on raw hidden states of one layer, as LLMsKnow's probe. The solver is
-    Newton (``newton-cholesky``, exact Hessian, about 10 iterations), not sklearn's default
-    lbfgs: raw residual-stream states have a few outlier dimensions and large means, on which
-    lbfgs stops short of the optimum (the intercept stays near 0) or warns that it did not
-    converge even at 1,000 iterations. Newton reaches the same objective's optimum; its
-    d x d Hessian is 2 MB at d=576 and 128 MB at d=4096.
+    Newton (``newton-cholesky``, exact Hessian, about 10 iterations, in float64), not
+    sklearn's default lbfgs: raw residual-stream states have a few outlier dimensions and
+    large means, on which lbfgs stops short of the optimum or warns that it did not converge
+    (SmolLM2, 3 tasks x 6 layers: above Newton's objective in 17 of 18 fits at 1,000
+    iterations, 3 warnings). Newton reaches the same objective's optimum; its d x d Hessian
+    is 2.6 MB at d=576 and 134 MB at d=4096.
 
     Args:
         layer: hidden-state index held in the ActivationSet (negative = from the last held).

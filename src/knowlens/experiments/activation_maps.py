@@ -48,7 +48,9 @@ from knowlens.errors import ConfigError
 if TYPE_CHECKING:
     from knowlens.models import ModelHandle
 
-CODE_VERSION = "2"  # 2: sd and se per cell (cached results without them are recomputed)
+# 2: sd and se per cell (cached results without them are recomputed); 3: statistic "probe"
+# fitted by Newton in float64 (lbfgs stopped short of the optimum)
+CODE_VERSION = "3"
 LOADS_MODELS = False  # specs may carry ?system=; local weights are loaded via ctx.load_model
 PANELS = ("Benign", "Jailbreak", "Difference")
 
