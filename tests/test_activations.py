@@ -271,6 +271,39 @@ def test_killed_run_resumes_reusing_finished_shards(model4, gens, monkeypatch):
     )
 
 
+def test_recorded_rows_lost_at_a_crash_are_recomputed(model4, gens, monkeypatch):
+    """Shards are written without msync: rows a crash kept from the disk (zeros here) fail
+    their record's hash on resume and only that shard is recomputed."""
+    from knowlens._cache import cache_root
+
+    kw = dict(layers="all", tokens="all", shard_size=2, batch_size=2, progress=False)
+    reference = extract(model4, gens, cache=False, **kw)
+    original = ShardStore.mark_done
+    recorded: list[list[int]] = []
+
+    def crash_after_two(self, mm, shard, info):
+        if len(recorded) == 2:
+            raise KeyboardInterrupt
+        recorded.append(list(info["rows"]))
+        original(self, mm, shard, info)
+
+    monkeypatch.setattr(ShardStore, "mark_done", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        extract(model4, gens, **kw)
+    monkeypatch.setattr(ShardStore, "mark_done", original)
+    (partial,) = (cache_root() / "activations").glob(".partial-*/values.npy")
+    mm = np.load(partial, mmap_mode="r+")
+    s, e = recorded[1]
+    mm[s:e] = 0  # the second recorded shard's rows never reached the disk
+    mm.flush()
+    del mm
+    with Counter(model4) as c:
+        resumed = extract(model4, gens, **kw)
+    assert resumed.meta["shards_reused"] == 1
+    assert c.calls["block0"] == 3  # the zeroed shard and the two unfinished ones
+    np.testing.assert_array_equal(np.asarray(resumed.values), reference.values)
+
+
 def test_extract_batch_is_the_pure_worker(model4, gens):
     items = items_from_generations(gens)
     spec = ExtractSpec(layers=(0, 2), tokens="last_prompt", dtype="float32", batch_size=3)
