@@ -20,12 +20,12 @@ Targets (issue 14), at 48 new tokens and batch 16: knowlens >= 6x one-at-a-time 
 
 The floor the contenders are compared with: every token a contender feeds the model (prompt
 tokens once, then one per decode step and row) must go through every linear layer of the
-model (lm_head included), so the run cannot be faster than those matrix products alone. The
-script times them at the shapes decoding uses (``batch_size`` rows per decode step; a full
-batch of the longest prompt per prefill, the fastest shape, and padding is not counted) in the
-same process and reports each contender's time as a multiple of that floor: a contender near
-1x has nothing left to win by scheduling, only by doing less arithmetic (lower precision,
-which would change the tokens).
+model (lm_head only for the decoded tokens), so the run cannot be faster than those matrix
+products alone. The script times them at the shapes decoding uses (``batch_size`` rows per
+decode step; a full batch of the longest prompt per prefill, the fastest shape, and padding
+is not counted) in the same process and reports each contender's time as a multiple of that
+floor: a contender near 1x has nothing left to win by scheduling, only by doing less
+arithmetic (lower precision, which would change the tokens).
 """
 
 from __future__ import annotations
@@ -153,9 +153,12 @@ def main() -> None:
     n_prompt = sum(map(len, enc))
     t_decode = linear_time(hf, args.batch_size) / args.batch_size
     prefill_rows = min(args.n, args.batch_size) * max(map(len, enc))  # a full prefill
-    t_prefill = linear_time(hf, prefill_rows) / prefill_rows
+    # prompt tokens skip lm_head (both contenders keep only the last position's logits)
+    t_prefill = linear_time(hf, prefill_rows, lm_head=False) / prefill_rows
     floor = n_prompt * t_prefill + n_new * t_decode
-    flops = 2 * sum(w.numel() for w in linear_weights(hf)) * (n_prompt + n_new)
+    head = hf.get_output_embeddings().weight.numel()
+    n_linear = sum(w.numel() for w in linear_weights(hf))
+    flops = 2 * ((n_linear - head) * n_prompt + n_linear * n_new)
     print(
         f"floor: the linear layers alone for {n_prompt} prompt + {n_new} new tokens take "
         f"{floor:.2f} s ({flops / floor / 1e9:.0f} GFLOP/s; {1e3 * t_decode * args.batch_size:.0f}"
@@ -174,20 +177,21 @@ def main() -> None:
         )
 
 
-def linear_weights(hf: torch.nn.Module) -> list[torch.Tensor]:
-    """Every distinct linear weight of the model (a tied lm_head counts once)."""
-    seen: dict[int, torch.Tensor] = {}
-    for m in hf.modules():
-        if isinstance(m, torch.nn.Linear):
-            seen.setdefault(id(m.weight), m.weight)
-    return list(seen.values())
+def linear_weights(hf: torch.nn.Module, lm_head: bool = True) -> list[torch.Tensor]:
+    """Every linear weight of the model, lm_head included or not."""
+    head = hf.get_output_embeddings().weight
+    return [
+        m.weight
+        for m in hf.modules()
+        if isinstance(m, torch.nn.Linear) and (lm_head or m.weight is not head)
+    ]
 
 
 @torch.inference_mode()
-def linear_time(hf: torch.nn.Module, rows: int, repeats: int = 5) -> float:
+def linear_time(hf: torch.nn.Module, rows: int, repeats: int = 5, lm_head: bool = True) -> float:
     """Best wall time of one pass of ``rows`` tokens through every linear layer (no attention,
     norms or activations: a lower bound on a forward of ``rows`` tokens)."""
-    weights = linear_weights(hf)
+    weights = linear_weights(hf, lm_head)
     xs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype) for w in weights}
     best = float("inf")
     for _ in range(repeats):
