@@ -86,6 +86,7 @@ from knowlens.estimators._probe import (
     LogisticProbe,
     MLPProbe,
     ProbeSweep,
+    fit_logistic,
     mlp_head,
     sweep_probes,
 )
@@ -190,6 +191,7 @@ __all__ = [
     "cross_model_texts",
     "estimator_names",
     "fit_cached",
+    "fit_logistic",
     "fit_temperature",
     "generations",
     "get_estimator",

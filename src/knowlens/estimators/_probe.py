@@ -37,7 +37,7 @@ from knowlens.estimators._base import (
 )
 from knowlens.estimators._registry import activations, register_estimator
 
-__all__ = ["LogisticProbe", "MLPProbe", "ProbeSweep", "mlp_head", "sweep_probes"]
+__all__ = ["LogisticProbe", "MLPProbe", "ProbeSweep", "fit_logistic", "mlp_head", "sweep_probes"]
 
 
 class _FeatureProbe(Estimator[ActivationSet]):
@@ -67,6 +67,13 @@ def _logistic(C: float, max_iter: int) -> Any:
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=C, solver="newton-cholesky", max_iter=max_iter)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, *, C: float = 1.0, max_iter: int = 100) -> Any:
+    """A fitted logistic regression on raw hidden states ``x`` (n, d): Newton, in float64
+    (in float32 the Hessian of raw states, condition number ~1e8, fails its Cholesky
+    factorisation and sklearn falls back to a truncated lbfgs). See ``LogisticProbe``."""
+    return _logistic(C, max_iter).fit(np.asarray(x, dtype=np.float64), y)
 
 
 @register_estimator(
@@ -110,9 +117,7 @@ class LogisticProbe(_FeatureProbe):
         if not self.C > 0:
             raise ConfigError(f"LogisticProbe: C must be > 0; got {self.C}.")
         x, yy = self._train_xy(acts, y)
-        # float64: in float32 the Hessian of raw states (condition number ~1e8) fails its
-        # Cholesky factorisation and sklearn falls back to a truncated lbfgs
-        self.clf_ = _logistic(self.C, self.max_iter).fit(x.astype(np.float64), yy)
+        self.clf_ = fit_logistic(x, yy, C=self.C, max_iter=self.max_iter)
         return self
 
     def predict_proba(self, acts: ActivationSet) -> np.ndarray:

@@ -8,8 +8,8 @@
 For each analysis of the config the runner builds a :class:`RunContext`, asks the result
 cache for the analysis' tables (key = resolved config + model fingerprints + the analysis'
 ``CODE_VERSION`` + the stages' code versions, ``stage_versions``), runs
-``module.run(cfg, ctx)`` on a miss, writes tables (parquet + csv), draws figures from the tables (``module.figures``), and finally writes ``manifest.json`` and
-the HTML report (the folder's layout and manifest schema: :mod:`knowlens.experiments._rundir`).
+``module.run(cfg, ctx)`` on a miss, writes tables (parquet + csv), draws figures from the
+tables (``module.figures``), and finally writes ``manifest.json`` and the HTML report (the folder's layout and manifest schema: :mod:`knowlens.experiments._rundir`).
 The runner owns the run's executors: one ``get_executor(executor, ray_address=...)`` per
 distinct setting of the run's analyses, opened before any work, handed to each analysis as
 ``ctx.executor``, described in the manifest and closed when the run ends. Inside an

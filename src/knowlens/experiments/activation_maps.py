@@ -244,18 +244,17 @@ def refusal_direction(harm: np.ndarray, harmless: np.ndarray) -> np.ndarray:
     return r / np.maximum(np.linalg.norm(r, axis=-1, keepdims=True), 1e-12)
 
 
-def fit_probes(harm: np.ndarray, harmless: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """One logistic regression per layer (harmful = 1); returns weights (L+1, d), bias (L+1,)."""
-    from sklearn.linear_model import LogisticRegression
+def fit_probes(harm: np.ndarray, harmless: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One logistic regression per layer (harmful = 1); returns weights (L+1, d), bias (L+1,)
+    (Newton is deterministic: no seed)."""
+    from knowlens.estimators import fit_logistic
 
-    X = np.concatenate([harm, harmless]).astype(np.float64)  # see LogisticProbe.fit
+    X = np.concatenate([harm, harmless])
     y = np.r_[np.ones(len(harm)), np.zeros(len(harmless))]
     W = np.zeros(X.shape[1:], dtype=np.float32)
     B = np.zeros(X.shape[1], dtype=np.float32)
     for layer in range(X.shape[1]):
-        # Newton, as LogisticProbe: lbfgs stops short of the optimum on raw residual states
-        clf = LogisticRegression(solver="newton-cholesky", random_state=seed)
-        clf.fit(X[:, layer], y)
+        clf = fit_logistic(X[:, layer], y)  # Newton in float64, as LogisticProbe
         W[layer], B[layer] = clf.coef_[0], clf.intercept_[0]
     return W, B
 
@@ -329,7 +328,7 @@ def run(cfg: Config, ctx: Any) -> dict[str, pd.DataFrame]:
                 if cfg.statistic == "refusal":
                     params = torch.from_numpy(refusal_direction(H, B))
                 else:
-                    w, b = fit_probes(H, B, cfg.seed)
+                    w, b = fit_probes(H, B)
                     params = (torch.from_numpy(w), torch.from_numpy(b))
         maps = {}
         for panel, prompts in (("Benign", benign), ("Jailbreak", jail)):
