@@ -242,22 +242,32 @@ def test_cache_reuse_and_key_changes(model4, gens):
     assert out.meta["cache_key"] != first.meta["cache_key"]
 
 
-def test_killed_run_resumes_reusing_finished_shards(model4, gens, monkeypatch):
-    kw = dict(layers="all", tokens="all", shard_size=2, batch_size=2, progress=False)
-    reference = extract(model4, gens, cache=False, **kw)
+_SHARDED = dict(layers="all", tokens="all", shard_size=2, batch_size=2, progress=False)
+
+
+def _kill_after_two_shards(model4, gens, monkeypatch) -> list[list[int]]:
+    """Run a sharded extraction that is killed while its third shard is being recorded;
+    the row ranges of the two recorded shards."""
     original = ShardStore.mark_done
-    written = []
+    recorded: list[list[int]] = []
 
     def crash_after_two(self, mm, shard, info):
-        if len(written) == 2:
-            raise KeyboardInterrupt  # the run is killed while shard 3 is being recorded
-        written.append(shard)
+        if len(recorded) == 2:
+            raise KeyboardInterrupt
+        recorded.append(list(info["rows"]))
         original(self, mm, shard, info)
 
     monkeypatch.setattr(ShardStore, "mark_done", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
-        extract(model4, gens, **kw)
+        extract(model4, gens, **_SHARDED)
     monkeypatch.setattr(ShardStore, "mark_done", original)
+    return recorded
+
+
+def test_killed_run_resumes_reusing_finished_shards(model4, gens, monkeypatch):
+    kw = _SHARDED
+    reference = extract(model4, gens, cache=False, **kw)
+    _kill_after_two_shards(model4, gens, monkeypatch)
     with Counter(model4) as c:
         resumed = extract(model4, gens, **kw)
     assert resumed.meta["shards"] == 4 and resumed.meta["shards_reused"] == 2
@@ -276,21 +286,9 @@ def test_recorded_rows_lost_at_a_crash_are_recomputed(model4, gens, monkeypatch)
     their record's hash on resume and only that shard is recomputed."""
     from knowlens._cache import cache_root
 
-    kw = dict(layers="all", tokens="all", shard_size=2, batch_size=2, progress=False)
+    kw = _SHARDED
     reference = extract(model4, gens, cache=False, **kw)
-    original = ShardStore.mark_done
-    recorded: list[list[int]] = []
-
-    def crash_after_two(self, mm, shard, info):
-        if len(recorded) == 2:
-            raise KeyboardInterrupt
-        recorded.append(list(info["rows"]))
-        original(self, mm, shard, info)
-
-    monkeypatch.setattr(ShardStore, "mark_done", crash_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        extract(model4, gens, **kw)
-    monkeypatch.setattr(ShardStore, "mark_done", original)
+    recorded = _kill_after_two_shards(model4, gens, monkeypatch)
     (partial,) = (cache_root() / "activations").glob(".partial-*/values.npy")
     mm = np.load(partial, mmap_mode="r+")
     s, e = recorded[1]
