@@ -36,6 +36,7 @@ test-all: setup browser
 bench: setup
 	$(BIN)/python benchmarks/extract.py
 	$(BIN)/python benchmarks/generate.py
+	$(BIN)/python benchmarks/prefix_sharing.py
 	$(BIN)/python benchmarks/generate_extract.py
 	$(BIN)/python benchmarks/estimators.py
 	$(BIN)/python benchmarks/memory.py

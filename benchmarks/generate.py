@@ -6,7 +6,9 @@ Three contenders decode greedily the same chat-templated prompts with the same t
 and the same stop rule (EOS; knowlens with ``stop_on_newline=False``), in one process:
 
 * knowlens: continuous batching over its own KV cache (``batch_size`` slots, a finished row's
-  slot takes the next prompt), recording per-token log-probs and entropies;
+  slot takes the next prompt), prompt prefixes shared by several prompts (here the chat
+  template's system turn and each question's words) run once, recording per-token log-probs
+  and entropies;
 * HF ``generate`` one prompt at a time (no padding);
 * HF ``generate`` at the same batch size: prompts in knowlens' order (longest first), left
   padded (``knowlens.models._batch.pad_batch``), ``batch_size`` per call.
@@ -59,16 +61,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from knowlens.generation import _eos_ids, generate_texts
+    from knowlens.generation import _eos_ids, generate_texts, shared_prefix_lengths
     from knowlens.models import load_model
     from knowlens.models._batch import pad_batch, pad_id
 
     model = load_model(args.model, device="cpu")
     hf, tok = model.model, model.tokenizer
     eos = set(_eos_ids(model))
-    prompts = [
-        QUESTIONS[i % len(QUESTIONS)].format(COUNTRIES[i % len(COUNTRIES)]) for i in range(args.n)
-    ]
+    # distinct prompts (question shifted on each pass over the countries): a repeated prompt
+    # would share all of itself with its twin, flattering knowlens' shared-prefix prefill
+    nq, nc = len(QUESTIONS), len(COUNTRIES)
+    prompts = [QUESTIONS[(i + i // nc) % nq].format(COUNTRIES[i % nc]) for i in range(args.n)]
+    assert len(set(prompts)) == len(prompts), "--n is larger than the distinct prompts"
     enc = [tok(model.format_prompt(p), add_special_tokens=False)["input_ids"] for p in prompts]
     print(
         f"{model.name}: {args.n} prompts ({min(map(len, enc))}-{max(map(len, enc))} tokens), "
@@ -151,6 +155,11 @@ def main() -> None:
         f"batch {args.batch_size}; {n_new} new tokens"
     )
     n_prompt = sum(map(len, enc))
+    shared = shared_prefix_lengths(enc)  # one decode window here (32 <= 8 x batch)
+    fed = sum(len(e) - b for e, b in zip(enc, shared, strict=True)) + sum(
+        len(p) for p in {tuple(e[:b]) for e, b in zip(enc, shared, strict=True) if b}
+    )
+    print(f"knowlens' prefills feed {fed} of the {n_prompt} prompt tokens (shared prefixes once)")
     t_decode = linear_time(hf, args.batch_size) / args.batch_size
     prefill_rows = min(args.n, args.batch_size) * max(map(len, enc))  # a full prefill
     # prompt tokens skip lm_head (both contenders keep only the last position's logits)

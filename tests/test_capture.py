@@ -26,7 +26,7 @@ from knowlens.activations import (
     generate_with_activations,
 )
 from knowlens.errors import KnowlensError
-from knowlens.generation import decode_window, generate
+from knowlens.generation import decode_window, generate, shared_prefix_lengths
 from knowlens.models import handle_from_objects
 from knowlens.tasks import Example, GradeResult
 
@@ -84,6 +84,32 @@ def assert_parity(acts, ref):
     rel = float((np.abs(a - r) / scale).max())
     assert rel < REL_TOL, rel
     return rel
+
+
+def test_rows_behind_a_shared_prefix_equal_teacher_forced_extract(model):
+    """Prompts behind a common header: the decoder runs the header once, the capture takes
+    its positions from that forward (``all`` keeps them, the range check sees them), and the
+    states still equal ``extract``'s; observing changes no number."""
+    header = "Answer the question below in a few words, as briefly and plainly as you can. "
+    task = SpanTask(
+        [dataclasses.replace(e, question=header + e.question) for e in examples(10, "x")]
+    )
+    kw = dict(batch_size=3, cache=False, progress=False)
+    ref_gens = generate(model, task, **kw)
+    assert min(shared_prefix_lengths([g.prompt_ids for g in ref_gens])) >= 16
+    gens, sets = generate_capturing(
+        model, task, [("all", "all"), ("all", "exact_answer"), ("all", "last_prompt")],
+        dtype="float32", **kw,
+    )  # fmt: skip
+    assert sets is not None
+    assert gens.to_frame().equals(ref_gens.to_frame())
+    for acts in sets:
+        ref = extract(
+            model, gens, layers="all", tokens=acts.tokens, dtype="float32", cache=False,
+            progress=False,
+        )  # fmt: skip
+        assert acts.meta["captured_while_generating"] == len(gens)
+        assert_parity(acts, ref)
 
 
 def forward_counter(handle):
@@ -190,7 +216,13 @@ def test_kl_generate_dispatches_on_layers(model):
 
 
 class _StopAfterFirstBatch:
-    def forward_done(self, rows, mask):
+    def forward_done(self, rows, mask, prefixes=None):
+        pass
+
+    def prefix_done(self, prefixes, mask):
+        pass
+
+    def prefixes_dropped(self, prefixes):
         pass
 
     def rows_done(self, rows, gens):
@@ -262,8 +294,8 @@ def test_states_are_kept_for_rows_in_flight_only(model, monkeypatch):
             super().__init__(*a, **k)
             made.append(self)
 
-        def forward_done(self, rows, mask):
-            super().forward_done(rows, mask)
+        def forward_done(self, rows, mask, prefixes=None):
+            super().forward_done(rows, mask, prefixes)
             in_flight.append(len(self._pieces))
 
         def rows_done(self, rows, gens):

@@ -257,6 +257,109 @@ def test_kv_cache_is_trimmed(tiny_model):
     assert all(len(r["answer_ids"]) <= T for r in got)
 
 
+# -- shared prompt prefixes ----------------------------------------------------------------------
+def header_prompts(tok, seed: int = 0) -> list[list[int]]:
+    """Prompts, longest first: two families behind different ~25-token headers (a duplicate,
+    one that is its header plus one token) and some without a shared start."""
+    rng = np.random.default_rng(seed)
+
+    def words(n: int) -> list[int]:
+        return tok(" " + " ".join(rng.choice(WORDS, size=n)), add_special_tokens=False)["input_ids"]
+
+    heads = [words(14), words(16)]
+    out = [heads[i % 2] + words(int(rng.integers(1, 12))) for i in range(14)]
+    out += [list(out[3]), heads[0] + [heads[1][0]]]
+    out += [words(int(rng.integers(3, 20))) for _ in range(5)]
+    assert min(map(len, heads)) > generation._MIN_SHARED
+    return sorted(out, key=len, reverse=True)
+
+
+def fed_prompt_tokens(fwd: Forwards) -> int:
+    """Tokens the prefills and prefix forwards fed (their last width columns' mask)."""
+    return sum(
+        int(c["attention_mask"][:, -c["input_ids"].shape[1] :].sum())
+        for c in fwd.calls
+        if c["prefill"]
+    )
+
+
+def test_shared_prefix_lengths():
+    a, b = list(range(40)), list(range(30)) + [99] * 5
+    got = generation.shared_prefix_lengths([a, b, a[:20], list(a), [7] * 40, [5, 6]])
+    assert got == [39, 30, 19, 39, 0, 0]  # a repeated prompt shares all but its last token
+    assert generation.shared_prefix_lengths([a, b], minimum=31) == [0, 0]
+
+
+@pytest.mark.parametrize("slots", [3, 8])
+def test_shared_prefixes_run_once_and_give_one_at_a_time_tokens(tiny_model, slots):
+    """Prompts behind common headers: each header runs once (the prefills feed the rest of
+    each prompt), and every row's tokens, stop reasons and log-probs equal the prompt decoded
+    alone and HF generate."""
+    tok = tiny_model.tokenizer
+    h = many_eos(eos_handle(tok))
+    prompts = header_prompts(tok)
+    shared = generation.shared_prefix_lengths(prompts)
+    assert sum(b > 0 for b in shared) == 16
+    settings = GenerationSettings(max_new_tokens=9, stop_on_newline=False)
+    fwd = Forwards(h.model)
+    try:
+        got = _decode_batch(h, prompts, settings, slots=slots)
+    finally:
+        fwd.remove()
+    prefixes = {tuple(p[:b]) for p, b in zip(prompts, shared, strict=True) if b}
+    fed = fed_prompt_tokens(fwd)
+    rest = sum(len(p) - b for p, b in zip(prompts, shared, strict=True))
+    assert fed >= sum(map(len, prefixes)) + rest
+    assert fed < sum(map(len, prompts)) * 0.7
+    assert {r["stop_reason"] for r in got} == {"eos", "length"}
+    worst = check_against_one_at_a_time(h, prompts, settings, got, hf=True)
+    assert worst <= LOGP_TOL, worst
+
+
+def test_dropped_prefixes_are_run_again(tiny_model, monkeypatch):
+    """With no room to keep a prefix between prefills, each prefill group runs its prefixes
+    again; the tokens do not change."""
+    tok = tiny_model.tokenizer
+    h = many_eos(eos_handle(tok))
+    prompts = header_prompts(tok, seed=1)
+    settings = GenerationSettings(max_new_tokens=6, stop_on_newline=False)
+    fed = []
+    for budget in (generation._PREFIX_BUDGET, 0):
+        monkeypatch.setattr(generation, "_PREFIX_BUDGET", budget)
+        fwd = Forwards(h.model)
+        try:
+            got = _decode_batch(h, prompts, settings, slots=3)
+        finally:
+            fwd.remove()
+        fed.append(fed_prompt_tokens(fwd))
+        if budget:
+            kept = got
+    again = got
+    assert [r["answer_ids"] for r in again] == [r["answer_ids"] for r in kept]
+    assert fed[1] >= fed[0] + 16  # a header ran again
+    check_against_one_at_a_time(h, prompts, settings, again, hf=False)
+
+
+@pytest.mark.parametrize("window,shares", [(64, True), (12, False)])
+def test_sliding_window_models_share_prefixes_only_within_the_window(tiny_model, window, shares):
+    """Masked columns between a prefix and the rest of a prompt would shorten a sliding
+    window (HF measures it in columns): prefixes are shared only when a row's columns fit in
+    the window, and both ways the tokens equal HF's one-at-a-time generate."""
+    tok = tiny_model.tokenizer
+    h = tiny_gemma(tok, window=window)
+    prompts = header_prompts(tok, seed=2)
+    assert max(map(len, prompts)) + 8 <= 64
+    settings = GenerationSettings(max_new_tokens=8, stop_on_newline=False)
+    fwd = Forwards(h.model)
+    try:
+        got = _decode_batch(h, prompts, settings, slots=4)
+    finally:
+        fwd.remove()
+    assert (fed_prompt_tokens(fwd) < sum(map(len, prompts))) == shares
+    worst = check_against_one_at_a_time(h, prompts, settings, got, hf=True)
+    assert worst <= LOGP_TOL, worst
+
+
 # -- the observer ----------------------------------------------------------------------------------
 class Recorder:
     """A DecodeObserver that rebuilds each row's consumed tokens from the forward's inputs."""
@@ -265,15 +368,32 @@ class Recorder:
         self.fwd, self.seen = fwd, len(fwd.calls)
         self.consumed: dict[int, list[int]] = {}
         self.done: list[tuple[list[int], list[Any], dict[int, int]]] = []
+        self.live: set[tuple[int, ...]] = set()  # shared prefixes a prefill may start from
+        self.prefix_forwards = 0
 
-    def forward_done(self, rows, mask) -> None:
+    def forward_done(self, rows, mask, prefixes=None) -> None:
         assert len(self.fwd.calls) == self.seen + 1  # called right after its forward
         self.seen += 1
         ids = self.fwd.calls[-1]["input_ids"]
         assert mask.shape == ids.shape and len(rows) == ids.shape[0]
         for i, r in enumerate(rows):
+            if prefixes is not None and prefixes[i]:  # fed by a shared prefix's forward
+                assert r not in self.consumed and tuple(prefixes[i]) in self.live
+                self.consumed[r] = list(prefixes[i])
             new = ids[i][mask[i].bool()].tolist()
             self.consumed.setdefault(r, []).extend(new)
+
+    def prefix_done(self, prefixes, mask) -> None:
+        assert len(self.fwd.calls) == self.seen + 1
+        self.seen += 1
+        ids = self.fwd.calls[-1]["input_ids"]
+        for i, p in enumerate(prefixes):
+            assert ids[i][mask[i].bool()].tolist() == list(p)
+            self.live.add(tuple(p))
+        self.prefix_forwards += 1
+
+    def prefixes_dropped(self, prefixes) -> None:
+        self.live -= {tuple(p) for p in prefixes}
 
     def rows_done(self, rows, gens) -> None:
         self.done.append((list(rows), list(gens), {r: len(self.consumed[r]) for r in rows}))
@@ -284,12 +404,12 @@ class Task:
 
     name, version, max_new_tokens = "cb", "1", 7
 
-    def __init__(self, n: int, seed: int = 0) -> None:
+    def __init__(self, n: int, seed: int = 0, header: str = "") -> None:
         rng = np.random.default_rng(seed)
         self.examples = [
             Example(
                 id=f"q{i}",
-                question=" ".join(rng.choice(WORDS, size=int(rng.integers(1, 25)))),
+                question=header + " ".join(rng.choice(WORDS, size=int(rng.integers(1, 25)))),
                 answers=("e",),
             )
             for i in range(n)
@@ -332,6 +452,28 @@ def test_observer_sees_every_position_of_every_row_once_in_order(tiny_model):
             assert counts[r] == len(g.prompt_ids) + len(g.answer_ids)  # all seen by then
     plain = generate_examples(h, task.examples, task.prompt, task.grade, settings)
     assert plain == rows  # the same schedule with or without an observer
+
+
+def test_observer_gets_shared_prefixes_from_their_own_forward(tiny_model):
+    """Prompts behind a common header: the observer sees each header's forward
+    (``prefix_done``), then per row the rest of its prompt (``prefixes`` names what the header
+    fed) and its answer; every prefix it may be handed is live, all are dropped at the end,
+    and the numbers equal a decode without an observer."""
+    h = eos_handle(tiny_model.tokenizer)
+    task = Task(20, seed=4, header="the quick brown fox jumps over the lazy dog " * 3)
+    settings = GenerationSettings(max_new_tokens=6, batch_size=3, stop_on_newline=False, task="cb")
+    fwd = Forwards(h.model)
+    rec = Recorder(fwd)
+    try:
+        rows = generate_examples(h, task.examples, task.prompt, task.grade, settings, observer=rec)
+    finally:
+        fwd.remove()
+    assert rec.seen == len(fwd.calls) and rec.prefix_forwards >= 1
+    for i, g in enumerate(rows):
+        assert rec.consumed[i] == g.prompt_ids + g.answer_ids, g.example_id
+    assert not rec.live
+    plain = generate_examples(h, task.examples, task.prompt, task.grade, settings)
+    assert plain == rows
 
 
 # -- windows: determinism and resume -----------------------------------------------------------

@@ -16,6 +16,10 @@ How a batch is decoded (one KV-cached loop, no ``model.generate``)::
     step 0: one forward over the prompts, logits of the last position only
     step t: one forward over the new token of every unfinished row
 
+A prefix that several prompts share (a chat template's system turn, a few-shot block) is run
+once and its keys / values copied into each row that starts with it; the prefill feeds only
+the rest of each prompt (``shared_prefix_lengths``; tokens unchanged, log-probs move by ulps).
+
 Decoding is pure greedy (argmax of the raw logits; the model's generation_config processors
 such as repetition penalties are deliberately not applied), so it equals HF
 ``generate(do_sample=False)`` token for token. A row stops at an EOS id (tokenizer + model
@@ -33,6 +37,7 @@ for the *generated* ids (re-tokenising the answer with offsets can give differen
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import math
@@ -40,6 +45,7 @@ import numbers
 import os
 import shutil
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -73,7 +79,8 @@ if TYPE_CHECKING:
 # ``user_turn=None`` and ``estimators.user_turn`` recovers the same text from the prompt.
 # 3: continuous batching in windows of decode_window(batch_size) prompts (other batch
 # compositions and paddings move log-probs by ulps; tokens are unchanged).
-GENERATION_VERSION = "3"
+# 4: shared prompt prefixes run once (``shared_prefix_lengths``; ulps again).
+GENERATION_VERSION = "4"
 _log = logging.getLogger("knowlens.generation")
 
 __all__ = [
@@ -406,15 +413,33 @@ class DecodeObserver(Protocol):
     generating (the activations stage installs its hooks and reads them in these calls).
 
     Every prompt and answer token of a row is consumed by exactly one forward: the prompt by a
-    prefill, answer token ``t`` by the decode step after it was chosen. The stop token (EOS /
+    prefill (or its shared prefix by that prefix's forward, ``prefix_done``, and the rest by
+    its prefill), answer token ``t`` by the decode step after it was chosen. The stop token (EOS /
     newline) is never consumed; with an observer the decoder makes one extra forward for rows
     that stop by length, so their last answer token is seen too. Row indices are positions in
     the prompt list handed to ``_decode_batch`` (continuous batching may prefill rows mid-way)."""
 
-    def forward_done(self, rows: Sequence[int], mask: torch.Tensor) -> None:
+    def forward_done(
+        self,
+        rows: Sequence[int],
+        mask: torch.Tensor,
+        prefixes: Sequence[tuple[int, ...]] | None = None,
+    ) -> None:
         """Called right after a forward. Entry ``i`` of that forward continued row ``rows[i]``;
         ``mask`` ``[len(rows), n]`` marks the forward's ``n`` new positions per entry (left
-        padding 0 at a prefill; all ones, ``n = 1``, at a decode step)."""
+        padding 0 at a prefill; all ones, ``n = 1``, at a decode step). At a prefill,
+        ``prefixes[i]`` are the leading prompt tokens of entry ``i`` that a shared prefix's
+        own forward fed (``prefix_done``; () if none); the mask covers the rest."""
+        ...
+
+    def prefix_done(self, prefixes: Sequence[tuple[int, ...]], mask: torch.Tensor) -> None:
+        """Called right after the forward of shared prompt prefixes (entry ``j`` fed
+        ``prefixes[j]``, left-padded; ``mask`` marks its tokens). Rows that start with one
+        of them get its keys / values, and it stays usable until ``prefixes_dropped``."""
+        ...
+
+    def prefixes_dropped(self, prefixes: Sequence[tuple[int, ...]]) -> None:
+        """No later prefill starts from these prefixes (a rerun would ``prefix_done`` again)."""
         ...
 
     def rows_done(self, rows: Sequence[int], gens: Sequence[Generation]) -> None:
@@ -528,6 +553,55 @@ def _decoder_layers(model: Any) -> int:
 _MERGEABLE = {"full_attention", "sliding_attention"}
 
 
+def _sliding_window(model: Any) -> int | None:
+    """The sliding window of a model with sliding-window layers (None: every layer is full)."""
+    cfg: Any = model.config
+    cfg = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+    window = getattr(cfg, "sliding_window", None)
+    types = list(getattr(cfg, "layer_types", None) or [])
+    if window is None or (types and "sliding_attention" not in types):
+        return None
+    return int(window)
+
+
+# Shared prompt prefixes. Prompts of one decode often begin alike (a chat template's system
+# turn, a few-shot block, a jailbreak template): a token's keys and values depend only on the
+# tokens before it, so a prefix several prompts share is run once and its columns are copied
+# into every row that starts with it; the prefill then feeds each row's own tokens only.
+# A shorter prefix would not pay for its own forward (each reads every weight once).
+_MIN_SHARED = 16
+# Prefix columns kept for prompts still waiting (least recently used dropped first).
+_PREFIX_BUDGET = 512 * 2**20
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def shared_prefix_lengths(
+    prompts: Sequence[Sequence[int]], minimum: int | None = None
+) -> list[int]:
+    """Per prompt, how many of its leading tokens another prompt of ``prompts`` shares (the
+    longest such prefix: its common prefix with a neighbour in sorted order; a repeated prompt
+    shares all of itself), at most its length - 1 so that its prefill still feeds a token;
+    0 where that is under ``minimum`` tokens (default ``_MIN_SHARED``)."""
+    minimum = _MIN_SHARED if minimum is None else minimum
+    counts = Counter(tuple(p) for p in prompts)
+    distinct = sorted(counts)
+    common = [_common(a, b) for a, b in itertools.pairwise(distinct)]
+    best: dict[tuple[int, ...], int] = {}
+    for i, s in enumerate(distinct):
+        n = max(common[i - 1] if i else 0, common[i] if i < len(common) else 0)
+        n = min(len(s) if counts[s] > 1 else n, len(s) - 1)
+        best[s] = n if n >= minimum else 0
+    return [best[tuple(p)] for p in prompts]
+
+
 @dataclass
 class _Rows:
     """Rows decoding together: their KV cache (``layers``, one ``SlotLayer`` per model layer,
@@ -585,6 +659,14 @@ class _Decoder:
         self.has_text = torch.zeros(B, dtype=torch.bool, device=dev)
         self.reason = torch.zeros(B, dtype=torch.long, device=dev)  # index into _REASONS
         self.last_tokens: list[_Rows] = []  # length-capped rows whose last token is unconsumed
+        self.shared = shared_prefix_lengths(prompts)
+        self.window = _sliding_window(self.model)
+        self.waiting_on = Counter(
+            tuple(p[:b]) for p, b in zip(prompts, self.shared, strict=True) if b
+        )
+        self.prefix_kv: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, ...]]]
+        self.prefix_kv = OrderedDict()
+        self.fed = 0  # prompt tokens the forwards fed (a shared prefix once)
 
     def _forward(self, rows: _Rows) -> torch.Tensor:
         """One decode step of ``rows`` (each consumes its pending token); their logits."""
@@ -648,32 +730,118 @@ class _Decoder:
 
     def prefill(self, idx: list[int]) -> tuple[_Rows, list[int]]:
         """Prefill prompts ``idx`` together (left-padded; similar lengths, as the waiting list
-        is sorted) and choose their first tokens; the rows and the entries that continue."""
+        is sorted) and choose their first tokens; the rows and the entries that continue.
+
+        A row whose prompt starts with a shared prefix gets that prefix's keys / values
+        right-aligned in the first ``P`` columns and the forward feeds only the rest of its
+        prompt (left-padded after the prefix: masked columns between the two, harmless as
+        positions are explicit). Sliding-window layers see column distances as token
+        distances, so a group whose rows would span more columns than the window is fed
+        whole."""
+        shared = [self.shared[i] for i in idx]
+        keys = [tuple(self.prompts[i][:b]) for i, b in zip(idx, shared, strict=True)]
+        for key, b in zip(keys, shared, strict=True):
+            if b:
+                self.waiting_on[key] -= 1
+        rest = [len(self.prompts[i]) - b for i, b in zip(idx, shared, strict=True)]
+        P = max(shared)
+        if P and self.window is not None and P + max(rest) + self.T > self.window:
+            shared, keys, P = [0] * len(idx), [()] * len(idx), 0
         ids, mask, pos = (
-            t.to(self.dev) for t in pad_batch([self.prompts[i] for i in idx], self.pad)
+            t.to(self.dev)
+            for t in pad_batch(
+                [self.prompts[i][b:] for i, b in zip(idx, shared, strict=True)], self.pad
+            )
         )
+        R, S = ids.shape
+        full = torch.ones((R, P + S + self.T), dtype=mask.dtype, device=self.dev)
+        full[:, P : P + S] = mask
         layers = [self.SlotLayer(self.T) for _ in range(self.n_layers)]
+        if P:
+            pos = pos + torch.tensor(shared, device=self.dev)[:, None]
+            full[:, :P] = 0
+            for r, b in enumerate(shared):
+                full[r, P - b : P] = 1
+            self._place_prefixes(layers, keys, P, P + S + self.T)
+        self.fed += int(mask.sum())
         out = self.model(
             input_ids=ids,
-            attention_mask=mask,
+            attention_mask=full[:, : P + S],
             position_ids=pos,
             use_cache=True,
             logits_to_keep=1,
             **{self.kv: self.Cache(layers=layers)},
         )
         if self.observer is not None:
-            self.observer.forward_done(list(idx), mask)
-        last, K, P = out.logits[:, -1], self.K, ids.shape[1]
+            self.observer.forward_done(list(idx), mask, keys)
+        self._drop_prefixes()
+        last, K = out.logits[:, -1], self.K
         src = [b for b in range(len(idx)) for _ in range(K)]
-        full = torch.ones((len(idx), P + self.T), dtype=mask.dtype, device=self.dev)
-        full[:, :P] = mask
         nxt = pos[:, -1:] + 1
         if K > 1:  # one prefill per prompt, K continuations of it
             last, nxt = last[src], nxt[src]
         rows = [i * K + j for i in idx for j in range(K)]
         tok, codes = self.choose(last, rows)
-        group = _Rows(layers, full, P, nxt, tok, rows, src if K > 1 else None)
+        group = _Rows(layers, full, P + S, nxt, tok, rows, src if K > 1 else None)
         return group, self.settle(group, codes)
+
+    def _place_prefixes(
+        self, layers: list[Any], keys: list[tuple[int, ...]], P: int, capacity: int
+    ) -> None:
+        """Write the prefixes ``keys`` (one per row, () for none) into new ``layers`` of
+        ``capacity`` columns, right-aligned in the first ``P``; prefixes not kept from an
+        earlier prefill are run first, together, in one forward."""
+        need = sorted({k for k in keys if k and k not in self.prefix_kv}, key=len, reverse=True)
+        if need:
+            ids, mask, pos = (t.to(self.dev) for t in pad_batch(need, self.pad))
+            own = [self.SlotLayer(0) for _ in range(self.n_layers)]
+            self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self.kv: self.Cache(layers=own)},
+            )
+            if self.observer is not None:
+                self.observer.prefix_done(need, mask)
+            self.fed += int(mask.sum())
+            W = ids.shape[1]
+            for j, k in enumerate(need):
+                self.prefix_kv[k] = [
+                    (lay.kbuf[j : j + 1, :, W - len(k) : W].clone(),
+                     lay.vbuf[j : j + 1, :, W - len(k) : W].clone())
+                    for lay in own
+                ]  # fmt: skip
+        rows_of: dict[tuple[int, ...], list[int]] = {}
+        for r, k in enumerate(keys):
+            if k:
+                rows_of.setdefault(k, []).append(r)
+                self.prefix_kv.move_to_end(k)
+        for i, layer in enumerate(layers):
+            k0, v0 = self.prefix_kv[next(iter(rows_of))][i]
+            kb = k0.new_zeros((len(keys), k0.shape[1], capacity, k0.shape[3]))
+            vb = v0.new_zeros((len(keys), v0.shape[1], capacity, v0.shape[3]))
+            for k, rows in rows_of.items():
+                at = torch.tensor(rows, device=self.dev)
+                kp, vp = self.prefix_kv[k][i]
+                kb[at, :, P - len(k) : P] = kp
+                vb[at, :, P - len(k) : P] = vp
+            layer.set(kb, vb, P)
+
+    def _drop_prefixes(self) -> None:
+        """Forget prefixes no waiting prompt starts with, then the least recently used ones
+        beyond ``_PREFIX_BUDGET`` bytes (a prompt whose prefix was dropped runs it again)."""
+        gone = [k for k in self.prefix_kv if self.waiting_on[k] <= 0]
+        for k in gone:
+            del self.prefix_kv[k]
+        size = sum(t.nbytes for kv in self.prefix_kv.values() for pair in kv for t in pair)
+        while self.prefix_kv and size > _PREFIX_BUDGET:
+            k, kv = self.prefix_kv.popitem(last=False)
+            size -= sum(t.nbytes for pair in kv for t in pair)
+            gone.append(k)
+        if gone and self.observer is not None:
+            self.observer.prefixes_dropped(gone)
 
     def assemble(self, parts: list[tuple[_Rows, list[int]]]) -> _Rows:
         """New rows from ``parts`` (rows, entries kept), in order: keys / values right-aligned,
@@ -781,6 +949,11 @@ class _Decoder:
             state.tok = tok
             keep = self.settle(state, codes)
         self.flush()
+        _log.debug(
+            "prefills fed %d of %d prompt tokens (shared prefixes run once)",
+            self.fed,
+            sum(map(len, self.prompts)),
+        )
         return self.results()
 
     def results(self) -> list[dict[str, Any]]:
@@ -916,8 +1089,19 @@ class _Renumbered:
     def __init__(self, observer: DecodeObserver, index: Sequence[int]) -> None:
         self.observer, self.index = observer, list(index)
 
-    def forward_done(self, rows: Sequence[int], mask: torch.Tensor) -> None:
-        self.observer.forward_done([self.index[r] for r in rows], mask)
+    def forward_done(
+        self,
+        rows: Sequence[int],
+        mask: torch.Tensor,
+        prefixes: Sequence[tuple[int, ...]] | None = None,
+    ) -> None:
+        self.observer.forward_done([self.index[r] for r in rows], mask, prefixes)
+
+    def prefix_done(self, prefixes: Sequence[tuple[int, ...]], mask: torch.Tensor) -> None:
+        self.observer.prefix_done(prefixes, mask)
+
+    def prefixes_dropped(self, prefixes: Sequence[tuple[int, ...]]) -> None:
+        self.observer.prefixes_dropped(prefixes)
 
     def rows_done(self, rows: Sequence[int], gens: Sequence[Generation]) -> None:
         self.observer.rows_done([self.index[r] for r in rows], gens)

@@ -10,9 +10,10 @@ reads those forwards through the same hook points as ``extract`` (``Trace`` on
 ``hook_points``: block inputs / outputs, the final norm for ``n_layers``), keeps per row only
 the positions a selector can still need (``last_prompt``: the last prompt token; ``last`` and
 the exact-answer selectors: the last prompt token and the answer; ``all``: the first
-``max_positions``), and once ``generate_examples`` has graded the row (so its exact-answer
-span is known) selects with ``extract``'s own ``selected_positions``, writes the row to a
-spool and frees its states. Memory holds the rows in flight only; the spool is a memmap under
+``max_positions``; a prompt prefix that the decoder shares between rows comes from that
+prefix's own forward, ``prefix_done``), and once ``generate_examples`` has graded the row
+(so its exact-answer span is known) selects with ``extract``'s own ``selected_positions``,
+writes the row to a spool and frees its states. Memory holds the rows in flight only; the spool is a memmap under
 the cache (an array with ``cache=False``).
 
 When the decode is done the spool becomes exactly the entry ``extract`` would write for these
@@ -164,6 +165,8 @@ class HiddenStateCapture:
         self._answer = any(r.tokens in _ANSWER_SELECTORS for r in requests)
         self._last_prompt = any(r.tokens == "last_prompt" for r in requests)
         self._buf: list[torch.Tensor | None] = [None] * len(self.points)
+        # kept positions of shared prompt prefixes (``all`` requests), by prefix tokens
+        self._prefix: dict[tuple[int, ...], tuple[np.ndarray, torch.Tensor]] = {}
         self._consumed: dict[int, int] = {}
         self._pieces: dict[int, list[tuple[np.ndarray, torch.Tensor]]] = {}
         self._track = track_range
@@ -196,18 +199,16 @@ class HiddenStateCapture:
         return keep
 
     # -- DecodeObserver ---------------------------------------------------------------------
-    def forward_done(self, rows: Sequence[int], mask: torch.Tensor) -> None:
-        t0 = time.perf_counter()
+    def _states(self, rows: int, width: int) -> list[torch.Tensor]:
         hs, self._buf = self._buf, [None] * len(self.points)
-        rows = [int(r) for r in rows]
-        shape = (len(rows), int(mask.shape[1]))
-        if any(h is None or tuple(h.shape[:2]) != shape for h in hs):
+        if any(h is None or tuple(h.shape[:2]) != (rows, width) for h in hs):
             raise RuntimeError(
                 "HiddenStateCapture: a forward_done without matching hook outputs; install "
                 "the hooks around the decode (`with capture.hooks(): ...`)"
             )
-        states = [h for h in hs if h is not None]
-        m = mask.to(torch.bool)
+        return [h for h in hs if h is not None]
+
+    def _track_range(self, states: list[torch.Tensor], m: torch.Tensor) -> None:
         if self._track:  # max |x| per position first: no full-size temporaries
             dense = bool(m.all())
             peaks = []
@@ -216,6 +217,48 @@ class HiddenStateCapture:
                 peaks.append(a.amax() if dense else a[m].amax())
             peak = torch.stack(peaks).amax().float()
             self._max = peak if self._max is None else torch.maximum(self._max, peak)
+
+    @staticmethod
+    def _gather(states: list[torch.Tensor], flat: list[int]) -> torch.Tensor:
+        """``(k, layers, d)`` states at flat ``entry * width + column`` indices."""
+        at = torch.tensor(flat, device=states[0].device)
+        # index_select beats advanced indexing on CPU
+        return torch.stack([h.reshape(-1, h.shape[-1]).index_select(0, at) for h in states], 1)
+
+    def prefix_done(self, prefixes: Sequence[tuple[int, ...]], mask: torch.Tensor) -> None:
+        """A shared prefix's positions are the same in every row that starts with it: its
+        range is tracked once, and the first positions an ``all`` request keeps are held for
+        those rows until ``prefixes_dropped``."""
+        t0 = time.perf_counter()
+        width = int(mask.shape[1])
+        states = self._states(len(prefixes), width)
+        m = mask.to(torch.bool)
+        self._track_range(states, m)
+        if self._all_below:
+            m_np = m.cpu().numpy()
+            for j, key in enumerate(prefixes):
+                where = np.flatnonzero(m_np[j])[: self._all_below]
+                self._prefix[key] = (
+                    np.arange(len(where)),
+                    self._gather(states, (j * width + where).tolist()),
+                )
+        self.seconds += time.perf_counter() - t0
+
+    def prefixes_dropped(self, prefixes: Sequence[tuple[int, ...]]) -> None:
+        for key in prefixes:
+            self._prefix.pop(key, None)
+
+    def forward_done(
+        self,
+        rows: Sequence[int],
+        mask: torch.Tensor,
+        prefixes: Sequence[tuple[int, ...]] | None = None,
+    ) -> None:
+        t0 = time.perf_counter()
+        rows = [int(r) for r in rows]
+        states = self._states(len(rows), int(mask.shape[1]))
+        m = mask.to(torch.bool)
+        self._track_range(states, m)
         m_np = m.cpu().numpy()
         ents: list[int] = []
         cols: list[int] = []
@@ -223,10 +266,15 @@ class HiddenStateCapture:
         for i, r in enumerate(rows):
             where = np.flatnonzero(m_np[i])
             start = self._consumed.get(r, 0)
-            if start == 0 and len(where) != self.prompt_lens[r]:
+            if r not in self._consumed and prefixes is not None and prefixes[i]:
+                start = len(prefixes[i])  # fed by the prefix's forward (prefix_done)
+                if prefixes[i] in self._prefix:
+                    self._pieces.setdefault(r, []).append(self._prefix[prefixes[i]])
+            if r not in self._consumed and start + len(where) != self.prompt_lens[r]:
                 raise RuntimeError(
-                    f"HiddenStateCapture: row {r}'s first forward fed {len(where)} tokens, its "
-                    f"prompt has {self.prompt_lens[r]} (the decoder must prefill whole prompts)"
+                    f"HiddenStateCapture: row {r}'s first forward fed {len(where)} tokens after "
+                    f"a shared prefix of {start}, its prompt has {self.prompt_lens[r]} (the "
+                    "decoder must prefill whole prompts)"
                 )
             pos = start + np.arange(len(where))
             self._consumed[r] = start + len(where)
@@ -236,13 +284,8 @@ class HiddenStateCapture:
                 cols.extend(where[keep].tolist())
                 owners.append((r, pos[keep]))
         if owners:
-            dev, width = states[0].device, int(mask.shape[1])
-            flat = torch.tensor(
-                [e * width + c for e, c in zip(ents, cols, strict=True)], device=dev
-            )
-            kept = torch.stack(  # (k, layers, d); index_select beats advanced indexing on CPU
-                [h.reshape(-1, h.shape[-1]).index_select(0, flat) for h in states], dim=1
-            )
+            width = int(mask.shape[1])
+            kept = self._gather(states, [e * width + c for e, c in zip(ents, cols, strict=True)])
             at = 0
             for r, pos in owners:  # views of one small tensor per forward, no copies
                 self._pieces.setdefault(r, []).append((pos, kept[at : at + len(pos)]))
