@@ -26,18 +26,18 @@ hit if it ran before); rows reused from a resume record had no forward and are t
 by ``extract_batch``.
 
 Parity with a separate teacher-forced ``extract`` (float32 storage; KV-cached incremental
-attention over left-padded batches is not bit-identical to one right-padded full pass).
-Measured by ``benchmarks/generate_extract.py --parity`` on 24 ``capitals`` answers as
-max |captured - extract| divided by the largest |value| of that layer, worst layer of
-``layers="all"`` (tests hold tiny < 1e-6, embedded < 2e-5)::
+attention over left-padded batches, shared prompt prefixes run apart, is not bit-identical
+to one right-padded full pass). Measured by ``benchmarks/generate_extract.py --parity`` on
+24 ``capitals`` answers as max |captured - extract| divided by the largest |value| of that
+layer, worst layer of ``layers="all"`` (tests hold tiny < 1e-6, embedded < 2e-5)::
 
     selector              tiny Llama (4 layers)   SmolLM2-135M   Gemma 3 270M
-    last_prompt           1.5e-7                  5.6e-7         1.5e-6
-    last                  1.7e-7                  1.1e-6         9.8e-7
-    exact_answer          1.3e-7                  2.5e-6         8.3e-7
-    exact_answer_first    2.0e-7                  1.2e-6         2.0e-6
-    exact_answer_mean     1.8e-7                  1.1e-6         8.8e-7
-    all                   2.7e-7                  1.4e-6         1.6e-6
+    last_prompt           1.5e-7                  8.4e-7         1.5e-6
+    last                  1.7e-7                  1.4e-6         9.3e-7
+    exact_answer          1.7e-7                  2.7e-6         8.3e-7
+    exact_answer_first    2.0e-7                  1.1e-6         1.8e-6
+    exact_answer_mean     1.9e-7                  1.1e-6         9.4e-7
+    all                   2.0e-7                  3.8e-6         1.6e-6
 
 In float16 storage (``auto``'s usual choice) the paths differ by at most 1 ulp, where a value
 sits on a rounding boundary.
