@@ -59,7 +59,7 @@ def test_query_estimators_through_reads_equal_their_own_passes(tiny_model, forwa
     zsc_alone = ZeroShotClassifier(model=tiny_model, batch_size=3, progress=False).fit()
     pt_alone = PTrue(model=tiny_model, batch_size=3, progress=False).fit()
     p_zsc, p_pt = zsc_alone.predict_proba(gens), pt_alone.predict_proba(gens)
-    assert forwards.rows == 7 + 14
+    alone = forwards.rows  # 7 + 14 queries and the prompt prefixes they share, run once
 
     reads = QueryReads()
     zsc = ZeroShotClassifier(model=tiny_model, batch_size=3, progress=False, reads=reads).fit()
@@ -68,11 +68,12 @@ def test_query_estimators_through_reads_equal_their_own_passes(tiny_model, forwa
     # all queries new, same length order and batch size: the same batches, bit for bit
     np.testing.assert_array_equal(zsc.predict_proba(gens), p_zsc)
     np.testing.assert_array_equal(pt.predict_proba(gens), p_pt)
-    assert forwards.rows - before == reads.rows_run == 7 + 14
+    assert reads.rows_run == 7 + 14 and reads.prefixes_run > 0
+    assert forwards.rows - before == reads.rows_run + reads.prefixes_run == alone
     # asked again (a second score of the same answers): no forward
     np.testing.assert_array_equal(zsc.predict_proba(gens), p_zsc)
     np.testing.assert_array_equal(pt.predict_proba(gens), p_pt)
-    assert forwards.rows - before == 21
+    assert forwards.rows - before == alone
     # reads are no setting: same key and saved parameters as without
     assert zsc.cache_key() == zsc_alone.cache_key()
     assert "reads" not in zsc._json_params()
@@ -204,8 +205,25 @@ def test_reads_refuse_a_model_with_adapters(tiny_model):
     )
 
 
+@pytest.fixture
+def prefix_rows(monkeypatch):
+    """Rows of the shared-prompt-prefix forwards (``SharedPrefixes``), per call."""
+    from knowlens import generation
+
+    seen: list[int] = []
+    place = generation.SharedPrefixes._place
+
+    def counted(self, *a, **k):
+        before = self.prefixes_run
+        place(self, *a, **k)
+        seen.append(self.prefixes_run - before)
+
+    monkeypatch.setattr(generation.SharedPrefixes, "_place", counted)
+    return seen
+
+
 def test_bench_shares_one_pass_between_zero_shot_probe_and_lora_prompt(
-    tiny_model, tiny_model_dir, tmp_path, forwards
+    tiny_model, tiny_model_dir, tmp_path, forwards, prefix_rows
 ):
     from knowlens.experiments import RunContext
     from knowlens.experiments._estimators import EstimatorBench, TrainSettings
@@ -221,17 +239,20 @@ def test_bench_shares_one_pass_between_zero_shot_probe_and_lora_prompt(
     def stage(share, use_cache=False):
         ctx = RunContext(run_dir=tmp_path, cfg=Config(models=["tiny"]), seed=0, use_cache=use_cache)
         bench = EstimatorBench(ctx, settings, 0, share_reads=share)
-        start = forwards.rows
+        start, start_prefixes = forwards.rows, sum(prefix_rows)
         scores = {}
         for name in names:
             fitted = bench.fit(name, tiny_model, train)
             scores[name] = bench.score(fitted, ev)
-        return scores, forwards.rows - start, ctx
+        prefixes = sum(prefix_rows) - start_prefixes  # shared prompt prefixes, run once
+        assert use_cache or prefixes > 0
+        return scores, forwards.rows - start - prefixes, ctx
 
     alone, rows_alone, _ = stage(False)
     shared, rows_shared, ctx = stage(True)
     for name in names:
         np.testing.assert_allclose(shared[name], alone[name], rtol=0, atol=1e-5)
+    # rows of the queries' own passes (their shared prompt prefixes not counted)
     # alone: ZSC eval 6, probe train + eval (identical queries once), LP 3 steps x 4 adapted
     # + its frozen reads, LP eval 6
     q_train, q_ev = set(zsc_queries(tiny_model, train)), set(zsc_queries(tiny_model, ev))

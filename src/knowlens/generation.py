@@ -93,6 +93,7 @@ __all__ = [
     "Sample",
     "SampleSet",
     "SampleSettings",
+    "SharedPrefixes",
     "TokenChooser",
     "TokenSampler",
     "char_span_to_token_span",
@@ -108,6 +109,7 @@ __all__ = [
     "sample_items",
     "sample_plan",
     "sample_seed",
+    "shared_prefix_lengths",
     "top_p_filter",
 ]
 
@@ -602,6 +604,156 @@ def shared_prefix_lengths(
     return [best[tuple(p)] for p in prompts]
 
 
+class SharedPrefixes:
+    """Forwards over token sequences whose shared prefixes run once (``shared_prefix_lengths``;
+    ``cap[i]``: sequence ``i`` keeps at least its tokens from ``cap[i]`` on for its own
+    forward, e.g. positions whose states are read). The decoder's prefills and the query
+    readers use it alike.
+
+    ``forward(idx)`` runs sequences ``idx`` together: the prefixes they need and this object
+    does not hold yet run first (one batched, left-padded forward), each row gets its
+    prefix's keys / values right-aligned in the first ``P`` columns of new ``SlotLayer``
+    buffers, and the forward feeds the rest of each sequence, left-padded after the prefix
+    (masked columns between the two; positions are explicit). A prefix is kept while a
+    sequence not yet run starts with it (least recently used dropped beyond
+    ``_PREFIX_BUDGET`` bytes, run again if needed). Sliding-window layers measure their
+    window in columns, so a group whose rows would span more columns than the window
+    (``headroom``: columns still to come, the answer) is fed whole. ``observer`` (a
+    ``DecodeObserver``) is told about prefix forwards and drops."""
+
+    def __init__(
+        self,
+        handle: Any,
+        seqs: Sequence[Sequence[int]],
+        *,
+        cap: Sequence[int] | None = None,
+        observer: DecodeObserver | None = None,
+    ) -> None:
+        self.model, self.dev, self.observer = handle.model, handle.device, observer
+        self.seqs = [list(q) for q in seqs]
+        self.pad, self.kv = pad_id(handle.tokenizer), cache_kwarg(self.model)
+        self.n_layers = _decoder_layers(self.model)
+        self.SlotLayer, self.Cache = _slot_cache_classes()
+        self.window = _sliding_window(self.model)
+        lengths = shared_prefix_lengths(self.seqs)
+        if cap is not None:
+            lengths = [min(b, int(c)) for b, c in zip(lengths, cap, strict=True)]
+            lengths = [b if b >= _MIN_SHARED else 0 for b in lengths]
+        self.lengths = lengths
+        self.waiting_on = Counter(
+            tuple(q[:b]) for q, b in zip(self.seqs, lengths, strict=True) if b
+        )
+        self.kv_of: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, ...]]] = OrderedDict()
+        self.fed = 0  # tokens the forwards fed (a shared prefix once)
+        self.prefixes_run = 0  # prefix sequences run (a dropped one again)
+
+    def forward(
+        self, idx: Sequence[int], *, headroom: int = 0, **kwargs: Any
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, list[Any], torch.Tensor]:
+        """One forward over sequences ``idx`` (their shared prefixes held or run first).
+        Returns the model output, the fed tokens' ``mask`` ``[rows, S]`` and ``pos``, the
+        KV-cache layers (``P + S`` columns used, ``headroom`` free) and the attention mask of
+        all ``P + S + headroom`` columns; ``kwargs`` go to the model (default
+        ``logits_to_keep=1``)."""
+        shared = [self.lengths[i] for i in idx]
+        keys = [tuple(self.seqs[i][:b]) for i, b in zip(idx, shared, strict=True)]
+        for key, b in zip(keys, shared, strict=True):
+            if b:
+                self.waiting_on[key] -= 1
+        rest = [len(self.seqs[i]) - b for i, b in zip(idx, shared, strict=True)]
+        P = max(shared, default=0)
+        if P and self.window is not None and P + max(rest) + headroom > self.window:
+            shared, keys, P = [0] * len(idx), [()] * len(idx), 0
+        ids, mask, pos = (
+            t.to(self.dev)
+            for t in pad_batch(
+                [self.seqs[i][b:] for i, b in zip(idx, shared, strict=True)], self.pad
+            )
+        )
+        R, S = ids.shape
+        full = torch.ones((R, P + S + headroom), dtype=mask.dtype, device=self.dev)
+        full[:, P : P + S] = mask
+        layers = [self.SlotLayer(headroom) for _ in range(self.n_layers)]
+        if P:
+            pos = pos + torch.tensor(shared, device=self.dev)[:, None]
+            full[:, :P] = 0
+            for r, b in enumerate(shared):
+                full[r, P - b : P] = 1
+            self._place(layers, keys, P, P + S + headroom)
+        self.fed += int(mask.sum())
+        kwargs.setdefault("logits_to_keep", 1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=full[:, : P + S],
+            position_ids=pos,
+            use_cache=True,
+            **kwargs,
+            **{self.kv: self.Cache(layers=layers)},
+        )
+        if self.observer is not None:
+            self.observer.forward_done(list(idx), mask, keys)
+        self._drop()
+        return out, mask, pos, layers, full
+
+    def _place(self, layers: list[Any], keys: list[tuple[int, ...]], P: int, capacity: int) -> None:
+        """Write the prefixes ``keys`` (one per row, () for none) into new ``layers`` of
+        ``capacity`` columns, right-aligned in the first ``P``; prefixes not held yet are run
+        first, together, in one forward."""
+        need = sorted({k for k in keys if k and k not in self.kv_of}, key=len, reverse=True)
+        if need:
+            ids, mask, pos = (t.to(self.dev) for t in pad_batch(need, self.pad))
+            own = [self.SlotLayer(0) for _ in range(self.n_layers)]
+            self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self.kv: self.Cache(layers=own)},
+            )
+            if self.observer is not None:
+                self.observer.prefix_done(need, mask)
+            self.fed += int(mask.sum())
+            self.prefixes_run += len(need)
+            W = ids.shape[1]
+            for j, k in enumerate(need):
+                self.kv_of[k] = [
+                    (lay.kbuf[j : j + 1, :, W - len(k) : W].clone(),
+                     lay.vbuf[j : j + 1, :, W - len(k) : W].clone())
+                    for lay in own
+                ]  # fmt: skip
+        rows_of: dict[tuple[int, ...], list[int]] = {}
+        for r, k in enumerate(keys):
+            if k:
+                rows_of.setdefault(k, []).append(r)
+                self.kv_of.move_to_end(k)
+        for i, layer in enumerate(layers):
+            k0, v0 = self.kv_of[next(iter(rows_of))][i]
+            kb = k0.new_zeros((len(keys), k0.shape[1], capacity, k0.shape[3]))
+            vb = v0.new_zeros((len(keys), v0.shape[1], capacity, v0.shape[3]))
+            for k, rows in rows_of.items():
+                at = torch.tensor(rows, device=self.dev)
+                kp, vp = self.kv_of[k][i]
+                kb[at, :, P - len(k) : P] = kp
+                vb[at, :, P - len(k) : P] = vp
+            layer.set(kb, vb, P)
+
+    def _drop(self) -> None:
+        """Forget prefixes no sequence still to run starts with, then the least recently used
+        ones beyond ``_PREFIX_BUDGET`` bytes (a sequence whose prefix was dropped runs it
+        again)."""
+        gone = [k for k in self.kv_of if self.waiting_on[k] <= 0]
+        for k in gone:
+            del self.kv_of[k]
+        size = sum(t.nbytes for kv in self.kv_of.values() for pair in kv for t in pair)
+        while self.kv_of and size > _PREFIX_BUDGET:
+            k, kv = self.kv_of.popitem(last=False)
+            size -= sum(t.nbytes for pair in kv for t in pair)
+            gone.append(k)
+        if gone and self.observer is not None:
+            self.observer.prefixes_dropped(gone)
+
+
 @dataclass
 class _Rows:
     """Rows decoding together: their KV cache (``layers``, one ``SlotLayer`` per model layer,
@@ -659,14 +811,7 @@ class _Decoder:
         self.has_text = torch.zeros(B, dtype=torch.bool, device=dev)
         self.reason = torch.zeros(B, dtype=torch.long, device=dev)  # index into _REASONS
         self.last_tokens: list[_Rows] = []  # length-capped rows whose last token is unconsumed
-        self.shared = shared_prefix_lengths(prompts)
-        self.window = _sliding_window(self.model)
-        self.waiting_on = Counter(
-            tuple(p[:b]) for p, b in zip(prompts, self.shared, strict=True) if b
-        )
-        self.prefix_kv: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, ...]]]
-        self.prefix_kv = OrderedDict()
-        self.fed = 0  # prompt tokens the forwards fed (a shared prefix once)
+        self.prefixes = SharedPrefixes(handle, prompts, observer=observer)
 
     def _forward(self, rows: _Rows) -> torch.Tensor:
         """One decode step of ``rows`` (each consumes its pending token); their logits."""
@@ -731,50 +876,9 @@ class _Decoder:
     def prefill(self, idx: list[int]) -> tuple[_Rows, list[int]]:
         """Prefill prompts ``idx`` together (left-padded; similar lengths, as the waiting list
         is sorted) and choose their first tokens; the rows and the entries that continue.
-
-        A row whose prompt starts with a shared prefix gets that prefix's keys / values
-        right-aligned in the first ``P`` columns and the forward feeds only the rest of its
-        prompt (left-padded after the prefix: masked columns between the two, harmless as
-        positions are explicit). Sliding-window layers see column distances as token
-        distances, so a group whose rows would span more columns than the window is fed
-        whole."""
-        shared = [self.shared[i] for i in idx]
-        keys = [tuple(self.prompts[i][:b]) for i, b in zip(idx, shared, strict=True)]
-        for key, b in zip(keys, shared, strict=True):
-            if b:
-                self.waiting_on[key] -= 1
-        rest = [len(self.prompts[i]) - b for i, b in zip(idx, shared, strict=True)]
-        P = max(shared)
-        if P and self.window is not None and P + max(rest) + self.T > self.window:
-            shared, keys, P = [0] * len(idx), [()] * len(idx), 0
-        ids, mask, pos = (
-            t.to(self.dev)
-            for t in pad_batch(
-                [self.prompts[i][b:] for i, b in zip(idx, shared, strict=True)], self.pad
-            )
-        )
-        R, S = ids.shape
-        full = torch.ones((R, P + S + self.T), dtype=mask.dtype, device=self.dev)
-        full[:, P : P + S] = mask
-        layers = [self.SlotLayer(self.T) for _ in range(self.n_layers)]
-        if P:
-            pos = pos + torch.tensor(shared, device=self.dev)[:, None]
-            full[:, :P] = 0
-            for r, b in enumerate(shared):
-                full[r, P - b : P] = 1
-            self._place_prefixes(layers, keys, P, P + S + self.T)
-        self.fed += int(mask.sum())
-        out = self.model(
-            input_ids=ids,
-            attention_mask=full[:, : P + S],
-            position_ids=pos,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self.kv: self.Cache(layers=layers)},
-        )
-        if self.observer is not None:
-            self.observer.forward_done(list(idx), mask, keys)
-        self._drop_prefixes()
+        Shared prompt prefixes come from ``SharedPrefixes`` (run once per window)."""
+        out, _, pos, layers, full = self.prefixes.forward(idx, headroom=self.T)
+        P_S = full.shape[1] - self.T  # prefix columns + the fed width
         last, K = out.logits[:, -1], self.K
         src = [b for b in range(len(idx)) for _ in range(K)]
         nxt = pos[:, -1:] + 1
@@ -782,66 +886,8 @@ class _Decoder:
             last, nxt = last[src], nxt[src]
         rows = [i * K + j for i in idx for j in range(K)]
         tok, codes = self.choose(last, rows)
-        group = _Rows(layers, full, P + S, nxt, tok, rows, src if K > 1 else None)
+        group = _Rows(layers, full, P_S, nxt, tok, rows, src if K > 1 else None)
         return group, self.settle(group, codes)
-
-    def _place_prefixes(
-        self, layers: list[Any], keys: list[tuple[int, ...]], P: int, capacity: int
-    ) -> None:
-        """Write the prefixes ``keys`` (one per row, () for none) into new ``layers`` of
-        ``capacity`` columns, right-aligned in the first ``P``; prefixes not kept from an
-        earlier prefill are run first, together, in one forward."""
-        need = sorted({k for k in keys if k and k not in self.prefix_kv}, key=len, reverse=True)
-        if need:
-            ids, mask, pos = (t.to(self.dev) for t in pad_batch(need, self.pad))
-            own = [self.SlotLayer(0) for _ in range(self.n_layers)]
-            self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=pos,
-                use_cache=True,
-                logits_to_keep=1,
-                **{self.kv: self.Cache(layers=own)},
-            )
-            if self.observer is not None:
-                self.observer.prefix_done(need, mask)
-            self.fed += int(mask.sum())
-            W = ids.shape[1]
-            for j, k in enumerate(need):
-                self.prefix_kv[k] = [
-                    (lay.kbuf[j : j + 1, :, W - len(k) : W].clone(),
-                     lay.vbuf[j : j + 1, :, W - len(k) : W].clone())
-                    for lay in own
-                ]  # fmt: skip
-        rows_of: dict[tuple[int, ...], list[int]] = {}
-        for r, k in enumerate(keys):
-            if k:
-                rows_of.setdefault(k, []).append(r)
-                self.prefix_kv.move_to_end(k)
-        for i, layer in enumerate(layers):
-            k0, v0 = self.prefix_kv[next(iter(rows_of))][i]
-            kb = k0.new_zeros((len(keys), k0.shape[1], capacity, k0.shape[3]))
-            vb = v0.new_zeros((len(keys), v0.shape[1], capacity, v0.shape[3]))
-            for k, rows in rows_of.items():
-                at = torch.tensor(rows, device=self.dev)
-                kp, vp = self.prefix_kv[k][i]
-                kb[at, :, P - len(k) : P] = kp
-                vb[at, :, P - len(k) : P] = vp
-            layer.set(kb, vb, P)
-
-    def _drop_prefixes(self) -> None:
-        """Forget prefixes no waiting prompt starts with, then the least recently used ones
-        beyond ``_PREFIX_BUDGET`` bytes (a prompt whose prefix was dropped runs it again)."""
-        gone = [k for k in self.prefix_kv if self.waiting_on[k] <= 0]
-        for k in gone:
-            del self.prefix_kv[k]
-        size = sum(t.nbytes for kv in self.prefix_kv.values() for pair in kv for t in pair)
-        while self.prefix_kv and size > _PREFIX_BUDGET:
-            k, kv = self.prefix_kv.popitem(last=False)
-            size -= sum(t.nbytes for pair in kv for t in pair)
-            gone.append(k)
-        if gone and self.observer is not None:
-            self.observer.prefixes_dropped(gone)
 
     def assemble(self, parts: list[tuple[_Rows, list[int]]]) -> _Rows:
         """New rows from ``parts`` (rows, entries kept), in order: keys / values right-aligned,
@@ -951,7 +997,7 @@ class _Decoder:
         self.flush()
         _log.debug(
             "prefills fed %d of %d prompt tokens (shared prefixes run once)",
-            self.fed,
+            self.prefixes.fed,
             sum(map(len, self.prompts)),
         )
         return self.results()

@@ -45,7 +45,6 @@ from knowlens.errors import ConfigError, KnowlensError
 from knowlens.estimators._base import Estimator, Features, Labels, check_gens
 from knowlens.estimators._registry import generations, register_estimator
 from knowlens.estimators._text import encode, questions_for
-from knowlens.models._batch import pad_batch, pad_id
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +65,6 @@ __all__ = [
     "batched_label_probs",
     "label_probs",
     "label_token_ids",
-    "last_token_logits",
     "queries",
     "query_activations",
     "zsc_queries",
@@ -74,7 +72,7 @@ __all__ = [
 ]
 
 #: part of the key of query-read features (bump when what a read returns changes)
-QUERY_READS_VERSION = "1"
+QUERY_READS_VERSION = "2"  # 2: shared prompt prefixes run once (ulps)
 
 #: FIGURES.md section 1, "Zero-Shot Classifier" (verbatim).
 ZSC_TEMPLATE = (
@@ -121,22 +119,6 @@ def label_probs(logits: torch.Tensor, label_ids: list[list[int]]) -> torch.Tenso
     return torch.softmax(per_label.float(), dim=-1)
 
 
-def last_token_logits(
-    lm: Any, seqs: Sequence[Sequence[int]], pad: int, max_length: int | None
-) -> torch.Tensor:
-    """Next-token logits after each sequence, (B, V), one left-padded forward pass."""
-    ids, mask, pos = pad_batch(seqs, pad, max_length=max_length)
-    dev = next(lm.parameters()).device
-    out = lm(
-        input_ids=ids.to(dev),
-        attention_mask=mask.to(dev),
-        position_ids=pos.to(dev),
-        logits_to_keep=1,
-        use_cache=False,
-    )
-    return out.logits[:, -1, :]
-
-
 def batched_label_probs(
     handle: ModelHandle,
     texts: Sequence[str],
@@ -152,20 +134,24 @@ def batched_label_probs(
     import torch
     from rich.progress import Progress
 
+    from knowlens.generation import SharedPrefixes
+
     tok = handle.tokenizer
     label_ids = label_token_ids(tok, labels)
     seqs = [encode(tok, t) for t in texts]
+    if max_length is not None:  # longer ones keep their last tokens
+        seqs = [s[-max_length:] for s in seqs]
     order = np.argsort([len(s) for s in seqs], kind="stable")
     out = np.empty((len(seqs), len(labels)))
-    pad = pad_id(tok)
     with (
         torch.inference_mode(),
         Progress(disable=not progress, transient=True) as bar,
     ):
+        shared = SharedPrefixes(handle, [seqs[j] for j in order])  # a few-shot block once
         task = bar.add_task(description, total=len(seqs))
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            logits = last_token_logits(handle.model, [seqs[j] for j in idx], pad, max_length)
+            logits = shared.forward(range(i, i + len(idx)))[0].logits[:, -1, :]
             out[idx] = label_probs(logits, label_ids).double().cpu().numpy()
             bar.advance(task, len(idx))
     return out
@@ -301,12 +287,15 @@ class QueryReads:
 
     Attributes:
         rows_run: sequences run through a model (tests and benchmarks count them).
-        tokens_run, slots_run: real tokens and padded token slots of those passes.
+        prefixes_run: shared prompt prefixes run once for several of them (their own rows).
+        tokens_run, slots_run: real tokens (shared prefixes once) and padded token slots of
+            the queries' passes.
     """
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, tuple[int, ...]], _Entry] = {}
         self.rows_run = 0
+        self.prefixes_run = 0
         self.tokens_run = 0
         self.slots_run = 0
 
@@ -385,47 +374,47 @@ class QueryReads:
                 f"QueryReads read {handle.name} with LoRA adapters attached; its reads are "
                 "of the frozen model. Read before attaching adapters (or without reads=)."
             )
-        dev = next(lm.parameters()).device
-        pad = pad_id(handle.tokenizer)
+        from knowlens.generation import SharedPrefixes
+
         points = hook_points(handle, layers)
         final = layers.index(int(handle.n_layers))  # answer states: the final norm's output
         order = np.argsort([len(q.ids) for q in todo], kind="stable")
+        ordered = [todo[j] for j in order]
         with (
             torch.inference_mode(),
             Progress(disable=not progress, transient=True) as bar,
         ):
+            # queries behind one few-shot block run it once; the positions read (the last
+            # token, those predicting the answer) stay in each query's own forward
+            cap = [q.span[0] - 1 if _nonempty(q.span) else len(q.ids) for q in ordered]
+            shared = SharedPrefixes(handle, [q.ids for q in ordered], cap=cap)
             task = bar.add_task(description, total=len(todo))
-            for i in range(0, len(order), batch_size):
-                batch = [todo[j] for j in order[i : i + batch_size]]
-                ids, mask, pos = pad_batch([q.ids for q in batch], pad)
-                width = ids.shape[1]
+            for i in range(0, len(ordered), batch_size):
+                batch = ordered[i : i + batch_size]
                 held: dict[int, torch.Tensor] = {}
 
                 def keep(k: int, h: torch.Tensor, held: dict[int, torch.Tensor] = held) -> None:
                     held[k] = h.detach().float().cpu()  # copied: the network reuses h
 
-                with Trace(points, keep):
-                    out = lm(
-                        input_ids=ids.to(dev),
-                        attention_mask=mask.to(dev),
-                        position_ids=pos.to(dev),
-                        logits_to_keep=1,
-                        use_cache=False,
-                    )
+                fed = shared.fed
+                with Trace(points, keep):  # the last forward, the queries' own, is kept
+                    out, mask, *_ = shared.forward(range(i, i + len(batch)))
                 probs = label_probs(out.logits[:, -1, :], label_ids).double().cpu().numpy()
+                width = int(mask.shape[1])
                 for b, q in enumerate(batch):
                     e = self._entries.setdefault((handle.target_id, q.ids), _Entry())
                     e.probs[labels] = probs[b]
                     for k, layer in enumerate(layers):
                         e.last[layer] = held[k][b, -1].numpy().copy()
                     if _nonempty(q.span):
-                        off = width - len(q.ids)  # left padding
+                        off = width - len(q.ids)  # left padding (after a shared prefix)
                         s, t = q.span
                         e.answer[q.span] = held[final][b, off + s - 1 : off + t - 1].numpy().copy()
                 self.rows_run += len(batch)
-                self.tokens_run += int(mask.sum())
+                self.tokens_run += shared.fed - fed
                 self.slots_run += int(mask.numel())
                 bar.advance(task, len(batch))
+            self.prefixes_run += shared.prefixes_run
 
 
 def _nonempty(span: tuple[int, int]) -> bool:
