@@ -1,5 +1,6 @@
 """Shared prompt prefixes on a few-shot task: knowlens' decoder with and without running each
-shared prefix once, and HF ``generate`` at the same batch size, on the embedded models.
+shared prefix once, and HF ``generate`` at the same batch size, on the embedded models; then
+the Zero-Shot Classifier's reads of those answers with and without.
 
     python benchmarks/prefix_sharing.py [--task mc_suite] [--n 160] [--rounds 2]
 
@@ -123,6 +124,34 @@ def run_model(name: str, task: Any, args: argparse.Namespace) -> None:
     print(
         f"  shared prefixes: {best[names[1]] / best[names[0]]:.2f}x whole prompts, "
         f"{best[names[2]] / best[names[0]]:.2f}x HF generate at batch {args.batch_size}",
+        flush=True,
+    )
+    zero_shot(model, a, args.rounds)
+
+
+def zero_shot(model: Any, gens: Any, rounds: int) -> None:
+    """The Zero-Shot Classifier's reads of the same answers (its query repeats the few-shot
+    prompt), with and without shared prefixes."""
+    from knowlens import generation as G
+    from knowlens.estimators import ZeroShotClassifier
+
+    default = G._MIN_SHARED
+    best, p = {}, {}
+    for r in range(rounds):
+        for label, minimum in (("shared prefixes once", default), ("whole queries", 10**9)):
+            G._MIN_SHARED = minimum
+            try:
+                t0 = time.perf_counter()
+                p[label] = ZeroShotClassifier(model=model, progress=False).fit().predict_proba(gens)
+                best[label] = min(best.get(label, float("inf")), time.perf_counter() - t0)
+            finally:
+                G._MIN_SHARED = default
+            print(f"  zero-shot classifier round {r + 1}, {label}: {best[label]:.2f} s", flush=True)
+    shared, whole = best["shared prefixes once"], best["whole queries"]
+    diff = float(np.abs(p["shared prefixes once"] - p["whole queries"]).max())
+    print(
+        f"  zero-shot classifier: shared prefixes {whole / shared:.2f}x whole queries; "
+        f"max |P(correct) difference| {diff:.1e}",
         flush=True,
     )
 
