@@ -265,3 +265,23 @@ def test_bench_shares_one_pass_between_zero_shot_probe_and_lora_prompt(
     # a warm rerun reads the probe's features from the cache (no model pass for them)
     _, rows_warm, ctx = stage(True, use_cache=True)
     assert ctx.log.cache["query_activations"].hits >= 1 and rows_warm == 0
+
+
+def test_readers_of_models_the_decoder_cannot_cache_run_plain_passes(tiny_model, monkeypatch):
+    """A reader whose layers the decoder's KV buffers do not support (e.g. a hybrid model)
+    still reads: whole queries, no cache, the same probabilities within float error."""
+    from knowlens import generation
+
+    gens = tiny_gens(tiny_model, n=7)
+    zsc = ZeroShotClassifier(model=tiny_model, batch_size=3, progress=False).fit()
+    p = zsc.predict_proba(gens)
+
+    def unsupported(model):
+        raise KnowlensError("not supported")
+
+    monkeypatch.setattr(generation, "_decoder_layers", unsupported)
+    reads = QueryReads()
+    plain = ZeroShotClassifier(model=tiny_model, batch_size=3, progress=False, reads=reads).fit()
+    np.testing.assert_allclose(plain.predict_proba(gens), p, rtol=0, atol=1e-6)
+    assert reads.prefixes_run == 0 and reads.rows_run == 7
+    np.testing.assert_allclose(zsc.predict_proba(gens), p, rtol=0, atol=1e-6)

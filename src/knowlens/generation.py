@@ -632,10 +632,15 @@ class SharedPrefixes:
         self.model, self.dev, self.observer = handle.model, handle.device, observer
         self.seqs = [list(q) for q in seqs]
         self.pad, self.kv = pad_id(handle.tokenizer), cache_kwarg(self.model)
-        self.n_layers = _decoder_layers(self.model)
+        try:
+            self.n_layers: int | None = _decoder_layers(self.model)
+        except KnowlensError:  # not a layout the KV buffers support: plain forwards
+            if observer is not None:
+                raise
+            self.n_layers = None
         self.SlotLayer, self.Cache = _slot_cache_classes()
         self.window = _sliding_window(self.model)
-        lengths = shared_prefix_lengths(self.seqs)
+        lengths = shared_prefix_lengths(self.seqs) if self.n_layers else [0] * len(self.seqs)
         if cap is not None:
             lengths = [min(b, int(c)) for b, c in zip(lengths, cap, strict=True)]
             lengths = [b if b >= _MIN_SHARED else 0 for b in lengths]
@@ -673,6 +678,13 @@ class SharedPrefixes:
         R, S = ids.shape
         full = torch.ones((R, P + S + headroom), dtype=mask.dtype, device=self.dev)
         full[:, P : P + S] = mask
+        kwargs.setdefault("logits_to_keep", 1)
+        self.fed += int(mask.sum())
+        if self.n_layers is None:  # a reader of a model the decoder does not support
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **kwargs
+            )
+            return out, mask, pos, [], full
         layers = [self.SlotLayer(headroom) for _ in range(self.n_layers)]
         if P:
             pos = pos + torch.tensor(shared, device=self.dev)[:, None]
@@ -680,8 +692,6 @@ class SharedPrefixes:
             for r, b in enumerate(shared):
                 full[r, P - b : P] = 1
             self._place(layers, keys, P, P + S + headroom)
-        self.fed += int(mask.sum())
-        kwargs.setdefault("logits_to_keep", 1)
         out = self.model(
             input_ids=ids,
             attention_mask=full[:, : P + S],
@@ -702,7 +712,7 @@ class SharedPrefixes:
         need = sorted({k for k in keys if k and k not in self.kv_of}, key=len, reverse=True)
         if need:
             ids, mask, pos = (t.to(self.dev) for t in pad_batch(need, self.pad))
-            own = [self.SlotLayer(0) for _ in range(self.n_layers)]
+            own = [self.SlotLayer(0) for _ in range(self.n_layers or 0)]
             self.model(
                 input_ids=ids,
                 attention_mask=mask,
