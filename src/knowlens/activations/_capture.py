@@ -13,8 +13,8 @@ the exact-answer selectors: the last prompt token and the answer; ``all``: the f
 ``max_positions``; a prompt prefix that the decoder shares between rows comes from that
 prefix's own forward, ``prefix_done``), and once ``generate_examples`` has graded the row
 (so its exact-answer span is known) selects with ``extract``'s own ``selected_positions``,
-writes the row to a spool and frees its states. Memory holds the rows in flight only; the spool is a memmap under
-the cache (an array with ``cache=False``).
+writes the row to a spool and frees its states. Memory holds the rows in flight only; the
+spool is a memmap under the cache (an array with ``cache=False``).
 
 When the decode is done the spool becomes exactly the entry ``extract`` would write for these
 generations: same ``plan_extraction`` (key, shape, shards, manifest), same ``ShardStore``
