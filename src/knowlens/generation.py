@@ -416,8 +416,8 @@ class DecodeObserver(Protocol):
 
     Every prompt and answer token of a row is consumed by exactly one forward: the prompt by a
     prefill (or its shared prefix by that prefix's forward, ``prefix_done``, and the rest by
-    its prefill), answer token ``t`` by the decode step after it was chosen. The stop token (EOS /
-    newline) is never consumed; with an observer the decoder makes one extra forward for rows
+    its prefill), answer token ``t`` by the decode step after it was chosen. The stop token
+    (EOS / newline) is never consumed; with an observer the decoder makes one extra forward for rows
     that stop by length, so their last answer token is seen too. Row indices are positions in
     the prompt list handed to ``_decode_batch`` (continuous batching may prefill rows mid-way)."""
 
@@ -1048,9 +1048,10 @@ def _decode_batch(
     together have similar lengths); once a quarter of the slots is free (or every waiting
     prompt fits), the next waiting prompts are prefilled together and take the finished rows'
     slots (written into their KV cache rows in place, or merged: left-padded with masked
-    zeros to a common width; columns masked in every row are trimmed). Each row keeps explicit positions, so its tokens equal one-at-a-time
-    greedy decoding; the result is a deterministic function of ``prompts``, ``settings``, the
-    chooser and ``slots``.
+    zeros to a common width; columns masked in every row are trimmed). Prefixes several
+    prompts share run once (``SharedPrefixes``). Each row keeps explicit positions, so its
+    tokens equal one-at-a-time greedy decoding; the result is a deterministic function of
+    ``prompts``, ``settings``, the chooser and ``slots``.
 
     ``chooser`` picks the tokens (default: greedy). With ``chooser.per_prompt = K > 1`` a
     prompt is admitted when K slots are free, prefilled once and continued by K rows: rows
