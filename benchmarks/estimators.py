@@ -9,9 +9,12 @@ repetition, alternating:
 
 * before: every estimator reads alone (``share_reads=False``), LoRA batches are plain
   shuffled batches padded to their longest row (``length_window=1``), LoRA + Prompt runs
-  its frozen pass in every training step (the code path before issue 14);
+  its frozen pass in every training step, and no pass shares a prompt prefix (the code
+  path before issue 14);
 * after: one ``QueryReads`` per run (the probe's features and LoRA + Prompt's frozen
-  states come from the Zero-Shot Classifier's / the probe's passes), bucketed batches.
+  states come from the Zero-Shot Classifier's / the probe's passes), bucketed batches,
+  and the queries' shared prefixes (chat template, few-shot block) run once per pass
+  (``SharedPrefixes``: query reads, LoRA validation and scoring).
 
 Prints seconds (wall and this process' CPU) per estimator and mode, the ratio, the LoRA
 training batches' padding share in both modes and how far the scores moved (zero_shot and
@@ -184,19 +187,23 @@ STAGE_ESTIMATORS = ("zero_shot", "probe", "lora", "lora_prompt")
 
 @contextlib.contextmanager
 def _old_path(before: bool) -> Iterator[None]:
-    """Before issue 14 LoRA + Prompt ran its frozen pass inside every training step: with
-    no states read up front, ``_loss`` does exactly that."""
+    """Before issue 14 LoRA + Prompt ran its frozen pass inside every training step (with
+    no states read up front, ``_loss`` does exactly that) and every pass fed each query
+    whole (a shared prefix shorter than its minimum length is not shared)."""
+    from knowlens import generation
     from knowlens.estimators import LoRAPrompt
 
     if not before:
         yield
         return
-    real = LoRAPrompt._before_training
+    real, minimum = LoRAPrompt._before_training, generation._MIN_SHARED
     LoRAPrompt._before_training = lambda self, items, schedule: None  # type: ignore[method-assign]  # restored below
+    generation._MIN_SHARED = 1 << 30
     try:
         yield
     finally:
         LoRAPrompt._before_training = real  # type: ignore[method-assign]  # restored below
+        generation._MIN_SHARED = minimum
 
 
 def stage_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:

@@ -360,6 +360,68 @@ def test_sliding_window_models_share_prefixes_only_within_the_window(tiny_model,
     assert worst <= LOGP_TOL, worst
 
 
+@pytest.mark.parametrize("window", [None, 64, 12])
+def test_prefix_once_forward_equals_a_plain_batch_with_its_gradients(tiny_model, window):
+    """A batch's common prefix run once into the model's cache and repeated (the LoRA
+    trainer's forward) gives the plain left-padded batch's outputs at every row token and
+    its gradients; a sliding window narrower than a row gets None (a plain batch)."""
+    from knowlens.generation import prefix_once_forward
+    from knowlens.models._batch import pad_batch, pad_id
+
+    tok = tiny_model.tokenizer
+    h = tiny_model if window is None else tiny_gemma(tok, window=window)
+    rng = np.random.default_rng(3)
+
+    def words(n: int) -> list[int]:
+        return tok(" " + " ".join(rng.choice(WORDS, size=n)), add_special_tokens=False)["input_ids"]
+
+    head = words(14)
+    seqs = [head + words(n) for n in (2, 9, 5, 12)]  # rows of unequal length: left padding
+    common = min(len(q) for q in seqs)
+    for q in seqs[1:]:
+        common = min(
+            common, next(i for i, (a, b) in enumerate(zip(seqs[0], q, strict=False)) if a != b)
+        )
+    assert common >= len(head) >= generation._MIN_SHARED
+    keep = [len(q) - 2 for q in seqs]  # the last two tokens are read: they stay in the rows
+    emb = h.model.get_input_embeddings().weight
+    kw = {"output_hidden_states": True, "logits_to_keep": 3}
+
+    def grads(out, width):
+        h.model.zero_grad(set_to_none=True)
+        cols = [width - 2, width - 1]
+        loss = (
+            out.hidden_states[-1][:, cols].square().mean() + out.logits[:, -1].logsumexp(-1).mean()
+        )
+        loss.backward()
+        return loss.item(), emb.grad.clone()
+
+    got = prefix_once_forward(h, seqs, keep, **kw)
+    if window == 12:
+        assert got is None
+        return
+    assert got is not None
+    out, width = got
+    assert width == max(len(q) for q in seqs) - common
+    ids, mask, pos = pad_batch(seqs, pad_id(tok))
+    ref = h.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **kw)
+    rw = ids.shape[1]
+    for r, q in enumerate(seqs):  # row token t: column width - len + t in both
+        n = len(q) - common
+        torch.testing.assert_close(
+            out.hidden_states[-1][r, width - n :],
+            ref.hidden_states[-1][r, rw - n :],
+            rtol=0,
+            atol=1e-5,
+        )
+    torch.testing.assert_close(out.logits, ref.logits, rtol=0, atol=1e-5)
+    (loss, g), (ref_loss, ref_g) = grads(out, width), grads(ref, rw)
+    assert loss == pytest.approx(ref_loss, abs=1e-5)
+    torch.testing.assert_close(g, ref_g, rtol=0, atol=1e-5 * float(ref_g.abs().max()))
+    assert float(g[torch.tensor(seqs[0][:common])].abs().sum()) > 0  # the prefix got its share
+    h.model.zero_grad(set_to_none=True)
+
+
 # -- the observer ----------------------------------------------------------------------------------
 class Recorder:
     """A DecodeObserver that rebuilds each row's consumed tokens from the forward's inputs."""

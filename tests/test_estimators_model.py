@@ -26,13 +26,13 @@ from knowlens.estimators._text import encode, user_turn
 CITIES = ["Paris", "Berlin", "Rome", "Lyon", "France", "Germany", "Italy", "42"]
 
 
-def tiny_gens(model, n=12, seed=0):
+def tiny_gens(model, n=12, seed=0, preamble=""):
     """Chat-templated prompts + answers tokenised exactly like the generation stage would."""
     rng = np.random.default_rng(seed)
     tok = model.tokenizer
     rows = []
     for i in range(n):
-        q = f"What is the capital of {CITIES[i % 4 + 4]}?"
+        q = f"{preamble}What is the capital of {CITIES[i % 4 + 4]}?"
         ans = " " + CITIES[int(rng.integers(0, 4))]
         prompt = model.format_prompt(q)
         ans_ids = tok.encode(ans, add_special_tokens=False)
@@ -282,6 +282,71 @@ def test_lora_prompt_answer_span_and_js_term(tiny_model):
         assert est._loss(pm, None, items, y).item() > (
             LoRAPrompt(model=tiny_model, js_weight=0.0)._loss(pm, None, items, y).item() + 1e-4
         )
+
+
+@pytest.mark.parametrize("cls", [LoRAProbe, LoRAPrompt])
+def test_lora_passes_run_a_shared_prefix_once_with_the_plain_losses_and_gradients(
+    cls, tiny_model, monkeypatch
+):
+    """A training batch runs its rows' common prefix once with gradients
+    (prefix_once_forward), a validation / scoring pass through SharedPrefixes; loss, scores
+    and the adapters' gradients equal those of plain padded batches."""
+    from knowlens import generation
+    from knowlens.estimators._lora import lora_attached
+
+    preamble = "Answer in one word, the way an atlas would, with no explanation at all. " * 2
+    gens = tiny_gens(tiny_model, n=8, preamble=preamble)
+    est = cls(model=tiny_model, dropout=0.0, progress=False)  # no dropout: equal gradients
+    items = est._prepare(gens, None)
+    y = torch.tensor([int(g.correct) for g in gens.rows])
+    torch.manual_seed(0)
+    head = est._make_head()
+    once = []
+    real_once = generation.prefix_once_forward
+    monkeypatch.setattr(
+        generation,
+        "prefix_once_forward",
+        lambda *a, **k: once.append(real_once(*a, **k)) or once[-1],
+    )
+
+    def loss_and_grads(pm):
+        pm.zero_grad(set_to_none=True)
+        if head is not None:
+            head.zero_grad(set_to_none=True)
+        loss, p = est._loss_and_scores(pm, head, items, y)
+        loss.backward()
+        grads = {n: q.grad.clone() for n, q in pm.named_parameters() if q.requires_grad}
+        return loss.item(), p, grads
+
+    with lora_attached(tiny_model, **est._lora_kwargs(), train=True) as pm:
+        with torch.no_grad():
+            for n, q in pm.named_parameters():
+                if "lora_B" in n:
+                    torch.nn.init.normal_(q, std=0.5)  # adapters that change the prefix
+        loss, p, grads = loss_and_grads(pm)
+        assert once and once[-1] is not None  # the training batch shared its prefix
+        with monkeypatch.context() as m:
+            m.setattr(generation, "_MIN_SHARED", 1 << 30)  # nothing shared: plain batches
+            ref_loss, ref_p, ref_grads = loss_and_grads(pm)
+            assert once[-1] is None
+            pm.eval()
+            with torch.no_grad():
+                ev_loss, ev_p = est._loss_and_scores(pm, head, items, y)
+        with torch.no_grad():
+            shared = est._shared(items)
+            got_loss, got_p = est._loss_and_scores(pm, head, items, y, shared, range(len(items)))
+    assert loss == pytest.approx(ref_loss, abs=1e-5) and ref_loss > 0
+    np.testing.assert_allclose(p.numpy(), ref_p.numpy(), rtol=0, atol=1e-5)
+    assert grads.keys() == ref_grads.keys() and len(grads) > 0
+    for n, g in ref_grads.items():
+        scale = float(g.abs().max())
+        assert scale > 0, n
+        np.testing.assert_allclose(grads[n].numpy(), g.numpy(), rtol=0, atol=1e-4 * scale)
+    total = sum(len(est._ids(it)) for it in items)
+    assert shared.prefixes_run >= 1 and shared.fed < total - 7 * 20, (shared.fed, total)
+    assert got_loss.item() == pytest.approx(ev_loss.item(), abs=1e-5)
+    np.testing.assert_allclose(got_p.numpy(), ev_p.numpy(), rtol=0, atol=1e-5)
+    assert ev_p.std() > 0
 
 
 class _ParityTask:

@@ -103,6 +103,7 @@ __all__ = [
     "generate_examples",
     "generate_texts",
     "greedy_plan",
+    "prefix_once_forward",
     "resolve_max_new_tokens",
     "sample",
     "sample_cache_entry",
@@ -762,6 +763,58 @@ class SharedPrefixes:
             gone.append(k)
         if gone and self.observer is not None:
             self.observer.prefixes_dropped(gone)
+
+
+def prefix_once_forward(
+    handle: Any, seqs: Sequence[Sequence[int]], keep_from: Sequence[int], **kwargs: Any
+) -> tuple[Any, int] | None:
+    """One forward over a batch whose rows' common prefix runs once, gradients flowing
+    through it: the training counterpart of ``SharedPrefixes`` (whose held prefixes suit
+    passes without gradients), e.g. a chat template's system turn in a LoRA step.
+
+    The prefix (the tokens all of ``seqs`` start with, ending before every row's
+    ``keep_from`` and its last token) runs as one row into the model's own cache, which is
+    repeated for every row; the rest of each row follows, left-padded after it, so row
+    tokens ``t`` sit in column ``width - len + t`` of the outputs, as in a plain
+    left-padded batch. The rows' gradients through the prefix add up in its one pass (a
+    LoRA dropout mask on prefix tokens is then shared by the batch's rows). Returns
+    ``(output, width)``, or None where a plain batch is the forward to run: one row, a
+    common prefix under ``_MIN_SHARED`` tokens, a sliding window narrower than a row, a
+    model whose layers the decoder does not know. ``kwargs`` go to both forwards' second."""
+    if len(seqs) < 2:
+        return None
+    first = list(seqs[0])
+    P = min(min(int(k) for k in keep_from), min(len(q) for q in seqs) - 1)
+    for q in seqs[1:]:
+        P = _common(first[:P], q)
+    if P < _MIN_SHARED:
+        return None
+    model, dev = handle.model, handle.device
+    try:
+        _decoder_layers(model)
+    except KnowlensError:
+        return None
+    window = _sliding_window(model)
+    if window is not None and max(len(q) for q in seqs) > window:  # columns: the longest row
+        return None
+    kv = cache_kwarg(model)
+    pre = model(input_ids=torch.tensor([first[:P]], device=dev), use_cache=True, logits_to_keep=1)
+    cache = getattr(pre, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    cache.batch_repeat_interleave(len(seqs))
+    rest = [list(q)[P:] for q in seqs]
+    ids, mask, pos = (t.to(dev) for t in pad_batch(rest, pad_id(handle.tokenizer)))
+    full = torch.cat([torch.ones((len(seqs), P), dtype=mask.dtype, device=dev), mask], 1)
+    out = model(
+        input_ids=ids,
+        attention_mask=full,
+        position_ids=pos + P,
+        use_cache=True,
+        **kwargs,
+        **{kv: cache},
+    )
+    return out, int(ids.shape[1])
 
 
 @dataclass

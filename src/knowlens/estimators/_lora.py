@@ -42,6 +42,11 @@ exactly. Finished fits are cached by ``knowlens.estimators.fit_cached``
 Neither loss is a next-token loss on response tokens (a head / two label logits / a JS term),
 so ``training.response_loss`` is not used here.
 
+A prefix the queries share (the chat template's system turn, a few-shot block) runs once:
+per training batch with its gradients (``generation.prefix_once_forward``; the batch's rows
+then share that prefix's LoRA dropout mask), and per validation or ``predict_proba`` pass
+(``generation.SharedPrefixes``) under the current adapters.
+
 Token layout of one LoRA + Prompt query (left-padded by ``off`` = width - length)::
 
     [pad | template + question " " | answer s .. e-1 | "\\n\\nIs the proposed ..." Answer:]
@@ -111,6 +116,8 @@ class _LoRABase(Estimator[GenerationSet]):
     """Training loop, checkpoints, caching and adapter bookkeeping shared by both."""
 
     _OBJECT_PARAMS: ClassVar[tuple[str, ...]] = ("model",)
+    #: 2: training batches, validation and scoring passes run shared prefixes once (``_run``)
+    code_version: ClassVar[str] = "2"
 
     model: ModelHandle | None
     r: int
@@ -144,13 +151,60 @@ class _LoRABase(Estimator[GenerationSet]):
     def _loss(self, pm: Any, head: Any, items: list[Any], y: Any) -> Any:
         return self._loss_and_scores(pm, head, items, y)[0]
 
-    def _loss_and_scores(self, pm: Any, head: Any, items: list[Any], y: Any) -> tuple[Any, Any]:
-        """(training loss of the batch, P(correct) per row) from one forward pass."""
+    def _loss_and_scores(
+        self, pm: Any, head: Any, items: list[Any], y: Any, shared: Any = None, rows: Any = None
+    ) -> tuple[Any, Any]:
+        """(training loss of the batch, P(correct) per row) from one forward pass (``_run``)."""
         raise NotImplementedError  # pragma: no cover
 
     def _length(self, item: Any) -> int:
         """Tokens of one prepared item as the forward pass sees it (padding is per batch)."""
         raise NotImplementedError  # pragma: no cover
+
+    def _ids(self, item: Any) -> list[int]:
+        """The tokens one prepared item feeds to the model."""
+        raise NotImplementedError  # pragma: no cover
+
+    def _keep_from(self, item: Any) -> int:
+        """First token whose output the loss reads: a shared prefix ends before it."""
+        return len(self._ids(item))
+
+    def _run(self, pm: Any, items: list[Any], shared: Any, rows: Any, **kw: Any) -> tuple[Any, int]:
+        """The forward of ``items`` and its width (a row's token ``t`` sits in column ``width -
+        len + t``). A training batch: its rows' common prefix (the chat template's system
+        turn) runs once, gradients flowing through it (``prefix_once_forward``), else one
+        left-padded batch. Passes without gradients (validation, scoring): rows ``rows`` of
+        ``shared``, a ``SharedPrefixes`` whose prefixes run once per pass under the current
+        adapters."""
+        from knowlens.generation import prefix_once_forward
+
+        if shared is not None:
+            out, mask, *_ = shared.forward(rows, **kw)
+            return out, int(mask.shape[1])
+        seqs = [self._ids(it) for it in items]
+        once = prefix_once_forward(self._handle, seqs, [self._keep_from(it) for it in items], **kw)
+        if once is not None:
+            return once
+        ids, mask, pos = pad_batch(seqs, pad_id(self._handle.tokenizer))
+        dev = self._handle.device
+        out = pm(
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            position_ids=pos.to(dev),
+            use_cache=False,
+            **kw,
+        )
+        return out, int(ids.shape[1])
+
+    def _shared(self, items: list[Any]) -> Any:
+        """``SharedPrefixes`` over ``items`` (in this order) for one gradient-free pass."""
+        from knowlens.generation import SharedPrefixes
+
+        return SharedPrefixes(
+            self._handle,
+            [self._ids(it) for it in items],
+            cap=[self._keep_from(it) for it in items],
+        )
 
     def _before_training(self, items: list[Any], schedule: list[np.ndarray]) -> None:
         """Read what the frozen model contributes, before adapters are attached."""
@@ -234,18 +288,21 @@ class _LoRABase(Estimator[GenerationSet]):
     def _evaluate(
         self, pm: Any, head: Any, items: list[Any], y: Any, order: np.ndarray
     ) -> dict[str, float]:
-        """Validation loss (dropout off, batches in ``order``: by length) and AUROC of
-        ``items``."""
+        """Validation loss (dropout off, batches in ``order``: by length; shared prefixes
+        once) and AUROC of ``items``."""
         from sklearn.metrics import roc_auc_score
 
         pm.eval()
         if head is not None:
             head.eval()
         total, scores = 0.0, np.empty(len(items))
+        shared = self._shared([items[j] for j in order])
         try:
             for i in range(0, len(order), int(self.batch_size)):
                 idx = order[i : i + int(self.batch_size)]
-                loss, p = self._loss_and_scores(pm, head, [items[j] for j in idx], y[idx])
+                rows = range(i, i + len(idx))
+                batch = [items[j] for j in idx]
+                loss, p = self._loss_and_scores(pm, head, batch, y[idx], shared, rows)
                 total += float(loss) * len(idx)
                 scores[idx] = p.double().cpu().numpy()
         finally:
@@ -341,9 +398,19 @@ class _LoRABase(Estimator[GenerationSet]):
                         early_stopping=stopping,
                     )
                     self.adapter_ = adapter_state(pm)
+                    best = None
                     if stopping is not None:  # the scores of the parameters kept (the best)
-                        with torch.no_grad():
-                            self._evaluate(pm, head, val_items, y_val, val_order)
+                        # this process' evaluations are the curve's last ones (a resumed
+                        # fit did not score those before its checkpoint)
+                        steps_scored = [int(e["step"]) for e in result.evals][
+                            len(result.evals) - len(self._val_scores) :
+                        ]
+                        if result.best_step in steps_scored:
+                            best = self._val_scores[steps_scored.index(result.best_step)]
+                        else:
+                            with torch.no_grad():
+                                self._evaluate(pm, head, val_items, y_val, val_order)
+                            best = self._val_scores[-1]
             finally:
                 self._after_training()
             self.resumed_from_ = result.resumed_from
@@ -354,7 +421,6 @@ class _LoRABase(Estimator[GenerationSet]):
             self.learning_curve_ = result.evals
             self.best_step_ = result.best_step
             self.stopped_step_ = result.stopped_step
-            best = self._val_scores[-1] if len(va) else None
             self.validation_scores_ = None if best is None else best.tolist()
             self.validation_labels_ = None if best is None else yy[va].astype(int).tolist()
             self._val_scores = []
@@ -537,25 +603,23 @@ class LoRAProbe(_LoRABase):
         return [list(g.prompt_ids) + list(g.answer_ids) for g in g2.rows]
 
     def _length(self, item: Any) -> int:
-        return min(len(item), int(self.max_length))  # pad_batch keeps the last max_length
+        return len(self._ids(item))
 
-    def _forward(self, pm: Any, head: Any, seqs: list[list[int]]) -> Any:
-        ids, mask, pos = pad_batch(seqs, pad_id(self._handle.tokenizer), max_length=self.max_length)
-        dev = self._handle.device
-        out = pm(
-            input_ids=ids.to(dev),
-            attention_mask=mask.to(dev),
-            position_ids=pos.to(dev),
-            output_hidden_states=True,
-            logits_to_keep=1,
-            use_cache=False,
-        )
+    def _ids(self, item: Any) -> list[int]:
+        return list(item[-int(self.max_length) :])  # a long one keeps its last tokens
+
+    def _forward(
+        self, pm: Any, head: Any, seqs: list[list[int]], shared: Any = None, rows: Any = None
+    ) -> Any:
+        out, _ = self._run(pm, seqs, shared, rows, output_hidden_states=True, logits_to_keep=1)
         return head(out.hidden_states[-1][:, -1, :].float())
 
-    def _loss_and_scores(self, pm: Any, head: Any, items: list[Any], y: Any) -> tuple[Any, Any]:
+    def _loss_and_scores(
+        self, pm: Any, head: Any, items: list[Any], y: Any, shared: Any = None, rows: Any = None
+    ) -> tuple[Any, Any]:
         import torch
 
-        logits = self._forward(pm, head, items)
+        logits = self._forward(pm, head, items, shared, rows)
         p = torch.softmax(logits.detach(), -1)[:, 1]
         return torch.nn.functional.cross_entropy(logits, y), p
 
@@ -578,14 +642,29 @@ class LoRAProbe(_LoRABase):
             lora_attached(self._handle, **self._lora_kwargs(), adapter=self.adapter_) as pm,
             torch.inference_mode(),
         ):
+            shared = self._shared([seqs[j] for j in order])  # a chat template's opening once
             for i in range(0, len(order), batch_size):
                 idx = order[i : i + batch_size]
-                logits = self._forward(pm, self.head_, [seqs[j] for j in idx])
+                rows = range(i, i + len(idx))
+                logits = self._forward(pm, self.head_, [seqs[j] for j in idx], shared, rows)
                 out[idx] = torch.softmax(logits, -1)[:, 1].double().cpu().numpy()
         return out
 
 
 # -- LoRA + Prompt (calibration tuning) ----------------------------------------------------------
+def _answer_positions(items: list[Any], width: int) -> tuple[list[int], list[int]]:
+    """(rows, columns) of a left-padded batch ``width`` wide whose next-token distributions
+    generated the answer tokens of ``items`` (``(ids, s, e)``): columns ``off + s - 1 ..
+    off + e - 2``, ``off = width - len(ids)``."""
+    rows: list[int] = []
+    cols: list[int] = []
+    for b, (seq, s, e) in enumerate(items):
+        off = width - len(seq)
+        rows += [b] * (e - s)
+        cols += range(off + s - 1, off + e - 1)
+    return rows, cols
+
+
 def js_divergence(logp: Any, logq: Any) -> Any:
     """Jensen-Shannon divergence (nats) between rows of two log-distributions, (..., V) -> (...)."""
     import torch
@@ -694,6 +773,13 @@ class LoRAPrompt(_LoRABase):
     def _length(self, item: Any) -> int:
         return len(item[0])
 
+    def _ids(self, item: Any) -> list[int]:
+        return list(item[0])
+
+    def _keep_from(self, item: Any) -> int:
+        _, s, e = item
+        return s - 1 if e > s else len(item[0])  # positions s-1 .. e-2 feed the JS term
+
     def _before_training(self, items: list[Any], schedule: list[np.ndarray]) -> None:
         import torch
 
@@ -710,46 +796,32 @@ class LoRAPrompt(_LoRABase):
     def _after_training(self) -> None:
         self._frozen = {}
 
-    def _loss_and_scores(self, pm: Any, head: Any, items: list[Any], y: Any) -> tuple[Any, Any]:
+    def _loss_and_scores(
+        self, pm: Any, head: Any, items: list[Any], y: Any, shared: Any = None, rows: Any = None
+    ) -> tuple[Any, Any]:
         import torch
 
-        lm = self._handle.model
-        pad = pad_id(self._handle.tokenizer)
         label_ids = label_token_ids(self._handle.tokenizer, ("i", "ii"))
-        ids, mask, pos = pad_batch([it[0] for it in items], pad)
-        dev = self._handle.device
-        kw = {
-            "input_ids": ids.to(dev),
-            "attention_mask": mask.to(dev),
-            "position_ids": pos.to(dev),
-            "logits_to_keep": 1,
-            "output_hidden_states": True,
-            "use_cache": False,
-        }
-        out = pm(**kw)
+        kw = {"logits_to_keep": 1, "output_hidden_states": True}
+        out, width = self._run(pm, items, shared, rows, **kw)
         probs = label_probs(out.logits[:, -1, :], label_ids)
         ce = torch.nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), y)
-        # positions (row, col) whose next-token distribution generated an answer token
-        width = ids.shape[1]
-        rows, cols = [], []
-        for b, (seq, s, e) in enumerate(items):
-            off = width - len(seq)
-            for t in range(s, e):
-                rows.append(b)
-                cols.append(off + t - 1)
         p = probs.detach()[:, 1]
-        if self.js_weight == 0 or not rows:
+        at = _answer_positions(items, width)
+        if self.js_weight == 0 or not at[0]:
             return ce, p
-        head_w = lm.get_output_embeddings()
-        logp = torch.log_softmax(head_w(out.hidden_states[-1][rows, cols]).float(), -1)
+        head_w = self._handle.model.get_output_embeddings()
+        hidden = out.hidden_states[-1]
+        logp = torch.log_softmax(head_w(hidden[at]).float(), -1)
         read = getattr(self, "_frozen", {})
         keys = [(tuple(seq), s, e) for seq, s, e in items]
         with torch.no_grad():
             if all(k in read for k in keys):  # read before training (_before_training)
-                frozen = torch.cat([read[k] for k in keys]).to(dev, out.hidden_states[-1].dtype)
+                frozen = torch.cat([read[k] for k in keys]).to(hidden.device, hidden.dtype)
             else:  # called outside fit: the frozen pass of this batch
                 with pm.disable_adapter():
-                    frozen = pm(**kw).hidden_states[-1][rows, cols]
+                    plain, w = self._run(pm, items, None, None, **kw)
+                frozen = plain.hidden_states[-1][_answer_positions(items, w)]
             logq = torch.log_softmax(head_w(frozen).float(), -1)
         return ce + self.js_weight * js_divergence(logp, logq).mean(), p
 
