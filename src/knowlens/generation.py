@@ -780,7 +780,7 @@ def prefix_once_forward(
     LoRA dropout mask on prefix tokens is then shared by the batch's rows). Returns
     ``(output, width)``, or None where a plain batch is the forward to run: one row, a
     common prefix under ``_MIN_SHARED`` tokens, a sliding window narrower than a row, a
-    model whose layers the decoder does not know. ``kwargs`` go to both forwards' second."""
+    model whose layers the decoder does not know. ``kwargs`` go to the rows' forward."""
     if len(seqs) < 2:
         return None
     first = list(seqs[0])

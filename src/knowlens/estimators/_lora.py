@@ -138,7 +138,8 @@ class _LoRABase(Estimator[GenerationSet]):
     cache: bool
     progress: bool
     use_chat_template: bool
-    #: share of the training batches' token slots that were padding (None: fit predates it)
+    #: share of the training batches' token slots that were padding, in the plain padded
+    #: layout (a shared prefix then runs once; None: fit predates it)
     train_padding_: float | None
 
     # -- hooks for subclasses ---------------------------------------------------------------
