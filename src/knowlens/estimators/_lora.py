@@ -158,13 +158,13 @@ class _LoRABase(Estimator[GenerationSet]):
         """(training loss of the batch, P(correct) per row) from one forward pass (``_run``)."""
         raise NotImplementedError  # pragma: no cover
 
-    def _length(self, item: Any) -> int:
-        """Tokens of one prepared item as the forward pass sees it (padding is per batch)."""
-        raise NotImplementedError  # pragma: no cover
-
     def _ids(self, item: Any) -> list[int]:
         """The tokens one prepared item feeds to the model."""
         raise NotImplementedError  # pragma: no cover
+
+    def _length(self, item: Any) -> int:
+        """Tokens of one prepared item as the forward pass sees it (padding is per batch)."""
+        return len(self._ids(item))
 
     def _keep_from(self, item: Any) -> int:
         """First token whose output the loss reads: a shared prefix ends before it."""
@@ -603,9 +603,6 @@ class LoRAProbe(_LoRABase):
         )
         return [list(g.prompt_ids) + list(g.answer_ids) for g in g2.rows]
 
-    def _length(self, item: Any) -> int:
-        return len(self._ids(item))
-
     def _ids(self, item: Any) -> list[int]:
         return list(item[-int(self.max_length) :])  # a long one keeps its last tokens
 
@@ -770,9 +767,6 @@ class LoRAPrompt(_LoRABase):
             max_length=self.max_length,
         )
         return [(list(q.ids), *q.span) for q in qs]
-
-    def _length(self, item: Any) -> int:
-        return len(item[0])
 
     def _ids(self, item: Any) -> list[int]:
         return list(item[0])
