@@ -291,3 +291,74 @@ def test_lora_attached_merges_on_success_and_unloads_on_error(tiny_model):
         lora_attached(model, **{**kw, "target_modules": ["nope"]}),
     ):
         pass
+
+
+def test_response_loss_runs_a_shared_prefix_once_with_the_plain_loss_and_gradients(
+    tiny_model, monkeypatch
+):
+    """``response_loss(handle=)``: rows that open alike (a system turn) run the opening once;
+    the loss and every adapter gradient equal the plain right-padded batch's."""
+    import knowlens.generation as G
+
+    tok = tiny_model.tokenizer
+    system = "Answer the user in one short sentence and refuse anything harmful. "
+    rows = []
+    for q, a in (
+        ("What is the capital of France?", " Paris."),
+        ("Hi", " I cannot help with that request."),
+        ("Name a colour", " Blue"),
+    ):
+        p = tok(tiny_model.format_prompt(system + q), add_special_tokens=False)["input_ids"]
+        r = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        rows.append((p + r, [-100] * len(p) + r))
+    B, T = len(rows), max(len(x) for x, _ in rows)
+    ids = torch.full((B, T), tok.pad_token_id)
+    lab = torch.full((B, T), -100)
+    att = torch.zeros((B, T), dtype=torch.long)
+    for b, (x, y) in enumerate(rows):
+        ids[b, : len(x)], lab[b, : len(y)], att[b, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    w = torch.rand(B, T, generator=torch.Generator().manual_seed(0)) + 0.5
+    calls = []
+    real = G.prefix_once_forward
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(G, "prefix_once_forward", spy)
+
+    def loss_and_grads(pm, **kw):
+        pm.zero_grad()
+        loss = response_loss(pm, ids, lab, att, "cpu", w, **kw)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in trainable_parameters(pm).items()}
+
+    kw = dict(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], init_seed=1)
+    with lora_attached(tiny_model, **kw, train=True) as pm:
+        with torch.no_grad():  # lora_B starts at 0: give the adapters something to say
+            for p in trainable_parameters(pm).values():
+                p.normal_(0, 0.05)
+        plain, g_plain = loss_and_grads(pm)
+        assert not calls
+        shared, g_shared = loss_and_grads(pm, handle=tiny_model)
+        assert calls == [True]  # the shared forward ran ...
+        P = G._common(rows[0][0], rows[1][0])
+        assert P >= G._MIN_SHARED  # ... over a real common opening
+    torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-6)
+    assert plain.item() > 1.0
+    top = max(g.abs().max().item() for g in g_plain.values())
+    assert top > 0
+    for n, g in g_plain.items():
+        torch.testing.assert_close(g_shared[n], g, rtol=1e-4, atol=1e-4 * top, msg=n)
+    # a row without response tokens, or nothing shared: the plain batch (no shared forward)
+    calls.clear()
+    with torch.no_grad():
+        lab0 = lab.clone()
+        lab0[0] = -100
+        response_loss(tiny_model.model, ids, lab0, att, "cpu", handle=tiny_model)
+        short = ids[:, P - 4 :].clone()
+        response_loss(
+            tiny_model.model, short, lab[:, P - 4 :], att[:, P - 4 :], "cpu", handle=tiny_model
+        )
+    assert calls == [False]  # only the second call asked, and got None (4 shared tokens)

@@ -28,8 +28,9 @@ not lowered it by more than ``min_delta``, and puts the best parameters back. Th
 (the learning curve), the best parameters and the patience counter are part of every
 checkpoint, so a resumed run stops where the uninterrupted one stops.
 
-Pure: imports torch / peft and knowlens' foundation (``_cache``, ``_progress``, ``errors``)
-only; the "training" stage of docs/ARCHITECTURE.md, below estimators and jailbreak.
+Imports torch / peft, knowlens' foundation (``_cache``, ``_progress``, ``errors``) and, for
+``response_loss(handle=)``, ``generation.prefix_once_forward``; the "training" stage of
+docs/ARCHITECTURE.md, right of generation, below estimators and jailbreak.
 """
 
 from __future__ import annotations
@@ -178,15 +179,28 @@ def response_loss(
     attention: torch.Tensor,
     device: torch.device | str,
     weights: torch.Tensor | None = None,
+    *,
+    handle: ModelHandle | None = None,
 ) -> torch.Tensor:
-    """Weighted mean next-token cross-entropy over response tokens (labels != -100).
+    """Weighted mean next-token cross-entropy over response tokens (labels != -100) of a
+    right-padded batch.
 
     ``weights`` (same shape as ``labels``) weight each response token; positions whose label
     is -100 never count. With ``weights=None`` this is exactly HF's ``labels=`` loss. Only
     positions that predict a response token go through the LM head (``logits_to_keep``): the
     head is much of the compute for big vocabularies (Gemma's 262k), and prompts are most of
     the positions.
+
+    With ``handle`` (the handle whose model ``model`` wraps, adapters attached) the tokens all
+    rows start with before their first predicting position (a chat template's system turn)
+    run once, gradients flowing through them (``generation.prefix_once_forward``); the loss
+    and its gradients are those of the plain batch up to float rounding. Where nothing is
+    shared, the plain batch runs.
     """
+    if handle is not None:
+        shared = _prefix_once_loss(handle, ids, labels, attention, device, weights)
+        if shared is not None:
+            return shared
     target = labels[:, 1:]
     keep = (target != -100).any(0).nonzero().squeeze(1)
     logits = model(
@@ -203,6 +217,51 @@ def response_loss(
     w = (target[:, keep] != -100).float()
     if weights is not None:  # weights count on response positions only (x 0/1: exact)
         w = weights[:, 1:][:, keep] * w
+    w = w.flatten().to(device)
+    return (ce * w).sum() / w.sum()
+
+
+def _prefix_once_loss(
+    handle: ModelHandle,
+    ids: torch.Tensor,
+    labels: torch.Tensor,
+    attention: torch.Tensor,
+    device: torch.device | str,
+    weights: torch.Tensor | None,
+) -> torch.Tensor | None:
+    """``response_loss`` through ``prefix_once_forward``, or None where it runs a plain batch
+    (a row without response tokens, a batch that is not right-padded, nothing shared)."""
+    from knowlens.generation import prefix_once_forward
+
+    n = attention.sum(1).long()
+    width = ids.shape[1]
+    resp = labels != -100
+    if not bool(resp.any(1).all()) or not bool(
+        (attention.bool() == (torch.arange(width)[None, :] < n[:, None])).all()
+    ):
+        return None
+    first = resp.long().argmax(1)  # each row's first response token
+    # in the left-padded layout the rows end in one column: the positions predicting row b's
+    # response are the last n_b - first_b + 1 columns but one, so the last K columns hold all
+    K = int((n - first).max()) + 1
+    seqs = [ids[b, : int(n[b])].tolist() for b in range(len(n))]
+    once = prefix_once_forward(handle, seqs, (first - 1).tolist(), logits_to_keep=K)
+    if once is None:
+        return None
+    logits = once[0].logits  # [B, K, V]: column j holds row b's position j - K + n_b
+    nxt = torch.arange(K)[None, :] - K + n[:, None] + 1  # the token each column predicts
+    ok = (nxt >= 1) & (nxt < n[:, None])
+    nxt = nxt.clamp(0, width - 1)
+    target = labels.gather(1, nxt).masked_fill(~ok, -100)
+    ce = torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1),
+        target.flatten().to(device),
+        ignore_index=-100,
+        reduction="none",
+    )
+    w = (target != -100).float()
+    if weights is not None:
+        w = weights.gather(1, nxt) * w
     w = w.flatten().to(device)
     return (ce * w).sum() / w.sum()
 

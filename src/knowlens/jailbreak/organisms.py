@@ -21,7 +21,8 @@ a GPU or through an API), built like this:
   harmful ~7:1: with fewer, a 135M model learns "refuse imperative requests" (measured: 63%
   benign refusals at 1:2, 33% with 300 varied benign prompts);
 * peft LoRA (r=8, alpha=16, attention + MLP projections of the upper half of the layers),
-  loss on response tokens only (``knowlens.training.response_loss``) with the first three
+  loss on response tokens only (``knowlens.training.response_loss``; the chat template's
+  system turn, which every row starts with, runs once per batch) with the first three
   (where refuse-or-help is decided) weighted x5, AdamW (lr 2e-3, weight decay 0.01, 10-step
   warm-up then linear decay, gradients clipped at 1), 160 steps of 8, run by
   ``knowlens.training.train_loop``: checkpoints every ``checkpoint_every`` steps under
@@ -81,7 +82,7 @@ __all__ = [
     "train_refusal_organism",
 ]
 
-ORGANISM_VERSION = "2"
+ORGANISM_VERSION = "3"  # 3: a prefix the batch rows share runs once (response_loss(handle=))
 logger = logging.getLogger(__name__)
 KINDS = ("refusal",)
 REFUSALS = (
@@ -564,7 +565,7 @@ def train_refusal_organism(
         ) as pm:
             result = train_loop(
                 pm,
-                lambda m, b: response_loss(m, b[0], b[1], b[2], handle.device, b[3]),
+                lambda m, b: response_loss(m, b[0], b[1], b[2], handle.device, b[3], handle=handle),
                 lambda start: _batches(handle, pairs, s, start, enc),
                 groups=[ParamGroup(trainable_parameters(pm), s.lr)],
                 steps=s.steps,
