@@ -536,7 +536,7 @@ class LoRAProbe(_LoRABase):
         validation_fraction: share of the training answers held out for early stopping
             (stratified, seeded); 0 = train exactly ``steps`` steps on all of them.
         eval_every, patience: steps between validation evaluations, and evaluations without
-            a lower validation loss before training stops (3 x 20 steps by default).
+            a lower validation loss before training stops (5 x 20 steps by default).
         min_delta: how much lower than the best so far a validation loss must be to count as
             lower (nats per answer; 0 = any decrease): a loss still creeping down by less
             ends the training instead of running to ``steps``.
@@ -564,7 +564,7 @@ class LoRAProbe(_LoRABase):
         checkpoint_every: int = 20,
         validation_fraction: float = 0.2,
         eval_every: int = 20,
-        patience: int = 3,
+        patience: int = 5,
         min_delta: float = 0.0,
         cache: bool = True,
         progress: bool = True,
@@ -717,7 +717,7 @@ class LoRAPrompt(_LoRABase):
         checkpoint_every: int = 20,
         validation_fraction: float = 0.2,
         eval_every: int = 20,
-        patience: int = 3,
+        patience: int = 5,
         min_delta: float = 0.0,
         cache: bool = True,
         progress: bool = True,

@@ -89,7 +89,7 @@ class TrainSettings(BaseModel):
     )
     lora_eval_every: int = Field(default=20, ge=1, description="Steps between LoRA validations.")
     lora_patience: int = Field(
-        default=3, ge=1, description="LoRA validations without a lower loss before stopping."
+        default=5, ge=1, description="LoRA validations without a lower loss before stopping."
     )
     lora_min_delta: float = Field(
         default=0.0,
