@@ -241,8 +241,8 @@ def _prefix_once_loss(
     ):
         return None
     first = resp.long().argmax(1)  # each row's first response token
-    # in the left-padded layout the rows end in one column: the positions predicting row b's
-    # response are the last n_b - first_b + 1 columns but one, so the last K columns hold all
+    # left-padded, every row ends in the last column; row b's predicting positions
+    # first_b - 1 .. n_b - 2 lie within its last n_b - first_b + 1 columns, so the last K hold all
     K = int((n - first).max()) + 1
     seqs = [ids[b, : int(n[b])].tolist() for b in range(len(n))]
     once = prefix_once_forward(handle, seqs, (first - 1).tolist(), logits_to_keep=K)
