@@ -208,15 +208,28 @@ def response_loss(
         attention_mask=attention.to(device),
         logits_to_keep=keep.to(device),
     ).logits
+    return _weighted_ce(
+        logits, target[:, keep], None if weights is None else weights[:, 1:][:, keep], device
+    )
+
+
+def _weighted_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor | None,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """Weighted mean cross-entropy of ``logits`` ``[B, T, V]`` against ``target`` ``[B, T]``
+    (-100: not counted); ``weights`` ``[B, T]`` are aligned with ``target``."""
     ce = torch.nn.functional.cross_entropy(
         logits.float().flatten(0, 1),
-        target[:, keep].flatten().to(device),
+        target.flatten().to(device),
         ignore_index=-100,
         reduction="none",
     )
-    w = (target[:, keep] != -100).float()
+    w = (target != -100).float()
     if weights is not None:  # weights count on response positions only (x 0/1: exact)
-        w = weights[:, 1:][:, keep] * w
+        w = weights * w
     w = w.flatten().to(device)
     return (ce * w).sum() / w.sum()
 
@@ -253,17 +266,7 @@ def _prefix_once_loss(
     ok = (nxt >= 1) & (nxt < n[:, None])
     nxt = nxt.clamp(0, width - 1)
     target = labels.gather(1, nxt).masked_fill(~ok, -100)
-    ce = torch.nn.functional.cross_entropy(
-        logits.float().flatten(0, 1),
-        target.flatten().to(device),
-        ignore_index=-100,
-        reduction="none",
-    )
-    w = (target != -100).float()
-    if weights is not None:
-        w = weights.gather(1, nxt) * w
-    w = w.flatten().to(device)
-    return (ce * w).sum() / w.sum()
+    return _weighted_ce(logits, target, None if weights is None else weights.gather(1, nxt), device)
 
 
 # -- batches ------------------------------------------------------------------------------------
